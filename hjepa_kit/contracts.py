@@ -1,0 +1,292 @@
+"""What flows between components: the contract every plugin implements.
+
+Shapes use ``B`` batch, ``N`` patches, ``D`` embedding width, ``M`` target blocks, ``Nc`` context
+patches, ``Nt`` patches per target block. Patch indices are row-major over the encoder's patch
+grid: index ``r * grid_w + c``.
+
+Components of each kind are built by a factory ``factory(params, ctx)`` where ``params`` is an
+instance of the component's parameter class (an attrs class, see :mod:`hjepa_kit.params`) and
+``ctx`` is the :class:`BuildContext` that carries what earlier components settled (image size,
+patch grid, embedding width, number of hierarchy levels, device). Sizes are never configured twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import torch
+from torch import Tensor
+
+__all__ = [
+    "KINDS",
+    "BuildContext",
+    "Masks",
+    "EncoderOutput",
+    "LossOutput",
+    "ImageData",
+    "FeatureSet",
+    "EvalResult",
+    "Encoder",
+    "Masker",
+    "Predictor",
+    "Loss",
+    "Dataset",
+    "Evaluator",
+]
+
+#: The component kinds, in the order a run builds them.
+KINDS: tuple[str, ...] = ("dataset", "encoder", "masker", "predictor", "loss", "evaluator", "callback")
+
+
+@attrs.define(kw_only=True)
+class BuildContext:
+    """What is known while a run's components are built, in order.
+
+    The core fills the first group from the configuration; each later field is filled by the core
+    from the component built before it (``grid_size``, ``patch_size`` and ``embed_dim`` from the
+    encoder; ``num_levels`` and ``level_weights`` from the predictor).
+
+    Attributes:
+        image_size: side of the square images the encoder sees (after augmentation).
+        in_chans: number of image channels.
+        device: where the model runs.
+        num_classes: number of labelled classes of the dataset, if it has labels.
+        grid_size: ``(rows, cols)`` of the encoder's patch grid.
+        patch_size: side of one square patch in pixels.
+        embed_dim: width ``D`` of the encoder's tokens.
+        depth: number of transformer blocks of the encoder.
+        num_levels: number of hierarchy levels the predictor predicts.
+        level_weights: the loss weight of each level, ``len == num_levels``.
+        extra: free-form values plugins may hand on to later plugins.
+    """
+
+    image_size: int
+    in_chans: int = 3
+    device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
+    num_classes: int | None = None
+    grid_size: tuple[int, int] | None = None
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_levels: int | None = None
+    level_weights: tuple[float, ...] | None = None
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patches of the grid (requires ``grid_size``)."""
+        if self.grid_size is None:
+            raise RuntimeError("grid_size is not known yet: build the encoder first")
+        return self.grid_size[0] * self.grid_size[1]
+
+
+@attrs.frozen
+class Masks:
+    """The patches a step shows the context encoder and the patches it must predict.
+
+    Attributes:
+        context: ``(B, Nc)`` int64 indices of the visible context patches; no index appears in
+            ``targets`` of the same sample.
+        targets: ``(B, M, Nt)`` int64 indices of the ``M`` target blocks' patches.
+    """
+
+    context: Tensor
+    targets: Tensor
+
+    def to(self, device: torch.device | str) -> Masks:
+        """The same masks on ``device`` (non-blocking)."""
+        return Masks(context=self.context.to(device, non_blocking=True), targets=self.targets.to(device, non_blocking=True))
+
+
+@attrs.frozen
+class EncoderOutput:
+    """What an encoder returns.
+
+    Attributes:
+        tokens: ``(B, N, D)`` final (normalised) tokens of the encoded patches, in the order of the
+            indices given (all patches in grid order when no indices were given).
+        blocks: block index -> ``(B, N, D)`` output of that transformer block, for the blocks asked
+            for with ``return_blocks``. Negative indices count from the end (``-1`` is the last).
+    """
+
+    tokens: Tensor
+    blocks: Mapping[int, Tensor] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class LossOutput:
+    """A loss value and its named parts.
+
+    Attributes:
+        total: scalar tensor to back-propagate.
+        terms: named scalar tensors for logging (``level0``, ``level1``, ``variance`` ...). They are
+            detached by the trainer before logging.
+    """
+
+    total: Tensor
+    terms: Mapping[str, Tensor] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ImageData:
+    """A split of a dataset held in RAM.
+
+    Attributes:
+        images: ``(N, C, H, W)`` uint8 images.
+        labels: ``(N,)`` int64 class indices, or ``None`` for unlabelled data.
+        classes: class names, index-aligned with ``labels`` (empty when unlabelled).
+    """
+
+    images: Tensor
+    labels: Tensor | None = None
+    classes: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@attrs.frozen
+class FeatureSet:
+    """Frozen features of one representation for both evaluation splits.
+
+    Attributes:
+        train: ``(N_train, D)`` float32 features.
+        train_labels: ``(N_train,)`` int64 labels.
+        test: ``(N_test, D)`` float32 features.
+        test_labels: ``(N_test,)`` int64 labels.
+        num_classes: number of classes.
+    """
+
+    train: Tensor
+    train_labels: Tensor
+    test: Tensor
+    test_labels: Tensor
+    num_classes: int
+
+
+@attrs.frozen
+class EvalResult:
+    """What an evaluator may return when it has more than scalar figures.
+
+    Attributes:
+        metrics: figure name -> value (``knn/top1@20`` ...); these go to ``results.json``, the
+            report table and TensorBoard.
+        artifacts: name -> array-like data for figures and the report (``confusion_matrix``,
+            ``singular_values`` ...); numpy arrays or nested lists.
+    """
+
+    metrics: Mapping[str, float]
+    artifacts: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """A patch encoder (an ``nn.Module``).
+
+    Attributes:
+        embed_dim: token width ``D``.
+        patch_size: side of a square patch in pixels.
+        grid_size: ``(rows, cols)`` of the patch grid.
+        depth: number of transformer blocks (valid ``return_blocks`` are ``-depth .. depth-1``).
+    """
+
+    embed_dim: int
+    patch_size: int
+    grid_size: tuple[int, int]
+    depth: int
+
+    def __call__(
+        self, images: Tensor, indices: Tensor | None = None, return_blocks: Sequence[int] = ()
+    ) -> EncoderOutput:
+        """Encode ``(B, C, H, W)`` images.
+
+        Args:
+            images: float images, already augmented and normalised.
+            indices: ``(B, K)`` patch indices to keep. Patches not listed are dropped before the
+                first block (not zeroed), so the cost scales with ``K``.
+            return_blocks: blocks whose outputs to return in :attr:`EncoderOutput.blocks`.
+        """
+        ...
+
+
+@runtime_checkable
+class Masker(Protocol):
+    """Draws context and target patches for a batch. Runs on the CPU, off the hot path."""
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> Masks:
+        """Return masks for ``batch_size`` samples, drawn with ``generator`` only."""
+        ...
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Predicts every hierarchy level's targets from the context (an ``nn.Module``).
+
+    The predictor owns both sides of the prediction so they always agree: :meth:`make_targets`
+    builds each level's targets from the target encoder's output, :meth:`forward` predicts them.
+
+    Attributes:
+        num_levels: number of hierarchy levels.
+        level_weights: loss weight per level.
+        target_blocks: encoder blocks whose outputs :meth:`make_targets` and
+            :meth:`level_features` need (passed as ``return_blocks`` to the target encoder).
+    """
+
+    num_levels: int
+    level_weights: tuple[float, ...]
+    target_blocks: tuple[int, ...]
+
+    def make_targets(self, target: EncoderOutput, masks: Masks) -> list[Tensor]:
+        """Per-level targets, parameter-free; level ``l`` is ``(B, M, T_l, D)``."""
+        ...
+
+    def __call__(self, context: Tensor, masks: Masks) -> list[Tensor]:
+        """Per-level predictions from ``(B, Nc, D)`` context tokens, shaped like the targets."""
+        ...
+
+    def level_features(self, target: EncoderOutput) -> dict[str, Tensor]:
+        """Pooled ``(B, D_l)`` features of each level (``"level0"``, ...) for evaluation."""
+        ...
+
+
+@runtime_checkable
+class Loss(Protocol):
+    """Combines per-level predictions and targets into one value."""
+
+    def __call__(
+        self, predictions: Sequence[Tensor], targets: Sequence[Tensor], context: Tensor | None = None
+    ) -> LossOutput:
+        """Args: per-level predictions and targets (same shapes); ``(B, Nc, D)`` context tokens."""
+        ...
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """A source of images, one split at a time.
+
+    Attributes:
+        splits: the split names this dataset offers (``"train"``, ``"test"``, ``"unlabeled"``).
+        image_size: native side of its images in pixels.
+        num_classes: number of classes, or ``None`` when unlabelled.
+    """
+
+    splits: tuple[str, ...]
+    image_size: int
+    num_classes: int | None
+
+    def load(self, split: str) -> ImageData:
+        """Read ``split`` into RAM as uint8."""
+        ...
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Computes named figures from frozen features, extracted once and shared by all evaluators."""
+
+    def __call__(self, features: Mapping[str, FeatureSet], default: str) -> dict[str, float] | EvalResult:
+        """Args: representation name -> features (``default`` names the main representation;
+        ``level0``, ``level1`` ... are the hierarchy levels). Returns figure name -> value, or an
+        :class:`EvalResult` carrying figures and artifacts."""
+        ...

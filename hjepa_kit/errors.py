@@ -1,0 +1,49 @@
+"""Exceptions that describe a user's mistake.
+
+Every error a user can cause (a bad config, an unknown plugin name, a damaged dataset folder, a
+foreign checkpoint) is a :class:`UserError`: the command line prints its message without a
+traceback and exits with status 2. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input: printed without traceback, exit status 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A configuration file or override is invalid.
+
+    Attributes:
+        problems: one line per problem, each naming the key path, the value and what is allowed.
+        source: the file (or ``<mapping>``) the configuration came from.
+    """
+
+    def __init__(self, problems: list[str] | str, source: str = "<config>") -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        if len(self.problems) == 1:
+            message = f"{source}: {self.problems[0]}"
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            message = f"{source}: {len(self.problems)} problems:\n{lines}"
+        super().__init__(message)
+
+
+class PluginError(UserError):
+    """A plugin is broken or misused (import failure, unknown hook, duplicate name, factory error)."""
+
+
+class DataError(UserError):
+    """A dataset is missing, damaged or of the wrong shape."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be read, is not ours, or does not match the configuration."""
+
+
+class TrainingStopped(UserError):
+    """Training stopped on purpose (non-finite loss, memory budget); the message says why and what to do."""

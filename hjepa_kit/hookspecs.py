@@ -1,0 +1,180 @@
+"""The hooks a plugin may implement: the whole contract between hjepa-kit and its plugins.
+
+There are two groups.
+
+**Registration hooks** are called once, when the plugin manager is set up. Each receives a
+``register`` callback and calls it once per component::
+
+    register(name, factory, *, params=ParamsClass, summary="one line")
+
+``factory(params, ctx)`` builds the component from an instance of ``params`` (an attrs class
+declared with :func:`hjepa_kit.params.param`) and the :class:`~hjepa_kit.contracts.BuildContext`.
+New keyword arguments may be added to ``register`` in later versions; existing plugins keep working.
+
+**Lifecycle hooks** are called during a run, on every registered plugin that implements them:
+plugins from entry points, plugins passed as ``train(..., plugins=[...])``, and the callback
+components the run's configuration selects. Their return values are ignored. They run on rank 0
+only under distributed training.
+
+Lifecycle, in order::
+
+    hjepa_fit_start
+      ( hjepa_step_end ... hjepa_epoch_end [hjepa_checkpoint_saved] [hjepa_evaluation_end] ) x epochs
+    hjepa_fit_end(status)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+PROJECT = "hjepa_kit"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: The callback type passed to registration hooks.
+Register = Callable[..., None]
+
+
+# --- registration -----------------------------------------------------------------------------
+
+
+@hookspec
+def hjepa_register_encoders(register: Register) -> None:
+    """Register encoders (see :class:`~hjepa_kit.contracts.Encoder`).
+
+    Args:
+        register: ``register(name, factory, *, params=ParamsClass, summary="")``; the factory
+            returns an ``nn.Module`` meeting the encoder contract. The core copies it for the EMA
+            target encoder.
+    """
+
+
+@hookspec
+def hjepa_register_maskers(register: Register) -> None:
+    """Register maskers (see :class:`~hjepa_kit.contracts.Masker`).
+
+    Args:
+        register: as for :func:`hjepa_register_encoders`; ``ctx.grid_size`` is known.
+    """
+
+
+@hookspec
+def hjepa_register_predictors(register: Register) -> None:
+    """Register predictors (see :class:`~hjepa_kit.contracts.Predictor`).
+
+    Args:
+        register: as for :func:`hjepa_register_encoders`; ``ctx.embed_dim``, ``ctx.grid_size`` and
+            ``ctx.depth`` are known.
+    """
+
+
+@hookspec
+def hjepa_register_losses(register: Register) -> None:
+    """Register losses (see :class:`~hjepa_kit.contracts.Loss`).
+
+    Args:
+        register: as for :func:`hjepa_register_encoders`; ``ctx.num_levels`` and
+            ``ctx.level_weights`` are known.
+    """
+
+
+@hookspec
+def hjepa_register_evaluators(register: Register) -> None:
+    """Register evaluators (see :class:`~hjepa_kit.contracts.Evaluator`).
+
+    Args:
+        register: as for :func:`hjepa_register_encoders`.
+    """
+
+
+@hookspec
+def hjepa_register_datasets(register: Register) -> None:
+    """Register datasets (see :class:`~hjepa_kit.contracts.Dataset`).
+
+    Args:
+        register: as for :func:`hjepa_register_encoders`; ``ctx.image_size`` is the configured
+            training resolution.
+    """
+
+
+@hookspec
+def hjepa_register_callbacks(register: Register) -> None:
+    """Register callbacks: objects that implement lifecycle hooks below.
+
+    Args:
+        register: as for :func:`hjepa_register_encoders`. The built object is registered with the
+            plugin manager for the run, so its ``hjepa_*`` methods marked with ``@hookimpl`` are called.
+    """
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+
+@hookspec
+def hjepa_fit_start(trainer: Trainer) -> None:
+    """Called once before the first step (also when resuming).
+
+    Args:
+        trainer: the running :class:`~hjepa_kit.trainer.Trainer` (``config``, ``run_dir``,
+            ``log_dir``, ``model``, ``step``, ``epoch``, ``steps_per_epoch``, ``total_steps``).
+    """
+
+
+@hookspec
+def hjepa_step_end(trainer: Trainer, step: int, metrics: Mapping[str, float]) -> None:
+    """Called after every optimizer step.
+
+    Args:
+        trainer: the running trainer.
+        step: the number of optimizer steps done so far (1 after the first).
+        metrics: ``loss``, ``loss/<term>``, ``lr``, ``wd``, ``momentum``, ``images_per_s``, ...
+    """
+
+
+@hookspec
+def hjepa_epoch_end(trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
+    """Called after every epoch.
+
+    Args:
+        trainer: the running trainer.
+        epoch: the number of epochs done so far (1 after the first).
+        metrics: epoch means of the step metrics, plus online evaluation figures when run.
+    """
+
+
+@hookspec
+def hjepa_checkpoint_saved(trainer: Trainer, path: str, reason: str) -> None:
+    """Called after a checkpoint file was written atomically.
+
+    Args:
+        trainer: the running trainer.
+        path: the checkpoint file.
+        reason: ``latest``, ``periodic``, ``best``, ``final`` or ``interrupted``.
+    """
+
+
+@hookspec
+def hjepa_evaluation_end(trainer: Trainer | None, results: Mapping[str, Any]) -> None:
+    """Called after an evaluation (online during training, or ``hjepa evaluate``).
+
+    Args:
+        trainer: the running trainer, or ``None`` for a stand-alone evaluation.
+        results: figure name -> value.
+    """
+
+
+@hookspec
+def hjepa_fit_end(trainer: Trainer, status: str) -> None:
+    """Called once when the run ends, however it ends.
+
+    Args:
+        trainer: the trainer.
+        status: ``completed``, ``failed`` or ``interrupted``.
+    """
