@@ -1,0 +1,399 @@
+"""The schema of a run, YAML loading and ``--set`` overrides.
+
+A run configuration is a tree of frozen attrs classes (:class:`RunConfig` at the top). Components
+are selected by name: ``{name: vit_tiny, params: {...}}``. Their ``params`` stay a plain mapping
+here and are structured into the component's own parameter class by
+:func:`hjepa_kit.registry.Registry.resolve`, once the plugins are known (two-stage structuring).
+
+Errors name the file and the key path, the value given and what is allowed; every problem of one
+document is reported in one message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import yaml
+
+from .errors import ConfigError
+from .params import param, structure, unstructure
+
+__all__ = [
+    "ComponentSpec",
+    "AugmentationConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TrainingConfig",
+    "CheckpointConfig",
+    "LoggingConfig",
+    "EvaluationConfig",
+    "RunConfig",
+    "load_config",
+    "read_yaml",
+    "apply_overrides",
+    "dump_config",
+]
+
+
+def _spec(name: str, **params: Any) -> Any:
+    return attrs.Factory(lambda: ComponentSpec(name=name, params=dict(params)))
+
+
+@attrs.frozen(kw_only=True)
+class ComponentSpec:
+    """A component chosen by name, with the parameters of its own parameter class.
+
+    In YAML either ``{name: vit_tiny, params: {patch_size: 4}}`` or just ``vit_tiny``.
+    """
+
+    name: str = param(help="Registered name of the component (see `hjepa plugins`).")
+    params: dict[str, Any] = param(factory=dict, help="Parameters of the component (see `hjepa plugins --params NAME`).")
+
+
+@attrs.frozen(kw_only=True)
+class AugmentationConfig:
+    """Batched augmentation applied to every training batch (I-JEPA: random resized crop + flip)."""
+
+    crop_scale: tuple[float, float] = param((0.3, 1.0), help="Area fraction range of the random resized crop.", gt=0.0, le=1.0)
+    crop_ratio: tuple[float, float] = param((0.75, 1.3333333), help="Aspect ratio range of the random resized crop.", gt=0.0)
+    hflip: bool = param(True, help="Flip each image horizontally with probability 0.5.")
+    mean: tuple[float, float, float] = param((0.485, 0.456, 0.406), help="Per-channel mean used to normalise images.")
+    std: tuple[float, float, float] = param((0.229, 0.224, 0.225), help="Per-channel std used to normalise images.", gt=0.0)
+
+    def __attrs_post_init__(self) -> None:
+        for key in ("crop_scale", "crop_ratio"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise ValueError(f"{key}: lower bound {low} is above upper bound {high}")
+
+
+@attrs.frozen(kw_only=True)
+class DataConfig:
+    """Where images come from and how they are batched."""
+
+    dataset: ComponentSpec = param(_spec("synthetic"), help="The dataset component (`synthetic`, `cifar10`, ...).")
+    image_size: int | None = param(None, help="Side of the square images the encoder sees; null: the dataset's native size.", ge=8)
+    batch_size: int = param(64, help="Images per micro-batch (per process).", ge=1)
+    eval_batch_size: int = param(256, help="Images per batch when extracting features for evaluation.", ge=1)
+    num_workers: int = param(0, help="Loader worker processes for streamed datasets (in-RAM data never uses workers).", ge=0)
+    in_memory: Literal["auto", "always", "never"] = param(
+        "auto", help="Hold the decoded dataset in RAM as uint8: auto decides by size (see `memory_limit_mb`)."
+    )
+    memory_limit_mb: int = param(4096, help="With in_memory: auto, the largest dataset (decoded, uint8) held in RAM.", ge=0)
+    train_split: str = param("train", help="Split used for pretraining.")
+    augmentation: AugmentationConfig = param(attrs.Factory(AugmentationConfig), help="Training augmentation.")
+
+
+@attrs.frozen(kw_only=True)
+class ModelConfig:
+    """The components of the H-JEPA model."""
+
+    encoder: ComponentSpec = param(_spec("vit_tiny", patch_size=4), help="The context encoder; the target encoder is its EMA copy.")
+    masker: ComponentSpec = param(_spec("multiblock"), help="Chooses context and target patches for each sample.")
+    predictor: ComponentSpec = param(_spec("hierarchical"), help="Predicts every hierarchy level's targets from the context.")
+
+
+@attrs.frozen(kw_only=True)
+class TrainingConfig:
+    """Optimisation: schedules, accumulation, precision, threads."""
+
+    epochs: int = param(20, help="Number of passes over the training split.", ge=1)
+    max_steps: int | None = param(None, help="Stop after this many optimizer steps (smoke runs); null: no limit.", ge=1)
+    accumulation_steps: int = param(1, help="Micro-batches per optimizer step (effective batch = batch_size x this x processes).", ge=1)
+    lr: float = param(1.0e-3, help="Peak learning rate, reached after warmup.", gt=0.0)
+    min_lr: float = param(1.0e-6, help="Learning rate at the end of the cosine schedule.", ge=0.0)
+    start_lr: float = param(0.0, help="Learning rate at the first step of warmup.", ge=0.0)
+    warmup_epochs: float = param(2.0, help="Epochs of linear warmup (fractions allowed).", ge=0.0)
+    weight_decay: float = param(0.04, help="AdamW weight decay at the start (biases and norms never decay).", ge=0.0)
+    final_weight_decay: float = param(0.4, help="Weight decay at the end (cosine schedule from weight_decay).", ge=0.0)
+    betas: tuple[float, float] = param((0.9, 0.999), help="AdamW betas.", ge=0.0, lt=1.0)
+    ema_momentum: tuple[float, float] = param((0.996, 1.0), help="EMA momentum of the target encoder: start, end (linear per optimizer step).", ge=0.0, le=1.0)
+    grad_clip: float | None = param(3.0, help="Clip the gradient norm to this value; null: no clipping.", gt=0.0)
+    precision: Literal["fp32", "bf16", "auto"] = param(
+        "auto", help="Autocast dtype: bf16 where the device supports it fast (auto), or fp32."
+    )
+    threads: int | None = param(None, help="Intra-op threads; null: the physical cores available to this process.", ge=1)
+    compile: bool = param(False, help="torch.compile the encoder and predictor (measured: no gain on CPU).")
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointConfig:
+    """When and what to save."""
+
+    every_epochs: int = param(5, help="Keep a numbered checkpoint every N epochs (latest.pth is written every epoch).", ge=1)
+    best_metric: Literal["auto", "knn", "loss"] = param(
+        "auto", help="Criterion of best_model.pth: online k-NN accuracy when the data has labels (auto), else training loss."
+    )
+    save_final: bool = param(True, help="Write final.pth when the run ends.")
+
+
+@attrs.frozen(kw_only=True)
+class LoggingConfig:
+    """training.log, metrics.jsonl, TensorBoard and collapse monitoring."""
+
+    interval_steps: int = param(10, help="Write a line to training.log every N optimizer steps.", ge=1)
+    feature_stats_every_steps: int = param(50, help="Measure feature std and effective rank of the target features every N steps.", ge=1)
+    collapse_std_threshold: float = param(0.01, help="Warn of collapse when the mean feature std falls below this.", ge=0.0)
+    collapse_rank_fraction: float = param(0.05, help="Warn of collapse when effective rank / width falls below this.", ge=0.0, le=1.0)
+
+
+@attrs.frozen(kw_only=True)
+class EvaluationConfig:
+    """Online evaluation during training and the evaluators of `hjepa evaluate`."""
+
+    evaluators: list[ComponentSpec] = param(
+        attrs.Factory(lambda: [ComponentSpec(name=n) for n in ("knn_faiss", "linear_probe", "feature_quality", "hierarchy")]),
+        help="Evaluators run by `hjepa evaluate --eval-type all`.",
+    )
+    online: ComponentSpec | None = param(_spec("knn_faiss", k=[20]), help="Evaluator run during training; null: none.")
+    online_every_epochs: int = param(1, help="Run the online evaluator every N epochs (0: never).", ge=0)
+    online_train_samples: int = param(5000, help="Labelled training images used by the online evaluator.", ge=1)
+    online_test_samples: int = param(1000, help="Test images used by the online evaluator.", ge=1)
+    representation: Literal["mean", "cls"] = param("mean", help="How encoder tokens become one feature vector.")
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    """A whole run: data, model, loss, optimisation, outputs."""
+
+    name: str = param("quickstart", help="Run name: outputs go to <output_dir>/logs/<name> and <output_dir>/checkpoints/<name>.")
+    output_dir: str = param("results", help="Root folder of logs and checkpoints.")
+    device: Literal["auto", "cpu", "cuda"] = param("auto", help="Where to train: auto picks cuda when available.")
+    seed: int = param(0, help="Seed of every random draw (data order, augmentation, masks, init).")
+    data: DataConfig = param(attrs.Factory(DataConfig), help="Data.")
+    model: ModelConfig = param(attrs.Factory(ModelConfig), help="Model components.")
+    loss: ComponentSpec = param(_spec("smooth_l1"), help="The prediction loss.")
+    training: TrainingConfig = param(attrs.Factory(TrainingConfig), help="Optimisation.")
+    checkpoint: CheckpointConfig = param(attrs.Factory(CheckpointConfig), help="Checkpoints.")
+    logging: LoggingConfig = param(attrs.Factory(LoggingConfig), help="Logging.")
+    evaluation: EvaluationConfig = param(attrs.Factory(EvaluationConfig), help="Evaluation.")
+    callbacks: list[ComponentSpec] = param(
+        attrs.Factory(lambda: [ComponentSpec(name="tensorboard"), ComponentSpec(name="progress_bar")]),
+        help="Run-scoped callback components (`tensorboard`, `progress_bar`, ...).",
+    )
+
+    @property
+    def log_dir(self) -> Path:
+        """``<output_dir>/logs/<name>``: training.log, metrics.jsonl, TensorBoard, config.yaml."""
+        return Path(self.output_dir) / "logs" / self.name
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """``<output_dir>/checkpoints/<name>``."""
+        return Path(self.output_dir) / "checkpoints" / self.name
+
+    def component_specs(self) -> list[tuple[str, str, ComponentSpec]]:
+        """Every selected component as ``(kind, key path, spec)``, in build order."""
+        specs = [
+            ("dataset", "data.dataset", self.data.dataset),
+            ("encoder", "model.encoder", self.model.encoder),
+            ("masker", "model.masker", self.model.masker),
+            ("predictor", "model.predictor", self.model.predictor),
+            ("loss", "loss", self.loss),
+        ]
+        specs += [("evaluator", f"evaluation.evaluators[{i}]", s) for i, s in enumerate(self.evaluation.evaluators)]
+        if self.evaluation.online is not None:
+            specs.append(("evaluator", "evaluation.online", self.evaluation.online))
+        specs += [("callback", f"callbacks[{i}]", s) for i, s in enumerate(self.callbacks)]
+        return specs
+
+
+def _normalise_specs(data: Any) -> Any:
+    """Accept the shorthand ``encoder: vit_tiny`` for ``encoder: {name: vit_tiny}`` everywhere."""
+    spec_keys = {("data", "dataset"), ("model", "encoder"), ("model", "masker"), ("model", "predictor"), ("loss",), ("evaluation", "online")}
+    list_keys = {("evaluation", "evaluators"), ("callbacks",)}
+
+    def walk(node: Any, path: tuple[str, ...]) -> Any:
+        if path in spec_keys and isinstance(node, str):
+            return {"name": node}
+        if path in list_keys and isinstance(node, list):
+            return [{"name": item} if isinstance(item, str) else item for item in node]
+        if isinstance(node, Mapping):
+            return {k: walk(v, path + (str(k),)) for k, v in node.items()}
+        return node
+
+    return walk(data, ())
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that rejects a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping", mark
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """Read a YAML file safely; errors name the file, line and column."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"file not found (current folder: {os.getcwd()})", str(file)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", str(file)) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no code from data
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(f"YAML syntax error at {where}{problem}", str(file)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML error: {exc}", str(file)) from None
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. training.epochs=5", "--set")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: the key must be a dotted path such as model.encoder.params.patch_size", "--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})", "--set") from None
+    return key.split("."), value
+
+
+def apply_overrides(
+    data: Mapping[str, Any], overrides: Iterable[str], defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Apply ``KEY=VALUE`` overrides (dotted key path, YAML-typed value) to plain config data.
+
+    A list element is addressed by its index (``evaluation.evaluators.0.params.k=[10,20]``). A
+    section the data does not have is copied from ``defaults`` first, so an override refines the
+    default rather than replacing it. The strict structuring that follows rejects unknown keys.
+    """
+    result: dict[str, Any] = _deepcopy(dict(data))
+    for text in overrides:
+        parts, value = _parse_override(text)
+        node: Any = result
+        default: Any = defaults
+        for depth, part in enumerate(parts[:-1]):
+            here = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                index = _list_index(part, node, here, text)
+                node = node[index]
+                default = None
+                continue
+            default = default.get(part) if isinstance(default, Mapping) else None
+            child = node.get(part)
+            if child is None:
+                child = _deepcopy(default) if isinstance(default, (Mapping, list)) else {}
+                node[part] = child
+            elif isinstance(child, str):
+                child = {"name": child}  # a shorthand spec being refined: encoder=vit -> encoder.params.x
+                node[part] = child
+            elif not isinstance(child, (dict, list)):
+                raise ConfigError(f"--set {text!r}: {here} is a value ({child!r}), not a section", "--set")
+            node = child
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_list_index(last, node, ".".join(parts), text)] = value
+        else:
+            node[last] = value
+    return result
+
+
+def _list_index(part: str, node: list, here: str, text: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {text!r}: {here} needs a list index 0..{len(node) - 1}", "--set")
+    return int(part)
+
+
+def _deepcopy(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {k: _deepcopy(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_deepcopy(v) for v in node]
+    return node
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | RunConfig | None = None,
+    overrides: Iterable[str] = (),
+) -> RunConfig:
+    """Load a run configuration.
+
+    Args:
+        source: a YAML file path, a mapping of plain data, a :class:`RunConfig`, or ``None`` for
+            the defaults (the quickstart run).
+        overrides: ``KEY=VALUE`` strings applied on top (dotted key paths, YAML-typed values).
+
+    Returns:
+        The validated :class:`RunConfig`. Component parameters are checked later, against the
+        plugins, by :meth:`hjepa_kit.registry.Registry.resolve`.
+
+    Raises:
+        ConfigError: naming the file, each bad key path, the value and what is allowed.
+    """
+    overrides = list(overrides)
+    if isinstance(source, RunConfig):
+        if not overrides:
+            return source
+        data: Any = unstructure(source)
+        name = "<config>"
+    elif source is None:
+        data, name = {}, "<defaults>"
+    elif isinstance(source, Mapping):
+        data, name = dict(source), "<mapping>"
+    else:
+        name = str(source)
+        data = read_yaml(source)
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"the top level must be a mapping of sections, got {type(data).__name__}", name)
+    data = apply_overrides(_normalise_specs(data), overrides, unstructure(RunConfig()))
+    data = _normalise_specs(data)
+    problems: list[str] = []
+    config = structure(RunConfig, data, "", problems)
+    if problems:
+        raise ConfigError(problems, name)
+    return config
+
+
+def dump_config(config: RunConfig, resolved_params: Mapping[str, Any] | None = None) -> str:
+    """The configuration as YAML, with each component's parameters filled in when given.
+
+    Args:
+        config: the run configuration.
+        resolved_params: key path (``model.encoder``) -> parameter instance, as returned by
+            :meth:`hjepa_kit.registry.Registry.resolve`.
+    """
+    data = unstructure(config)
+    for path, params in (resolved_params or {}).items():
+        node = data
+        for part in _split_path(path)[:-1]:
+            node = node[part]
+        node[_split_path(path)[-1]]["params"] = unstructure(params)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+
+
+def _split_path(path: str) -> list[Any]:
+    parts: list[Any] = []
+    for piece in path.split("."):
+        if "[" in piece:
+            key, _, index = piece.partition("[")
+            parts += [key, int(index.rstrip("]"))]
+        else:
+            parts.append(piece)
+    return parts

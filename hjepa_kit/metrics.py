@@ -1,0 +1,324 @@
+"""Pure math on feature matrices: spectra, ranks, variance, similarity, accuracy, plan thresholds.
+
+These functions take plain tensors and return plain numbers, so the evaluator plugins, the report
+and a training-time collapse monitor can all share them (the core may import this module; it
+imports no plugin). Inputs are ``(N, D)`` feature matrices, ``N`` samples of width ``D``; any
+float dtype and device. Sums that lose precision in float32 at ``N = 10^5`` (Gram matrices,
+centring) are done in float64, in row chunks so memory stays ``O(chunk * D + D^2)``.
+
+Two different "ranks" are computed, and they answer different questions:
+
+- :func:`effective_rank` is RankMe (Garrido et al., 2023): ``exp`` of the Shannon entropy of the
+  L1-normalised singular values of the centred features. A smooth count of used directions:
+  ``D`` for isotropic features, ``1`` for rank-one features.
+- :func:`energy_rank` is the training plan's "effective rank" check: the number of leading singular
+  values that hold a fraction (95%) of the squared-singular-value energy (the variance explained
+  by principal components). The plan's thresholds (48 / 96 / 144 of 192) apply to this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "PLAN_THRESHOLDS",
+    "GRADES",
+    "COLLAPSE_VARIANCE",
+    "COLLAPSE_RANK_FRACTION",
+    "feature_variance",
+    "singular_values",
+    "effective_rank",
+    "rankme_from_spectrum",
+    "energy_rank",
+    "energy_rank_from_spectrum",
+    "dims_holding_variance",
+    "mean_pairwise_cosine",
+    "linear_cka",
+    "topk_accuracy",
+    "topk_correct",
+    "grade",
+    "collapse_verdict",
+]
+
+#: The training plan's success thresholds (Minimum, Good, Excellent): a value strictly above the
+#: threshold reaches the grade. Accuracies are fractions in ``[0, 1]``; ``rank_fraction`` is a
+#: rank divided by the feature width ``D`` (the plan's 48 / 96 / 144 of ``D = 192``).
+PLAN_THRESHOLDS: dict[str, tuple[float, float, float]] = {
+    "linear_probe": (0.50, 0.60, 0.70),
+    "knn": (0.40, 0.50, 0.60),
+    "variance": (0.05, 0.10, 0.15),
+    "rank_fraction": (0.25, 0.50, 0.75),
+}
+
+#: Grade names, from below every threshold to above the last.
+GRADES: tuple[str, ...] = ("below minimum", "minimum", "good", "excellent")
+
+#: The plan's collapse symptom: mean per-dimension variance below this is a collapse.
+COLLAPSE_VARIANCE = 0.01
+
+#: The plan's rank "red flag": a 95%-energy rank below this fraction of ``D``.
+COLLAPSE_RANK_FRACTION = 0.10
+
+_CHUNK = 65536
+
+
+def _as_matrix(x: Tensor, name: str = "x") -> Tensor:
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be an (N, D) feature matrix, got shape {tuple(x.shape)}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+    return x.detach()
+
+
+def _column_mean(x: Tensor, chunk: int = _CHUNK) -> Tensor:
+    """``(D,)`` float64 column means of ``(N, D)`` ``x``."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        total += x[start : start + chunk].to(torch.float64).sum(0)
+    return total / x.shape[0]
+
+
+def _centred_cross(x: Tensor, y: Tensor, chunk: int = _CHUNK) -> tuple[Tensor, Tensor, Tensor]:
+    """Float64 ``Xc^T Xc``, ``Yc^T Yc`` and ``Xc^T Yc`` of the column-centred matrices.
+
+    ``x`` is ``(N, Dx)`` and ``y`` is ``(N, Dy)``; the products are ``(Dx, Dx)``, ``(Dy, Dy)``,
+    ``(Dx, Dy)``.
+    """
+    mx, my = _column_mean(x, chunk), _column_mean(y, chunk)
+    xx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    yy = torch.zeros(y.shape[1], y.shape[1], dtype=torch.float64, device=x.device)
+    xy = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        xc = x[start : start + chunk].to(torch.float64) - mx
+        yc = y[start : start + chunk].to(device=x.device, dtype=torch.float64) - my
+        xx += xc.T @ xc
+        yy += yc.T @ yc
+        xy += xc.T @ yc
+    return xx, yy, xy
+
+
+def _centred_gram(x: Tensor, chunk: int = _CHUNK) -> Tensor:
+    """Float64 ``(D, D)`` matrix ``Xc^T Xc`` of the column-centred ``(N, D)`` ``x``."""
+    mean = _column_mean(x, chunk)
+    gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        xc = x[start : start + chunk].to(torch.float64) - mean
+        gram += xc.T @ xc
+    return gram
+
+
+def feature_variance(x: Tensor) -> Tensor:
+    """Per-dimension (unbiased) variance of ``(N, D)`` features, as a float64 ``(D,)`` tensor.
+
+    Zero when ``N == 1`` (a single sample has no spread).
+    """
+    x = _as_matrix(x)
+    if x.shape[0] < 2:
+        return torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    return torch.diagonal(_centred_gram(x)) / (x.shape[0] - 1)
+
+
+def singular_values(x: Tensor) -> Tensor:
+    """Singular values of the column-centred ``(N, D)`` features, descending, float64 on the CPU.
+
+    Computed as square roots of the eigenvalues of the ``(D, D)`` Gram matrix: ``O(N D^2)`` work
+    and ``O(D^2)`` memory instead of an SVD of the whole matrix. Relative precision of the
+    smallest values is about ``1e-8`` of the largest, far below what the ranks here resolve.
+
+    Returns:
+        ``(min(N, D),)`` tensor.
+    """
+    x = _as_matrix(x)
+    eigenvalues = torch.linalg.eigvalsh(_centred_gram(x).cpu())
+    values = eigenvalues.clamp_min(0).sqrt().flip(0)
+    return values[: min(x.shape[0], x.shape[1])]
+
+
+def rankme_from_spectrum(values: Tensor, eps: float = 1e-12) -> float:
+    """RankMe of a spectrum: ``exp(-sum p log p)`` with ``p = s / sum(s)``.
+
+    Args:
+        values: ``(K,)`` non-negative singular values.
+        eps: added inside the log so zero values contribute nothing.
+
+    Returns:
+        A number in ``[1, K]``; ``0.0`` for an all-zero spectrum (features without any spread
+        use no direction at all).
+    """
+    values = values.detach().to(torch.float64).clamp_min(0)
+    total = values.sum()
+    if total <= 0:
+        return 0.0
+    p = values / total
+    entropy = -(p * torch.log(p + eps)).sum()
+    return float(torch.exp(entropy))
+
+
+def effective_rank(x: Tensor) -> float:
+    """RankMe effective rank of ``(N, D)`` features (see :func:`rankme_from_spectrum`)."""
+    return rankme_from_spectrum(singular_values(x))
+
+
+def energy_rank_from_spectrum(values: Tensor, energy: float = 0.95) -> int:
+    """Number of leading singular values holding ``energy`` of the squared-value total.
+
+    The smallest ``k`` with ``sum(s[:k]^2) >= energy * sum(s^2)``. ``values`` need not be sorted.
+
+    Args:
+        values: ``(K,)`` non-negative singular values.
+        energy: the fraction to hold, in ``(0, 1]``.
+
+    Returns:
+        ``k`` in ``[1, K]``; ``0`` for an all-zero spectrum.
+    """
+    if not 0.0 < energy <= 1.0:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    squared = values.detach().to(torch.float64).clamp_min(0).sort(descending=True).values.square()
+    total = squared.sum()
+    if total <= 0:
+        return 0
+    cumulative = squared.cumsum(0) / total
+    # A tolerance so that exactly-reached fractions (e.g. 1.0) are not lost to rounding.
+    k = int((cumulative < energy - 1e-12).sum()) + 1
+    return min(k, squared.numel())
+
+
+def energy_rank(x: Tensor, energy: float = 0.95) -> int:
+    """The plan's rank of ``(N, D)`` features: principal components holding ``energy`` of the variance."""
+    return energy_rank_from_spectrum(singular_values(x), energy)
+
+
+def dims_holding_variance(x: Tensor, fraction: float = 0.99) -> int:
+    """Number of coordinate dimensions (not principal components) holding ``fraction`` of the variance.
+
+    Sorts the per-dimension variances of ``(N, D)`` ``x`` and counts the largest ones needed to
+    reach ``fraction`` of their sum: low when a few raw feature dimensions carry all the spread.
+    ``0`` when there is no variance at all.
+    """
+    return energy_rank_from_spectrum(feature_variance(x).sqrt(), fraction)
+
+
+def mean_pairwise_cosine(x: Tensor) -> float:
+    """Mean cosine similarity over all pairs ``i != j`` of the ``(N, D)`` rows, exactly, in ``O(N D)``.
+
+    With unit rows ``u_i``, ``sum_{i != j} <u_i, u_j> = |sum_i u_i|^2 - sum_i |u_i|^2``, so no
+    ``N x N`` matrix (and no subsample) is needed. Zero rows count as similarity 0. ``1.0`` means
+    every sample points the same way (collapse); about ``0`` means directions are spread.
+    """
+    x = _as_matrix(x)
+    n = x.shape[0]
+    if n < 2:
+        return float("nan")
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    squared_norms = 0.0
+    for start in range(0, n, _CHUNK):
+        rows = x[start : start + _CHUNK].to(torch.float64)
+        unit = torch.nn.functional.normalize(rows, dim=1)
+        total += unit.sum(0)
+        squared_norms += float(unit.square().sum())
+    return (float(total.square().sum()) - squared_norms) / (n * (n - 1))
+
+
+def linear_cka(x: Tensor, y: Tensor) -> float:
+    """Linear centred kernel alignment (Kornblith et al., 2019) of two representations of the same samples.
+
+    ``CKA = |Xc^T Yc|_F^2 / (|Xc^T Xc|_F |Yc^T Yc|_F)`` on column-centred features; the widths may
+    differ. It is 1 for ``y = x``, unchanged by orthogonal transforms and isotropic scaling of
+    either side, and near 0 for unrelated features (with a positive bias of order ``D / N``).
+
+    Args:
+        x: ``(N, Dx)`` features.
+        y: ``(N, Dy)`` features of the same ``N`` samples, in the same order.
+
+    Returns:
+        CKA in ``[0, 1]``; ``nan`` when either side has no variance.
+    """
+    x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"CKA needs the same samples on both sides: x has {x.shape[0]} rows, y has {y.shape[0]}")
+    xx, yy, xy = _centred_cross(x, y)
+    denominator = torch.linalg.matrix_norm(xx) * torch.linalg.matrix_norm(yy)
+    if denominator <= 0:
+        return float("nan")
+    return float(xy.square().sum() / denominator)
+
+
+def topk_accuracy(scores: Tensor, labels: Tensor, topk: Iterable[int] = (1, 5)) -> dict[int, float]:
+    """Fraction of rows whose true label is among the ``k`` highest scores, for each ``k``.
+
+    Args:
+        scores: ``(N, C)`` class scores (logits, votes).
+        labels: ``(N,)`` int64 true classes.
+        topk: the ``k`` values; each is capped at ``C`` (top-5 of 3 classes is top-3, i.e. 1.0).
+
+    Returns:
+        ``k -> accuracy`` in ``[0, 1]``, keyed by the requested ``k``.
+    """
+    correct = topk_correct(scores, labels, topk)
+    n = max(int(labels.shape[0]), 1)
+    return {k: c / n for k, c in correct.items()}
+
+
+def topk_correct(scores: Tensor, labels: Tensor, topk: Iterable[int] = (1, 5)) -> dict[int, int]:
+    """Number of rows whose true label is among the ``k`` highest of ``(N, C)`` ``scores``, per ``k``."""
+    topk = tuple(topk)
+    if scores.ndim != 2 or labels.shape != scores.shape[:1]:
+        raise ValueError(f"scores must be (N, C) and labels (N,), got {tuple(scores.shape)} and {tuple(labels.shape)}")
+    largest = min(max(topk), scores.shape[1])
+    predicted = scores.topk(largest, dim=1).indices
+    hits = predicted == labels.to(predicted.device).view(-1, 1)
+    return {k: int(hits[:, : min(k, largest)].any(dim=1).sum()) for k in topk}
+
+
+def grade(value: float, thresholds: Sequence[float]) -> str:
+    """The plan's grade of ``value``: one of :data:`GRADES`, from ``(minimum, good, excellent)``.
+
+    A grade is reached when the value is strictly above its threshold, as the plan's "> 50%".
+    ``nan`` grades ``"below minimum"``.
+    """
+    reached = sum(1 for t in thresholds if value > t)  # nan > t is False
+    return GRADES[reached]
+
+
+def collapse_verdict(
+    variance_mean: float,
+    rank: float,
+    dim: int,
+    *,
+    collapse_variance: float = COLLAPSE_VARIANCE,
+    collapse_rank_fraction: float = COLLAPSE_RANK_FRACTION,
+) -> tuple[bool, bool, str]:
+    """Judge features against the plan's collapse symptoms and success thresholds.
+
+    Args:
+        variance_mean: mean per-dimension variance of the features.
+        rank: their 95%-energy rank (see :func:`energy_rank`).
+        dim: their width ``D``.
+        collapse_variance: variance below this is a (complete) collapse, the plan's symptom.
+        collapse_rank_fraction: a rank below this fraction of ``D`` is a dimensional collapse,
+            the plan's rank red flag.
+
+    Returns:
+        ``(collapsed, rank_collapsed, verdict)``: the two flags and a one-line verdict.
+    """
+    fraction = rank / dim if dim > 0 else 0.0
+    collapsed = not variance_mean >= collapse_variance  # nan counts as collapsed
+    rank_collapsed = not fraction >= collapse_rank_fraction
+    variance_grade = grade(variance_mean, PLAN_THRESHOLDS["variance"])
+    rank_grade = grade(fraction, PLAN_THRESHOLDS["rank_fraction"])
+    detail = (
+        f"mean variance {variance_mean:.4g} ({variance_grade}); "
+        f"95%-energy rank {rank:g}/{dim} = {fraction:.2f} D ({rank_grade})"
+    )
+    if collapsed:
+        head = f"COLLAPSED: mean per-dimension variance below {collapse_variance:g}"
+    elif rank_collapsed:
+        head = f"DIMENSIONAL COLLAPSE: 95%-energy rank below {collapse_rank_fraction:g} D"
+    elif variance_grade == GRADES[0] or rank_grade == GRADES[0]:
+        head = "WARNING: below the plan's minimum"
+    else:
+        head = "healthy"
+    return collapsed, rank_collapsed, f"{head} ({detail})"

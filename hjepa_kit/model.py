@@ -1,0 +1,83 @@
+"""The H-JEPA module: context encoder, EMA target encoder and predictor, wired together.
+
+One training step (shapes for ``B`` images, ``M`` target blocks)::
+
+    target  = target_encoder(images)                 # all patches, no grad, (B, N, D)
+    targets = predictor.make_targets(target, masks)  # per level (B, M, T_l, D), parameter-free
+    context = context_encoder(images, masks.context) # only the context patches, (B, Nc, D)
+    preds   = predictor(context.tokens, masks)       # per level, shaped like targets
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from .contracts import EncoderOutput, Masks
+
+__all__ = ["HJEPA"]
+
+
+class HJEPA(nn.Module):
+    """Context encoder + EMA target encoder + predictor.
+
+    Args:
+        encoder: the context encoder (an :class:`~hjepa_kit.contracts.Encoder`); its deep copy,
+            frozen, becomes the target encoder.
+        predictor: a :class:`~hjepa_kit.contracts.Predictor`.
+    """
+
+    def __init__(self, encoder: nn.Module, predictor: nn.Module) -> None:
+        super().__init__()
+        self.context_encoder = encoder
+        self.predictor = predictor
+        self.target_encoder = copy.deepcopy(encoder)
+        self.target_encoder.requires_grad_(False)
+        self.target_encoder.eval()
+
+    def train(self, mode: bool = True) -> HJEPA:
+        super().train(mode)
+        self.target_encoder.eval()  # the target encoder never uses dropout / drop-path
+        return self
+
+    @torch.no_grad()
+    def encode_targets(self, images: Tensor, masks: Masks) -> list[Tensor]:
+        """Per-level targets from the target encoder (no grad)."""
+        output = self.target_encoder(images, return_blocks=tuple(self.predictor.target_blocks))
+        return [t.detach() for t in self.predictor.make_targets(output, masks)]
+
+    def predict(self, images: Tensor, masks: Masks, context_encoder: nn.Module | None = None,
+                predictor: nn.Module | None = None) -> tuple[list[Tensor], Tensor]:
+        """Per-level predictions and the ``(B, Nc, D)`` context tokens.
+
+        ``context_encoder`` / ``predictor`` may be DDP wrappers of this module's own.
+        """
+        encoder = context_encoder if context_encoder is not None else self.context_encoder
+        head = predictor if predictor is not None else self.predictor
+        context = encoder(images, indices=masks.context).tokens
+        return head(context, masks), context
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """EMA: ``target = momentum * target + (1 - momentum) * context``, once per optimizer step."""
+        target = [p for p in self.target_encoder.parameters()]
+        online = [p.detach() for p in self.context_encoder.parameters()]
+        if momentum >= 1.0:
+            return
+        torch._foreach_lerp_(target, online, 1.0 - momentum)
+        for tb, ob in zip(self.target_encoder.buffers(), self.context_encoder.buffers()):
+            tb.copy_(ob)
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        """Frozen features for evaluation, ``(B, D)`` each.
+
+        ``encoder`` is the target encoder's patch tokens averaged over the grid; ``level0``,
+        ``level1`` ... are the predictor's per-level features of the same forward pass.
+        """
+        output: EncoderOutput = self.target_encoder(images, return_blocks=tuple(self.predictor.target_blocks))
+        features = {"encoder": output.tokens.mean(dim=1)}
+        features.update(self.predictor.level_features(output))
+        return {k: v.float() for k, v in features.items()}

@@ -1,0 +1,63 @@
+"""Device, precision, seeding and memory figures."""
+
+from __future__ import annotations
+
+import functools
+import random
+import resource
+import sys
+
+import torch
+
+from .errors import UserError
+
+__all__ = ["resolve_device", "autocast_dtype", "cpu_has_fast_bf16", "seed_everything", "peak_rss_mb"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for but no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX) and oneDNN is available.
+
+    Without those instructions bf16 is emulated and slower than fp32; without mkldnn it is far
+    slower still, so both are required.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = handle.read()
+    except OSError:
+        return sys.platform == "darwin" and torch.backends.mps.is_available()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` (``fp32``, ``bf16``, ``auto``) on ``device``; None: fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's global generators (model init, dropout, drop-path)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

@@ -1,0 +1,628 @@
+"""The training loop: accumulation, schedules, EMA, precision, checkpoints, callbacks.
+
+:class:`Trainer` owns a run from its configuration to its last checkpoint. It knows no model: the
+encoder, masker, predictor, loss, dataset, evaluators and callbacks all come from plugins.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from . import __version__
+from .build import Built, build_dataset, build_model, build_named, make_context
+from .checkpoint import find_latest, load_checkpoint, save_checkpoint
+from .config import RunConfig, dump_config, load_config
+from .contracts import ImageData, Masks
+from .data import build_train_loader
+from .errors import CheckpointError, TrainingStopped, UserError
+from .features import extract_features, feature_sets, subset
+from .metrics import effective_rank
+from .registry import Registry
+from .runtime import autocast_dtype, peak_rss_mb, resolve_device, seed_everything
+from .schedules import Schedules
+from .threads import configure_threads
+
+__all__ = ["Trainer", "TrainResult"]
+
+log = logging.getLogger("hjepa_kit")
+
+
+@attrs.frozen
+class TrainResult:
+    """What :func:`hjepa_kit.train` returns.
+
+    Attributes:
+        status: ``completed``, ``interrupted`` (SIGINT/SIGTERM) or ``stopped`` (``max_steps``).
+        log_dir: folder of training.log, metrics.jsonl, config.yaml and TensorBoard events.
+        checkpoint_dir: folder of the checkpoints.
+        checkpoints: reason (``latest``, ``best``, ``final``, ``epoch_5`` ...) -> path.
+        metrics: the last epoch's metrics (loss, online evaluation figures).
+        steps: optimizer steps done.
+        epochs: epochs done.
+    """
+
+    status: str
+    log_dir: Path
+    checkpoint_dir: Path
+    checkpoints: dict[str, Path]
+    metrics: dict[str, float]
+    steps: int
+    epochs: int
+
+
+class _Interrupt:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupt:
+        if _is_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal = signal.Signals(signum).name
+        log.warning("%s received: finishing the current step, then writing a checkpoint", self.signal)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class Trainer:
+    """Runs H-JEPA pretraining for one configuration.
+
+    Args:
+        config: a :class:`~hjepa_kit.config.RunConfig`, a YAML path or a mapping.
+        plugins: extra plugin objects for this run only (their hooks and components).
+        registry: an existing registry (``plugins`` are added to it).
+        source: the configuration's file name, for messages.
+        resume: a checkpoint to continue from, or ``"auto"`` for the newest of the run folder.
+        console: echo log lines to stderr.
+
+    Attributes (for callbacks): ``config``, ``log_dir``, ``checkpoint_dir``, ``model``, ``step``
+    (optimizer steps done), ``epoch`` (epochs done), ``steps_per_epoch``, ``total_steps``,
+    ``device``, ``last_metrics``.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig | str | os.PathLike[str] | Mapping[str, Any],
+        *,
+        plugins: Iterable[Any] = (),
+        registry: Registry | None = None,
+        source: str | None = None,
+        resume: str | os.PathLike[str] | None = None,
+        console: bool = True,
+    ) -> None:
+        self.source = source or (str(config) if isinstance(config, (str, os.PathLike)) else "<config>")
+        self.config = load_config(config)
+        self.registry = registry or Registry()
+        self._run_plugins = []
+        for plugin in plugins:
+            self.registry.add_plugin(plugin)
+            self._run_plugins.append(plugin)
+        self.resolved = self.registry.resolve(self.config, self.source)
+        self.resume_from = resume
+        self.console = console
+        self.log_dir = self.config.log_dir
+        self.checkpoint_dir = self.config.checkpoint_dir
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.steps_per_epoch = 0
+        self.total_steps = 0
+        self.last_metrics: dict[str, float] = {}
+        self.checkpoints: dict[str, Path] = {}
+        self.best: dict[str, Any] = {}
+        self.last_target_tokens: torch.Tensor | None = None
+        self._callbacks: list[Any] = []
+        self._handlers: list[logging.Handler] = []
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _setup_outputs(self) -> None:
+        for folder in (self.log_dir, self.checkpoint_dir):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / ".write-test"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as exc:
+                raise UserError(
+                    f"{folder}: the output folder cannot be written ({exc.strerror or exc}); choose another with --output-dir"
+                ) from None
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        file_handler = logging.FileHandler(self.log_dir / "training.log", encoding="utf-8")
+        file_handler.setFormatter(fmt)
+        self._handlers.append(file_handler)
+        if self.console:
+            console = logging.StreamHandler(sys.stderr)
+            console.setFormatter(logging.Formatter("%(message)s"))
+            if sys.stderr.isatty():
+                # On a terminal the progress bar shows the interval figures; keep the console for
+                # epoch summaries and warnings.
+                console.addFilter(lambda record: not getattr(record, "interval", False))
+            self._handlers.append(console)
+        for handler in self._handlers:
+            log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+    def _teardown_outputs(self) -> None:
+        for handler in self._handlers:
+            log.removeHandler(handler)
+            handler.close()
+        self._handlers.clear()
+
+    def _build(self) -> None:
+        cfg = self.config
+        self.threads = configure_threads(cfg.training.threads)
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = autocast_dtype(cfg.training.precision, self.device)
+        seed_everything(cfg.seed)
+        ctx = make_context(cfg, self.device)
+        self.dataset = build_dataset(self.resolved, ctx)
+        if cfg.data.train_split not in self.dataset.splits:
+            raise UserError(
+                f"data.train_split: the dataset '{cfg.data.dataset.name}' has no split {cfg.data.train_split!r}; "
+                f"it has {', '.join(self.dataset.splits)}"
+            )
+        self.loader = build_train_loader(
+            self.dataset, cfg.data, image_size=ctx.image_size, seed=cfg.seed, device=self.device
+        )
+        micro_batches = len(self.loader)
+        if micro_batches < cfg.training.accumulation_steps:
+            raise UserError(
+                f"the training split has {micro_batches} batches of {cfg.data.batch_size}, fewer than "
+                f"training.accumulation_steps={cfg.training.accumulation_steps}: use a smaller data.batch_size"
+            )
+        self.built: Built = build_model(self.resolved, ctx)
+        self.ctx = ctx
+        self.model = self.built.model
+        self.masker = self.built.masker
+        self.loss_fn = self.built.loss
+        self.optimizer = _make_optimizer(self.model, cfg)
+        self.steps_per_epoch = micro_batches // cfg.training.accumulation_steps
+        full = self.steps_per_epoch * cfg.training.epochs
+        self.total_steps = min(full, cfg.training.max_steps) if cfg.training.max_steps else full
+        tr = cfg.training
+        self.schedules = Schedules(
+            total_steps=full,
+            warmup_steps=min(int(round(tr.warmup_epochs * self.steps_per_epoch)), full),
+            lr=tr.lr,
+            start_lr=tr.start_lr,
+            min_lr=tr.min_lr,
+            weight_decay=tr.weight_decay,
+            final_weight_decay=tr.final_weight_decay,
+            momentum_start=tr.ema_momentum[0],
+            momentum_end=tr.ema_momentum[1],
+        )
+        self.mask_generator = torch.Generator()
+
+    def _write_config(self) -> None:
+        params = {path: p for path, (_, p) in self.resolved.items()}
+        text = dump_config(self.config, params)
+        target = self.log_dir / "config.yaml"
+        tmp = target.with_suffix(".yaml.tmp")
+        tmp.write_text(f"# resolved configuration of run '{self.config.name}' (hjepa-kit {__version__})\n" + text)
+        os.replace(tmp, target)
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The configuration as plain data with every component's parameters filled in."""
+        import yaml
+
+        params = {path: p for path, (_, p) in self.resolved.items()}
+        return yaml.safe_load(dump_config(self.config, params))
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs, plus what evaluation needs to rebuild the model."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "hjepa_kit_version": __version__,
+            "config": self.resolved_config(),
+            "build": {"image_size": self.ctx.image_size, "in_chans": self.ctx.in_chans, "num_classes": self.ctx.num_classes},
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": rng,
+            "best": dict(self.best),
+            "metrics": dict(self.last_metrics),
+        }
+
+    def save(self, name: str, reason: str) -> Path:
+        """Write ``<checkpoint_dir>/<name>`` atomically and tell the callbacks."""
+        path = save_checkpoint(self.state_dict(), self.checkpoint_dir / name)
+        self.checkpoints[name.removesuffix(".pth")] = path
+        log.info("checkpoint %s written (%s, step %d)", path, reason, self.step)
+        self.registry.hook.hjepa_checkpoint_saved(trainer=self, path=str(path), reason=reason)
+        return path
+
+    def _resume(self) -> None:
+        target = self.resume_from
+        if target is None:
+            return
+        if str(target) == "auto":
+            found = find_latest(self.checkpoint_dir)
+            if found is None:
+                log.info("--resume auto: no checkpoint in %s, starting fresh", self.checkpoint_dir)
+                return
+            target = found
+        state = load_checkpoint(target, map_location=self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{target}: the checkpoint does not match this configuration's model "
+                f"(was it written with another encoder, predictor or image size?): {first}"
+            ) from None
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        self.best = dict(state.get("best", {}))
+        self.last_metrics = dict(state.get("metrics", {}))
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        log.info("resumed from %s at epoch %d, step %d", target, self.epoch, self.step)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Train until the configured epochs (or ``max_steps``) are done; return the result."""
+        self._setup_outputs()
+        status = "failed"
+        try:
+            self._build()
+            self._resume()
+            self._write_config()
+            for spec_path in (p for p in self.resolved if p.startswith("callbacks[")):
+                callback = build_named(self.registry, self.resolved, spec_path, self.ctx)
+                self.registry.add_plugin(callback, name=f"{spec_path}:{self.resolved[spec_path][0].name}")
+                self._callbacks.append(callback)
+            self._log_start()
+            self.registry.hook.hjepa_fit_start(trainer=self)
+            with _Interrupt() as interrupt:
+                status = self._loop(interrupt)
+            if status == "interrupted":
+                self.save("interrupted.pth", "interrupted")
+            elif self.config.checkpoint.save_final:
+                self.save("final.pth", "final")
+            log.info("run %s: %s after %d steps (%d epochs); peak RSS %.0f MB", self.config.name, status, self.step, self.epoch, peak_rss_mb())
+            return TrainResult(
+                status=status,
+                log_dir=self.log_dir,
+                checkpoint_dir=self.checkpoint_dir,
+                checkpoints=dict(self.checkpoints),
+                metrics=dict(self.last_metrics),
+                steps=self.step,
+                epochs=self.epoch,
+            )
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except Exception as exc:
+            if isinstance(exc, UserError):
+                log.error("%s", exc)
+            else:
+                log.exception("run failed")
+            raise
+        finally:
+            try:
+                self.registry.hook.hjepa_fit_end(trainer=self, status=status)
+            finally:
+                for callback in self._callbacks:
+                    self.registry.remove_plugin(callback)
+                for plugin in self._run_plugins:
+                    self.registry.remove_plugin(plugin)
+                log.info("status: %s", status)
+                self._teardown_outputs()
+
+    def _log_start(self) -> None:
+        cfg = self.config
+        params = sum(p.numel() for p in self.model.context_encoder.parameters())
+        pred = sum(p.numel() for p in self.model.predictor.parameters())
+        log.info(
+            "run %s: %s on %s (%s, %d threads), %d images of %dpx, grid %s, encoder %.1fM params, predictor %.1fM",
+            cfg.name, cfg.model.encoder.name, self.device, "bf16" if self.amp_dtype else "fp32", self.threads,
+            len(self.loader) * cfg.data.batch_size, self.ctx.image_size, "x".join(map(str, self.ctx.grid_size or ())),
+            params / 1e6, pred / 1e6,
+        )
+        log.info(
+            "%d epochs x %d steps (batch %d x accumulation %d = %d); logs: %s; checkpoints: %s",
+            cfg.training.epochs, self.steps_per_epoch, cfg.data.batch_size, cfg.training.accumulation_steps,
+            cfg.data.batch_size * cfg.training.accumulation_steps, self.log_dir, self.checkpoint_dir,
+        )
+
+    def _loop(self, interrupt: _Interrupt) -> str:
+        cfg = self.config
+        accumulation = cfg.training.accumulation_steps
+        self.model.train()
+        metrics_path = self.log_dir / "metrics.jsonl"
+        self._metrics_file = open(metrics_path, "a", encoding="utf-8")
+        try:
+            while self.epoch < cfg.training.epochs:
+                if self.step >= self.total_steps:
+                    return "stopped"
+                self.loader.set_epoch(self.epoch)
+                skip = self.batch_in_epoch
+                if skip:
+                    self.loader.skip(skip)
+                sums: dict[str, float] = {}
+                count = 0
+                window = _Window()
+                micro = 0
+                for images, _labels in self.loader:
+                    micro_index = self.batch_in_epoch
+                    terms = self._micro_step(images, micro_index, accumulation)
+                    self.batch_in_epoch += 1
+                    micro += 1
+                    window.add(images.shape[0], terms)
+                    if micro % accumulation:
+                        continue
+                    step_metrics = self._optimizer_step()
+                    step_metrics.update(window.means())
+                    for key, value in step_metrics.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    count += 1
+                    self._after_step(step_metrics, window)
+                    if interrupt.signal:
+                        return "interrupted"
+                    if self.step >= self.total_steps:
+                        break
+                    if self.batch_in_epoch + accumulation > len(self.loader):
+                        break  # the leftover micro-batches cannot make a whole optimizer step
+                finished_epoch = self.batch_in_epoch >= (len(self.loader) // accumulation) * accumulation
+                if not finished_epoch:
+                    return "stopped"
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                epoch_metrics = {k: v / max(count, 1) for k, v in sums.items()}
+                self._end_epoch(epoch_metrics)
+                if self.step >= self.total_steps and self.epoch < cfg.training.epochs:
+                    return "stopped"
+            return "completed"
+        finally:
+            self._metrics_file.close()
+
+    def _micro_step(self, images: torch.Tensor, micro_index: int, accumulation: int) -> dict[str, float]:
+        cfg = self.config
+        # Masks are a pure function of (seed, epoch, micro-batch): a resumed run draws the same ones.
+        self.mask_generator.manual_seed((cfg.seed * 1_000_003 + self.epoch * 100_003 + micro_index) % (2**63))
+        masks: Masks = self.masker(images.shape[0], self.mask_generator).to(self.device)
+        images = images.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
+            with torch.no_grad():
+                target_out = self.model.target_encoder(images, return_blocks=tuple(self.model.predictor.target_blocks))
+                targets = [t.detach() for t in self.model.predictor.make_targets(target_out, masks)]
+            predictions, context = self.model.predict(images, masks)
+            out = self.loss_fn(predictions, targets, context)
+        loss = out.total
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            self._non_finite("loss", value, out.terms)
+        (loss / accumulation).backward()
+        if self.step % cfg.logging.feature_stats_every_steps == 0:
+            self.last_target_tokens = target_out.tokens.detach()
+        terms = {"loss": value}
+        terms.update({f"loss/{k}": float(v.detach()) for k, v in out.terms.items()})
+        return terms
+
+    def _non_finite(self, what: str, value: float, terms: Mapping[str, torch.Tensor]) -> None:
+        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        last = max(self.checkpoints.values(), key=lambda p: p.stat().st_mtime_ns, default=None) if self.checkpoints else find_latest(self.checkpoint_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise TrainingStopped(
+            f"training stopped at epoch {self.epoch + 1}, step {self.step + 1}: the {what} is {value}"
+            + (f" ({detail})" if detail else "")
+            + f"; {kept}. Try the plan's fallbacks: a lower learning rate (e.g. --set training.lr={self.config.training.lr / 5:.2g}), "
+            "a higher EMA momentum (--set training.ema_momentum=[0.999,1.0]), or the variance regulariser "
+            f"(--set loss.params.variance_weight=1.0), then --resume {last or 'auto'}"
+        )
+
+    def _optimizer_step(self) -> dict[str, float]:
+        cfg = self.config
+        lr = self.schedules.lr_at(self.step)
+        wd = self.schedules.weight_decay_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if group.get("apply_wd", True):
+                group["weight_decay"] = wd
+        grad_norm = float("nan")
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if cfg.training.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.training.grad_clip))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
+        if not math.isfinite(grad_norm):
+            self._non_finite("gradient norm", grad_norm, {})
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        momentum = self.schedules.momentum_at(self.step)
+        self.model.update_target(momentum)
+        self.step += 1
+        return {"lr": lr, "wd": wd, "momentum": momentum, "grad_norm": grad_norm}
+
+    def _after_step(self, metrics: dict[str, float], window: _Window) -> None:
+        cfg = self.config
+        if self.last_target_tokens is not None:
+            metrics.update(self._feature_stats(self.last_target_tokens))
+            self.last_target_tokens = None
+        metrics["images_per_s"] = window.images_per_s()
+        remaining = self.total_steps - self.step
+        metrics["eta_s"] = remaining * window.seconds_per_step()
+        record = {"step": self.step, "epoch": self.epoch + self.batch_in_epoch / max(len(self.loader), 1)}
+        record.update(metrics)
+        self.last_metrics = dict(metrics)
+        if self.step % cfg.logging.interval_steps == 0 or self.step == self.total_steps:
+            self._metrics_file.write(json.dumps(record) + "\n")
+            self._metrics_file.flush()
+            levels = " ".join(f"{k.removeprefix('loss/')} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
+            log.info(
+                "epoch %d/%d step %d/%d loss %.4f %s lr %.3g momentum %.5f %.1f img/s ETA %s rss %.0fMB",
+                self.epoch + 1, cfg.training.epochs, self.step, self.total_steps, metrics["loss"], levels,
+                metrics["lr"], metrics["momentum"], metrics["images_per_s"], _duration(metrics["eta_s"]), peak_rss_mb(),
+                extra={"interval": True},
+            )
+            window.reset()
+        self.registry.hook.hjepa_step_end(trainer=self, step=self.step, metrics=metrics)
+
+    def _feature_stats(self, tokens: torch.Tensor) -> dict[str, float]:
+        cfg = self.config.logging
+        flat = tokens.float().reshape(-1, tokens.shape[-1])
+        std = float(flat.std(dim=0).mean())
+        rank = float(effective_rank(flat))
+        width = flat.shape[1]
+        stats = {"features/std": std, "features/effective_rank": rank}
+        collapsed = std < cfg.collapse_std_threshold or rank < cfg.collapse_rank_fraction * width
+        stats["features/collapse_warning"] = float(collapsed)
+        if collapsed:
+            log.warning(
+                "possible representation collapse at step %d: feature std %.4f (threshold %.3g), effective rank %.1f of %d "
+                "(threshold %.0f). Fallbacks: lower training.lr 5x, raise training.ema_momentum to [0.999, 1.0], "
+                "add the variance regulariser (loss.params.variance_weight), or restart from an earlier checkpoint",
+                self.step, std, cfg.collapse_std_threshold, rank, width, cfg.collapse_rank_fraction * width,
+            )
+        return stats
+
+    def _end_epoch(self, metrics: dict[str, float]) -> None:
+        cfg = self.config
+        ev = cfg.evaluation
+        if ev.online is not None and ev.online_every_epochs and self.epoch % ev.online_every_epochs == 0:
+            metrics.update(self.online_evaluation())
+        self.last_metrics = dict(metrics)
+        summary = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("loss", "online/")))
+        log.info("epoch %d/%d done: %s", self.epoch, cfg.training.epochs, summary)
+        self.save("latest.pth", "latest")
+        if self.epoch % cfg.checkpoint.every_epochs == 0:
+            self.save(f"checkpoint_epoch_{self.epoch}.pth", "periodic")
+        self._maybe_best(metrics)
+        self.registry.hook.hjepa_epoch_end(trainer=self, epoch=self.epoch, metrics=metrics)
+
+    def _maybe_best(self, metrics: Mapping[str, float]) -> None:
+        criterion = self.config.checkpoint.best_metric
+        knn = [k for k in metrics if k.startswith("online/") and "top1" in k]
+        if criterion == "knn" and not knn:
+            log.warning("checkpoint.best_metric is knn but no online k-NN figure exists (no labels?); using the loss")
+        if criterion in ("auto", "knn") and knn:
+            name, value, better = knn[0], metrics[knn[0]], lambda new, old: new > old
+        else:
+            name, value, better = "loss", metrics.get("loss", math.inf), lambda new, old: new < old
+        if not self.best or self.best.get("metric") != name or better(value, self.best["value"]):
+            self.best = {"metric": name, "value": value, "epoch": self.epoch}
+            self.save("best_model.pth", "best")
+
+    def online_evaluation(self) -> dict[str, float]:
+        """Run the online evaluator on labelled subsets; figures are prefixed ``online/``."""
+        ev = self.config.evaluation
+        if self.dataset.num_classes is None or "test" not in self.dataset.splits:
+            return {}
+        started = time.perf_counter()
+        train = subset(self._split("train"), ev.online_train_samples, self.config.seed)
+        test = subset(self._split("test"), ev.online_test_samples, self.config.seed + 1)
+        if train.labels is None or test.labels is None:
+            return {}
+        kwargs = dict(image_size=self.ctx.image_size, batch_size=self.config.data.eval_batch_size,
+                      mean=self.config.data.augmentation.mean, std=self.config.data.augmentation.std,
+                      device=self.device, autocast_dtype=self.amp_dtype)
+        train_features = extract_features(self.model, train, **kwargs)
+        test_features = extract_features(self.model, test, **kwargs)
+        sets = feature_sets(train_features, train.labels, test_features, test.labels, int(self.dataset.num_classes))
+        evaluator = build_named(self.registry, self.resolved, "evaluation.online", self.ctx)
+        result = evaluator(sets, "encoder")
+        figures = getattr(result, "metrics", result)
+        out = {f"online/{k}": float(v) for k, v in figures.items()}
+        out["online/seconds"] = time.perf_counter() - started
+        self.registry.hook.hjepa_evaluation_end(trainer=self, results=out)
+        return out
+
+    def _split(self, name: str) -> ImageData:
+        cache = self.__dict__.setdefault("_split_cache", {})
+        if name not in cache:
+            cache[name] = self.dataset.load(name)
+        return cache[name]
+
+
+class _Window:
+    """Running sums of one logging interval."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.started = time.perf_counter()
+        self.images = 0
+        self.steps = 0
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, images: int, terms: Mapping[str, float]) -> None:
+        self.images += images
+        self.count += 1
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        self.steps += 1
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+    def images_per_s(self) -> float:
+        return self.images / max(time.perf_counter() - self.started, 1e-9)
+
+    def seconds_per_step(self) -> float:
+        return (time.perf_counter() - self.started) / max(self.steps, 1)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _make_optimizer(model: Any, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW over the context encoder and predictor; biases, norms and 1-D params never decay."""
+    decay, no_decay = [], []
+    for module in (model.context_encoder, model.predictor):
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.training.weight_decay, "apply_wd": True},
+        {"params": no_decay, "weight_decay": 0.0, "apply_wd": False},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.training.lr, betas=cfg.training.betas)

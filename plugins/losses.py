@@ -1,0 +1,320 @@
+"""Losses ``smooth_l1`` and ``mse``: per-level prediction losses, optionally regularised.
+
+Both compare each hierarchy level's predictions with its targets, element-wise and averaged over
+every element of the level's ``(B, M, T, D)`` tensor, and sum the levels with the predictor's
+per-level weights (read from ``ctx.level_weights``: the predictor owns them, so they are never
+configured twice). Targets are treated as constants (stop-gradient), as in I-JEPA.
+
+An optional VICReg-style regulariser on the context encoder's tokens is the training plan's
+fallback against representation collapse. It is off by default (both weights 0.0) and then costs
+nothing and adds no terms.
+
+References:
+    Assran et al., "Self-Supervised Learning from Images with a Joint-Embedding Predictive
+    Architecture" (I-JEPA), CVPR 2023, https://arxiv.org/abs/2301.08243
+    Bardes, Ponce, LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
+    Self-Supervised Learning", ICLR 2022, https://arxiv.org/abs/2105.04906
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hjepa_kit import hookimpl
+from hjepa_kit.contracts import BuildContext, LossOutput
+from hjepa_kit.errors import ConfigError
+from hjepa_kit.params import param
+
+__all__ = [
+    "SmoothL1Params",
+    "MSEParams",
+    "PredictionLoss",
+    "SmoothL1PredictionLoss",
+    "MSEPredictionLoss",
+    "variance_loss",
+    "covariance_loss",
+    "build_smooth_l1",
+    "build_mse",
+]
+
+
+# The regulariser's fields are declared by these helpers so every loss lists them after its own.
+def _variance_weight() -> Any:
+    return param(
+        0.0, help="Weight of the VICReg variance hinge on the context tokens (0 = off; VICReg uses 25).", ge=0.0
+    )
+
+
+def _covariance_weight() -> Any:
+    return param(0.0, help="Weight of the VICReg covariance penalty on the context tokens (0 = off; VICReg uses 1).", ge=0.0)
+
+
+def _std_target() -> Any:
+    return param(1.0, help="Per-dimension standard deviation the variance hinge asks of the context tokens.", gt=0.0)
+
+
+@attrs.frozen(kw_only=True)
+class SmoothL1Params:
+    """Parameters of the ``smooth_l1`` loss."""
+
+    beta: float = param(1.0, help="Where smooth L1 turns from quadratic to linear (I-JEPA uses 1.0).", gt=0.0)
+    variance_weight: float = _variance_weight()
+    covariance_weight: float = _covariance_weight()
+    std_target: float = _std_target()
+
+
+@attrs.frozen(kw_only=True)
+class MSEParams:
+    """Parameters of the ``mse`` loss."""
+
+    variance_weight: float = _variance_weight()
+    covariance_weight: float = _covariance_weight()
+    std_target: float = _std_target()
+
+
+def _as_rows(features: Tensor) -> Tensor:
+    """``(..., D)`` -> ``(N, D)`` float32, checking there are at least two rows."""
+    rows = features.reshape(-1, features.shape[-1]).float()
+    if rows.shape[0] < 2:
+        raise ValueError(f"features of shape {tuple(features.shape)} have fewer than 2 rows: a spread needs at least 2")
+    return rows
+
+
+def variance_loss(features: Tensor, std_target: float = 1.0, eps: float = 1e-4) -> Tensor:
+    """VICReg's variance term: a hinge that asks every dimension to spread at least ``std_target``.
+
+    ``mean_d relu(std_target - sqrt(var_d + eps))`` over the rows of ``features``. Fully collapsed
+    features (every row equal) give the largest value, ``std_target - sqrt(eps)``; their gradient
+    is zero at exact equality (as in VICReg) and pushes the spread up as soon as rows differ.
+
+    Args:
+        features: ``(..., D)``; every leading position is one sample (``(B, Nc, D)`` context tokens
+            count as ``B * Nc`` samples).
+        std_target: the standard deviation asked of each dimension.
+        eps: keeps the square root differentiable at zero variance.
+
+    Returns:
+        A scalar float32 tensor.
+    """
+    rows = _as_rows(features)
+    std = torch.sqrt(rows.var(dim=0) + eps)
+    return F.relu(std_target - std).mean()
+
+
+def covariance_loss(features: Tensor) -> Tensor:
+    """VICReg's covariance term: the squared off-diagonal covariances, summed and divided by ``D``.
+
+    Pushes dimensions to be decorrelated, so information is not copied across them.
+
+    Args:
+        features: ``(..., D)``; every leading position is one sample.
+
+    Returns:
+        A scalar float32 tensor.
+    """
+    rows = _as_rows(features)
+    n, d = rows.shape
+    centred = rows - rows.mean(dim=0)
+    cov = centred.T @ centred / (n - 1)  # (D, D)
+    off_diagonal = cov - torch.diag_embed(torch.diagonal(cov))
+    return off_diagonal.pow(2).sum() / d
+
+
+class PredictionLoss(nn.Module):
+    """Weighted sum over hierarchy levels of an element-wise prediction loss, plus a regulariser.
+
+    ``total = sum_l level_weights[l] * loss(predictions[l], targets[l])
+    + variance_weight * variance(context) + covariance_weight * covariance(context)``.
+    Subclasses define :meth:`element_loss`.
+
+    Attributes:
+        level_weights: loss weight per hierarchy level.
+        variance_weight: weight of :func:`variance_loss` on the context tokens (0 = off).
+        covariance_weight: weight of :func:`covariance_loss` on the context tokens (0 = off).
+        std_target: standard deviation the variance hinge asks for.
+
+    Raises:
+        ValueError: when the numbers of predictions, targets and weights differ, a level's
+            prediction and target shapes differ, or the regulariser is on and no context is given.
+    """
+
+    def __init__(
+        self,
+        level_weights: Sequence[float],
+        *,
+        variance_weight: float = 0.0,
+        covariance_weight: float = 0.0,
+        std_target: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.level_weights = tuple(float(w) for w in level_weights)
+        self.variance_weight = float(variance_weight)
+        self.covariance_weight = float(covariance_weight)
+        self.std_target = float(std_target)
+
+    def element_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Mean element-wise loss of one level (scalar)."""
+        raise NotImplementedError
+
+    def forward(
+        self, predictions: Sequence[Tensor], targets: Sequence[Tensor], context: Tensor | None = None
+    ) -> LossOutput:
+        """Combine the levels' losses.
+
+        Args:
+            predictions: one ``(B, M, T, D)`` tensor per level.
+            targets: one tensor per level, shaped like its prediction (treated as constants).
+            context: ``(B, Nc, D)`` context-encoder tokens; needed only when the regulariser is on.
+
+        Returns:
+            ``total`` and ``terms``: ``level0``, ``level1`` ... (unweighted), plus ``variance`` and
+            ``covariance`` (unweighted) when their weights are positive.
+        """
+        if not len(predictions) == len(targets) == len(self.level_weights):
+            raise ValueError(
+                f"got {len(predictions)} prediction levels, {len(targets)} target levels and "
+                f"{len(self.level_weights)} level weights {self.level_weights}; they must be equal"
+            )
+        terms: dict[str, Tensor] = {}
+        parts = []
+        for level, (prediction, target, weight) in enumerate(zip(predictions, targets, self.level_weights)):
+            if prediction.shape != target.shape:
+                raise ValueError(
+                    f"level {level}: predictions have shape {tuple(prediction.shape)} but targets "
+                    f"have shape {tuple(target.shape)}"
+                )
+            # float32: a bf16 mean over ~10^5 elements loses the small differences late in training.
+            value = self.element_loss(prediction.float(), target.detach().float())
+            terms[f"level{level}"] = value
+            parts.append(weight * value)
+        if self.variance_weight > 0 or self.covariance_weight > 0:
+            if context is None:
+                raise ValueError(
+                    f"variance_weight={self.variance_weight} / covariance_weight={self.covariance_weight} "
+                    "regularise the context tokens, but no context was given"
+                )
+            if self.variance_weight > 0:
+                terms["variance"] = variance_loss(context, self.std_target)
+                parts.append(self.variance_weight * terms["variance"])
+            if self.covariance_weight > 0:
+                terms["covariance"] = covariance_loss(context)
+                parts.append(self.covariance_weight * terms["covariance"])
+        total = torch.stack(parts).sum()
+        return LossOutput(total=total, terms=terms)
+
+
+class SmoothL1PredictionLoss(PredictionLoss):
+    """Smooth L1 (Huber with slope 1) between predicted and target features, per level.
+
+    I-JEPA's prediction loss: quadratic for differences below ``beta``, linear above, so early large
+    errors do not dominate the gradient. Paper: Assran et al., I-JEPA, CVPR 2023
+    (https://arxiv.org/abs/2301.08243); regulariser: Bardes et al., VICReg, ICLR 2022
+    (https://arxiv.org/abs/2105.04906).
+
+    Attributes:
+        beta: where the loss turns from quadratic to linear.
+        level_weights, variance_weight, covariance_weight, std_target: see :class:`PredictionLoss`.
+
+    Example:
+        >>> loss = SmoothL1PredictionLoss((1.0, 0.5))
+        >>> out = loss(predictor(context, masks), predictor.make_targets(target_output, masks), context)
+        >>> out.total.backward(); out.terms["level1"]
+
+    Raises:
+        ValueError: see :class:`PredictionLoss`.
+    """
+
+    def __init__(self, level_weights: Sequence[float], *, beta: float = 1.0, **regulariser: float) -> None:
+        super().__init__(level_weights, **regulariser)
+        self.beta = float(beta)
+
+    def element_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return F.smooth_l1_loss(prediction, target, beta=self.beta)
+
+
+class MSEPredictionLoss(PredictionLoss):
+    """Mean squared error between predicted and target features, per level.
+
+    The L2 prediction loss of JEPA-style methods; more sensitive to large errors than smooth L1.
+    Papers: Assran et al., I-JEPA (https://arxiv.org/abs/2301.08243); regulariser: Bardes et al.,
+    VICReg (https://arxiv.org/abs/2105.04906).
+
+    Attributes:
+        level_weights, variance_weight, covariance_weight, std_target: see :class:`PredictionLoss`.
+
+    Example:
+        >>> loss = MSEPredictionLoss((1.0, 0.5), variance_weight=1.0)
+        >>> loss(predictions, targets, context).terms  # level0, level1, variance
+
+    Raises:
+        ValueError: see :class:`PredictionLoss`.
+    """
+
+    def element_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(prediction, target)
+
+
+def _level_weights(ctx: BuildContext) -> tuple[float, ...]:
+    if ctx.level_weights is None:
+        raise ConfigError(
+            "the loss reads its per-level weights from the predictor (ctx.level_weights), which is not known yet: "
+            "build the predictor first"
+        )
+    weights = tuple(float(w) for w in ctx.level_weights)
+    if ctx.num_levels is not None and len(weights) != ctx.num_levels:
+        raise ConfigError(
+            f"the predictor declares num_levels={ctx.num_levels} but level_weights={weights} "
+            f"({len(weights)} entries): give one weight per level"
+        )
+    return weights
+
+
+def build_smooth_l1(params: SmoothL1Params, ctx: BuildContext) -> SmoothL1PredictionLoss:
+    """Build the ``smooth_l1`` loss with the predictor's level weights from ``ctx``.
+
+    Raises:
+        ConfigError: when ``ctx.level_weights`` is unknown or its length differs from ``ctx.num_levels``.
+    """
+    return SmoothL1PredictionLoss(
+        _level_weights(ctx),
+        beta=params.beta,
+        variance_weight=params.variance_weight,
+        covariance_weight=params.covariance_weight,
+        std_target=params.std_target,
+    )
+
+
+def build_mse(params: MSEParams, ctx: BuildContext) -> MSEPredictionLoss:
+    """Build the ``mse`` loss with the predictor's level weights from ``ctx``.
+
+    Raises:
+        ConfigError: when ``ctx.level_weights`` is unknown or its length differs from ``ctx.num_levels``.
+    """
+    return MSEPredictionLoss(
+        _level_weights(ctx),
+        variance_weight=params.variance_weight,
+        covariance_weight=params.covariance_weight,
+        std_target=params.std_target,
+    )
+
+
+@hookimpl
+def hjepa_register_losses(register) -> None:  # noqa: ANN001 - the core's Register callback
+    register(
+        "smooth_l1",
+        build_smooth_l1,
+        params=SmoothL1Params,
+        summary="I-JEPA's smooth L1 over hierarchy levels, optional VICReg variance/covariance regulariser.",
+    )
+    register(
+        "mse",
+        build_mse,
+        params=MSEParams,
+        summary="Mean squared error over hierarchy levels, optional VICReg variance/covariance regulariser.",
+    )
