@@ -1,6 +1,95 @@
-"""hjepa-kit: hierarchical JEPA self-supervised pretraining with plugins."""
+"""hjepa-kit: hierarchical JEPA self-supervised pretraining with plugins.
+
+The public API::
+
+    import hjepa_kit
+
+    config = hjepa_kit.load_config("configs/quickstart.yaml", overrides=["training.epochs=2"])
+    result = hjepa_kit.train(config, plugins=[my_plugin])
+    figures = hjepa_kit.evaluate(result.checkpoints["final"], eval_types=["knn"])
+
+Plugins implement hooks marked with :data:`hookimpl` (see :mod:`hjepa_kit.hookspecs`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "__version__"]
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "load_config",
+    "train",
+    "evaluate",
+    "Trainer",
+    "TrainResult",
+    "Registry",
+    "RunConfig",
+    "ComponentSpec",
+    "BuildContext",
+    "Masks",
+    "EncoderOutput",
+    "LossOutput",
+    "ImageData",
+    "FeatureSet",
+    "EvalResult",
+    "param",
+    "UserError",
+    "ConfigError",
+    "PluginError",
+    "DataError",
+    "CheckpointError",
+]
+
+# Heavy modules (torch, the trainer) load on first use, so `import hjepa_kit` and `hjepa plugins`
+# stay fast.
+_LAZY = {
+    "load_config": ".config",
+    "RunConfig": ".config",
+    "ComponentSpec": ".config",
+    "train": ".api",
+    "evaluate": ".api",
+    "Trainer": ".trainer",
+    "TrainResult": ".trainer",
+    "Registry": ".registry",
+    "BuildContext": ".contracts",
+    "Masks": ".contracts",
+    "EncoderOutput": ".contracts",
+    "LossOutput": ".contracts",
+    "ImageData": ".contracts",
+    "FeatureSet": ".contracts",
+    "EvalResult": ".contracts",
+    "param": ".params",
+    "UserError": ".errors",
+    "ConfigError": ".errors",
+    "PluginError": ".errors",
+    "DataError": ".errors",
+    "CheckpointError": ".errors",
+}
+
+if TYPE_CHECKING:
+    from .api import evaluate, train
+    from .config import ComponentSpec, RunConfig, load_config
+    from .contracts import BuildContext, EncoderOutput, EvalResult, FeatureSet, ImageData, LossOutput, Masks
+    from .errors import CheckpointError, ConfigError, DataError, PluginError, UserError
+    from .params import param
+    from .registry import Registry
+    from .trainer import Trainer, TrainResult
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hjepa_kit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -324,7 +324,7 @@ class HierarchicalPredictor(nn.Module):
         B, Nc = masks.context.shape
         _, M, Nt = masks.targets.shape
         x = self.embed(context) + self.pos_embed[masks.context]  # (B, Nc, W)
-        queries = self.mask_token + self.pos_embed[masks.targets]  # (B, M, Nt, W)
+        queries = self.mask_token + 0 * self.pos_embed[masks.targets]  # (B, M, Nt, W)
         W = queries.shape[-1]
         if self.layout == "joint":
             x = torch.cat([x, queries.flatten(1, 2).to(x.dtype)], dim=1)  # (B, Nc + M*Nt, W)

@@ -1,0 +1,1 @@
+"""Bundled run configurations (shipped as ``hjepa_kit.configs``)."""

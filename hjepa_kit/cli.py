@@ -1,0 +1,210 @@
+"""The ``hjepa`` command: train, evaluate, plugins, config.
+
+A user's mistake (bad config, unknown plugin, damaged data, foreign checkpoint) prints one clear
+message without a traceback and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import UserError
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_CONFIG = "configs/quickstart.yaml"
+EVAL_TYPES = ("all", "linear_probe", "knn", "feature_quality", "hierarchy")
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a configuration key by dotted path with a YAML value, e.g. --set training.epochs=5 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``hjepa`` (also used to generate the CLI reference)."""
+    parser = argparse.ArgumentParser(prog="hjepa", description="Hierarchical JEPA pretraining and evaluation.")
+    parser.add_argument("--version", action="version", version=f"hjepa-kit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser("train", help="pretrain a model", description="Pretrain an H-JEPA model from a YAML configuration.")
+    train.add_argument("--config", default=None, help=f"YAML run configuration (default: {DEFAULT_CONFIG} when present, else the built-in quickstart)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the configured device")
+    train.add_argument("--output-dir", help="root folder of the run's logs and checkpoints (default: results)")
+    train.add_argument("--name", help="run name (folder under logs/ and checkpoints/)")
+    train.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint, or 'auto' for the newest of this run")
+    _add_set(train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint", description="Evaluate a checkpoint: k-NN, linear probe, feature quality, hierarchy.")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint written by hjepa train")
+    ev.add_argument("--dataset", help="dataset component to evaluate on (default: the one the run trained on)")
+    ev.add_argument("--data-path", help="dataset folder (sets data.dataset.params.root)")
+    ev.add_argument("--eval-type", nargs="+", default=["all"], metavar="TYPE",
+                    help=f"what to run: {', '.join(EVAL_TYPES)}, or any registered evaluator name")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to extract features")
+    ev.add_argument("--output-dir", help="where results.json, report.md and figures go (default: <output_dir>/eval/<run>)")
+    _add_set(ev)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins and components")
+    plugins.add_argument("--params", metavar="NAME", help="print the parameters of component NAME")
+    plugins.add_argument("--kind", help="restrict to one kind (encoder, masker, predictor, loss, evaluator, dataset, callback)")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+
+    config = sub.add_parser("config", help="show or validate a configuration")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    for action, text in (("show", "print the resolved configuration"), ("validate", "check a configuration (exit 0 or 2)")):
+        p = config_sub.add_parser(action, help=text)
+        p.add_argument("--config", default=None, help="YAML run configuration (default: the built-in quickstart)")
+        _add_set(p)
+    return parser
+
+
+def _config_source(path: str | None) -> str | None:
+    """``None`` -> ./configs/quickstart.yaml when present (else the bundled quickstart)."""
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        return DEFAULT_CONFIG
+    return path
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .api import train
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.output_dir:
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
+    if args.name:
+        overrides.append(f"name={json.dumps(args.name)}")
+    result = train(_config_source(args.config), overrides=overrides, resume=args.resume)
+    print(f"run {result.status}: {result.steps} steps, {result.epochs} epochs")
+    print(f"logs: {result.log_dir}")
+    for name, path in sorted(result.checkpoints.items()):
+        print(f"checkpoint {name}: {path}")
+    return 0 if result.status in ("completed", "stopped") else 130
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .api import evaluate
+
+    types = []
+    for item in args.eval_type:
+        types += [t for t in item.split(",") if t]
+    results = evaluate(
+        args.checkpoint, dataset=args.dataset, data_path=args.data_path, eval_types=types,
+        device=args.device, output_dir=args.output_dir, overrides=args.overrides,
+    )
+    for key, value in results["metrics"].items():
+        print(f"{key:45s} {value:.4f}" if isinstance(value, float) else f"{key:45s} {value}")
+    print(f"report: {results['paths'].get('report.md', '')}")
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .contracts import KINDS
+    from .params import describe
+    from .registry import Registry, component_table
+
+    registry = Registry()
+    if args.kind and args.kind not in KINDS:
+        raise UserError(f"--kind {args.kind!r}: unknown kind; kinds are {', '.join(KINDS)}")
+    if args.params:
+        found = [c for c in registry.find(args.params) if not args.kind or c.kind == args.kind]
+        if not found:
+            names = [n for kind in KINDS for n in registry.names(kind)]
+            from .params import suggest
+
+            raise UserError(f"--params {args.params!r}: no component has that name{suggest(args.params, names)}; see `hjepa plugins`")
+        if len(found) > 1:
+            raise UserError(f"--params {args.params!r}: several kinds use that name ({', '.join(c.kind for c in found)}); add --kind")
+        component = found[0]
+        rows = describe(component.params)
+        if args.json:
+            print(json.dumps({"kind": component.kind, "name": component.name, "plugin": component.plugin,
+                              "distribution": component.distribution, "version": component.version,
+                              "summary": component.summary, "params": [_row_dict(r) for r in rows]}, indent=2))
+            return 0
+        print(f"{component.kind} {component.name} — {component.summary}")
+        print(f"from plugin {component.origin}")
+        if not rows:
+            print("(no parameters)")
+        for r in rows:
+            default = "required" if r.required else json.dumps(r.default)
+            allowed = f"  [{r.allowed}]" if r.allowed else ""
+            print(f"  {r.name}: {r.type} = {default}{allowed}\n      {r.help}")
+        return 0
+    rows = [r for r in component_table(registry) if not args.kind or r["kind"] == args.kind]
+    if args.json:
+        print(json.dumps({"components": rows, "plugins": registry.plugin_info(), "problems": registry.problems}, indent=2))
+        return 0
+    for kind in KINDS:
+        kind_rows = [r for r in rows if r["kind"] == kind]
+        if not kind_rows:
+            continue
+        print(f"{kind}s:")
+        for r in kind_rows:
+            print(f"  {r['name']:18s} {r['plugin']} ({r['distribution']} {r['version']})  {r['summary']}")
+    for problem in registry.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 0
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    return {"name": row.name, "type": row.type, "default": row.default, "required": row.required, "help": row.help, "allowed": row.allowed}
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .config import dump_config, load_config
+    from .registry import Registry
+
+    if args.config_command is None:
+        raise UserError("hjepa config: choose an action: show or validate")
+    source = args.config
+    config = load_config(source, args.overrides)
+    resolved = Registry().resolve(config, source or "<defaults>")
+    if args.config_command == "show":
+        print(dump_config(config, {path: params for path, (_, params) in resolved.items()}), end="")
+    else:
+        print(f"{source or '<defaults>'}: valid ({len(resolved)} components)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``hjepa``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "plugins": _cmd_plugins, "config": _cmd_config}
+    warnings.showwarning = _show_warning
+    try:
+        return commands[args.command](args)
+    except UserError as exc:
+        print(f"hjepa {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"hjepa {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    from .registry import PluginWarning
+
+    if issubclass(category, PluginWarning):
+        print(f"hjepa: warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Evaluate a checkpoint from the file alone: rebuild, extract features once, run evaluators."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .build import build_dataset, build_model
+from .checkpoint import load_checkpoint
+from .config import ComponentSpec, load_config
+from .contracts import BuildContext, ImageData
+from .errors import CheckpointError, UserError
+from .features import extract_features, feature_sets
+from .registry import Registry
+from .runtime import autocast_dtype, resolve_device
+from .threads import configure_threads
+
+__all__ = ["run_evaluation", "EVAL_TYPE_EVALUATORS"]
+
+log = logging.getLogger("hjepa_kit")
+
+#: ``--eval-type`` shorthands -> evaluator component names.
+EVAL_TYPE_EVALUATORS = {"knn": "knn_faiss", "linear_probe": "linear_probe", "feature_quality": "feature_quality", "hierarchy": "hierarchy"}
+
+
+def _default_output_dir(checkpoint: Path, run_name: str) -> Path:
+    parent = checkpoint.resolve().parent
+    if parent.parent.name == "checkpoints":
+        return parent.parent.parent / "eval" / run_name
+    return parent / "eval"
+
+
+def _select_evaluators(eval_types: Sequence[str], configured: list[ComponentSpec], registry: Registry) -> list[ComponentSpec]:
+    chosen: list[ComponentSpec] = []
+    for item in eval_types:
+        if item == "all":
+            chosen += [s for s in configured if s not in chosen]
+            continue
+        name = EVAL_TYPE_EVALUATORS.get(item, item)
+        if name not in registry.components["evaluator"]:
+            allowed = ", ".join(["all", *EVAL_TYPE_EVALUATORS, *registry.names("evaluator")])
+            raise UserError(f"--eval-type {item!r}: unknown evaluation; allowed: {allowed}")
+        spec = next((s for s in configured if s.name == name), ComponentSpec(name=name))
+        if spec not in chosen:
+            chosen.append(spec)
+    return chosen
+
+
+def run_evaluation(
+    checkpoint: str | os.PathLike[str],
+    *,
+    dataset: str | None = None,
+    data_path: str | os.PathLike[str] | None = None,
+    eval_types: Sequence[str] = ("all",),
+    device: str = "auto",
+    output_dir: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    plugins: Iterable[Any] = (),
+    write_report: bool = True,
+) -> dict[str, Any]:
+    """See :func:`hjepa_kit.evaluate`."""
+    started = time.perf_counter()
+    path = Path(checkpoint)
+    state = load_checkpoint(path)
+    extra = list(overrides)
+    if dataset:
+        extra.append(f"data.dataset={json.dumps({'name': dataset, 'params': {}})}")
+    if data_path is not None:
+        extra.append(f"data.dataset.params.root={json.dumps(str(data_path))}")
+    try:
+        config = load_config(state["config"], extra)
+    except UserError as exc:
+        raise CheckpointError(f"{path}: its configuration does not load: {exc}") from None
+    registry = Registry(plugins)
+    eval_specs = _select_evaluators(eval_types, list(config.evaluation.evaluators), registry)
+    resolved = registry.resolve(config, f"{path} (configuration)")
+    threads = configure_threads(config.training.threads)
+    run_device = resolve_device(device)
+    amp = autocast_dtype(config.training.precision, run_device)
+    build = state.get("build", {})
+    ctx = BuildContext(image_size=int(build.get("image_size") or config.data.image_size or 0), in_chans=int(build.get("in_chans", 3)), device=run_device)
+    data = build_dataset(resolved, ctx)
+    built = build_model(resolved, ctx)
+    try:
+        built.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: the weights do not match the model its configuration builds: {str(exc).splitlines()[0]}") from None
+    missing = [s for s in ("train", "test") if s not in data.splits]
+    if missing or data.num_classes is None:
+        raise UserError(
+            f"dataset '{config.data.dataset.name}' cannot be evaluated: evaluation needs labelled train and test splits; "
+            f"it has {', '.join(data.splits)}{'' if data.num_classes else ' (unlabelled)'}"
+        )
+    t0 = time.perf_counter()
+    train_split: ImageData = data.load("train")
+    test_split: ImageData = data.load("test")
+    timings = {"load_data_s": time.perf_counter() - t0}
+    kwargs = dict(image_size=ctx.image_size, batch_size=config.data.eval_batch_size, mean=config.data.augmentation.mean,
+                  std=config.data.augmentation.std, device=run_device, autocast_dtype=amp)
+    t0 = time.perf_counter()
+    train_features = extract_features(built.model, train_split, **kwargs)
+    test_features = extract_features(built.model, test_split, **kwargs)
+    timings["features_s"] = time.perf_counter() - t0
+    sets = feature_sets(train_features, train_split.labels, test_features, test_split.labels, int(data.num_classes))
+    metrics: dict[str, float] = {}
+    artifacts: dict[str, dict[str, Any]] = {}
+    for spec in eval_specs:
+        component = registry.get("evaluator", spec.name)
+        from .params import structure
+
+        problems: list[str] = []
+        params = structure(component.params, spec.params, f"evaluation.evaluators[{spec.name}].params", problems)
+        if problems:
+            raise UserError("\n".join(problems))
+        evaluator = component.build(params, ctx)
+        t0 = time.perf_counter()
+        result = evaluator(sets, "encoder")
+        timings[f"{spec.name}_s"] = time.perf_counter() - t0
+        metrics.update({k: float(v) for k, v in getattr(result, "metrics", result).items()})
+        if getattr(result, "artifacts", None):
+            artifacts[spec.name] = dict(result.artifacts)
+    timings["total_s"] = time.perf_counter() - started
+    paths: dict[str, str] = {}
+    if write_report:
+        from .report import write_report as _write
+
+        out = Path(output_dir) if output_dir else _default_output_dir(path, config.name)
+        training_log = config.log_dir / "metrics.jsonl"
+        written = _write(
+            out, metrics, artifacts, checkpoint=str(path), config=state["config"], timings=timings,
+            training_log=training_log if training_log.is_file() else None,
+            mask_examples=_mask_examples(built, test_split),
+        )
+        paths = {Path(p).name: str(p) for p in (written.values() if isinstance(written, dict) else written)}
+    registry.hook.hjepa_evaluation_end(trainer=None, results=metrics)
+    log.info("evaluation of %s done in %.1fs (%d threads)", path, timings["total_s"], threads)
+    return {"metrics": metrics, "paths": paths, "timings": timings, "artifacts": artifacts}
+
+
+def _mask_examples(built: Any, data: ImageData, count: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]] | None:
+    """A few test images with one drawn mask each, for the report's mask figure."""
+    try:
+        generator = torch.Generator().manual_seed(0)
+        masks = built.masker(count, generator)
+        return data.images[:count], masks.context, masks.targets, tuple(built.ctx.grid_size)
+    except Exception:  # the figure is optional; a masker that needs more context must not fail evaluation
+        return None

@@ -1,0 +1,245 @@
+"""Encoders ``vit_tiny``, ``vit_small``, ``vit_base``: timm Vision Transformers that encode chosen patches.
+
+The blocks, patch embedding and final norm are timm's (``timm.models.vision_transformer``), built
+without class token, head or pooling, and never with pretrained weights. Around them this module
+adds what a JEPA encoder needs:
+
+* fixed 2D sine-cosine position embeddings (as I-JEPA), added before patches are dropped, so a
+  kept patch carries its own position whichever other patches are dropped;
+* ``indices``: only the listed patches enter the first block (gathered, not zeroed), so the cost of
+  the blocks scales with the number of kept patches; the patch embedding still runs on the whole
+  image, a small fixed cost;
+* ``return_blocks``: raw (pre-norm) outputs of chosen blocks, for hierarchical targets.
+
+Weights use timm's ViT initialisation (truncated normal, std 0.02) with ``fix_init``, which divides
+each block's output projections by ``sqrt(2 * layer)`` as I-JEPA does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Callable
+
+import attrs
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from hjepa_kit import hookimpl
+from hjepa_kit.contracts import BuildContext, EncoderOutput
+from hjepa_kit.errors import ConfigError
+from hjepa_kit.hookspecs import Register
+from hjepa_kit.params import param
+
+__all__ = ["VitParams", "VitEncoder", "VARIANTS", "build_vit", "sincos_pos_embed_2d"]
+
+#: name -> (embed_dim, depth, num_heads, summary)
+VARIANTS: dict[str, tuple[int, int, int, str]] = {
+    "vit_tiny": (192, 12, 3, "ViT-Tiny (192 wide, 12 deep, 3 heads), timm"),
+    "vit_small": (384, 12, 6, "ViT-Small (384 wide, 12 deep, 6 heads), timm"),
+    "vit_base": (768, 12, 12, "ViT-Base (768 wide, 12 deep, 12 heads), timm"),
+}
+
+
+@attrs.frozen(kw_only=True)
+class VitParams:
+    """Parameters of the ViT encoders (the width, depth and heads are fixed by the variant)."""
+
+    patch_size: int = param(
+        16, help="Side of a square patch in pixels; must divide the image size (224/16 as I-JEPA, 32/4 for the fast run).", ge=1
+    )
+    drop_path_rate: float = param(0.0, help="Stochastic depth rate of the last block (rising linearly from 0).", ge=0, lt=1)
+    fused_attention: str = param(
+        "auto",
+        help=(
+            "Use PyTorch's fused scaled-dot-product attention: 'auto' turns it on except on the CPU, where "
+            "its backward pass under bf16 is several times slower than the plain attention math."
+        ),
+        choices=("auto", "on", "off"),
+    )
+
+
+def sincos_pos_embed_2d(embed_dim: int, grid_size: tuple[int, int]) -> Tensor:
+    """Fixed 2D sine-cosine position embeddings ``(1, H * W, D)``, row-major.
+
+    The first half of the channels encodes the row, the second half the column, each as sines and
+    cosines of the position at ``D / 4`` geometric frequencies from 1 to 1/10000.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4 for 2D sine-cosine embeddings, got {embed_dim}")
+    quarter = embed_dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (D/4,)
+    rows, cols = grid_size
+    r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij")
+
+    def encode(pos: Tensor) -> Tensor:
+        angles = pos.reshape(-1, 1) * omega  # (N, D/4)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (N, D/2)
+
+    return torch.cat([encode(r), encode(c)], dim=1).float().unsqueeze(0)
+
+
+class VitEncoder(nn.Module):
+    """A ViT over a fixed patch grid that can encode only some patches (the :class:`Encoder` contract).
+
+    Attributes:
+        embed_dim: token width ``D``.
+        patch_size: side of a square patch in pixels.
+        grid_size: ``(rows, cols)`` of the patch grid.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        patch_embed: timm ``PatchEmbed`` (a strided convolution), image -> ``(B, N, D)``.
+        blocks: the timm transformer blocks.
+        norm: final LayerNorm.
+        pos_embed: ``(1, N, D)`` fixed sine-cosine buffer (not saved in checkpoints; rebuilt).
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        drop_path_rate: float = 0.0,
+        fused_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+        vit = VisionTransformer(
+            img_size=image_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=0,
+            global_pool="",
+            class_token=False,
+            pos_embed="none",
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            drop_path_rate=drop_path_rate,
+            fix_init=True,
+        )
+        # Keep timm's parts under timm's names (patch_embed.*, blocks.N.*, norm.*), drop its head.
+        self.patch_embed = vit.patch_embed
+        self.blocks = vit.blocks
+        self.norm = vit.norm
+        self.embed_dim = embed_dim
+        self.patch_size = patch_size
+        self.grid_size: tuple[int, int] = (image_size // patch_size, image_size // patch_size)
+        self.depth = depth
+        self.num_heads = num_heads
+        self.in_chans = in_chans
+        self.image_size = image_size
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, self.grid_size), persistent=False)
+        self.set_fused_attention(fused_attention)
+
+    @property
+    def num_patches(self) -> int:
+        """Number ``N`` of patches of the grid."""
+        return self.grid_size[0] * self.grid_size[1]
+
+    def set_fused_attention(self, enabled: bool) -> None:
+        """Switch every block between fused SDPA attention and the plain attention math."""
+        for block in self.blocks:
+            block.attn.fused_attn = enabled
+
+    def forward(self, images: Tensor, indices: Tensor | None = None, return_blocks: Sequence[int] = ()) -> EncoderOutput:
+        """Encode ``(B, C, H, W)`` images.
+
+        Args:
+            images: float images of the configured size.
+            indices: ``(B, K)`` int64 row-major patch indices to keep, in the order the tokens should
+                come out; the other patches never enter a block. ``None`` keeps all ``N`` in grid order.
+            return_blocks: block indices (``-depth .. depth-1``) whose raw outputs to return.
+
+        Returns:
+            :class:`EncoderOutput`: ``tokens`` ``(B, K, D)`` after the final norm, and ``blocks``
+            mapping each requested index, as given, to that block's ``(B, K, D)`` output (before the
+            final norm).
+        """
+        self._check_images(images)
+        wanted = self._block_positions(return_blocks)
+        x = self.patch_embed(images)  # (B, N, D)
+        x = x + self.pos_embed.to(x.dtype)
+        if indices is not None:
+            self._check_indices(indices, images.shape[0])
+            x = torch.gather(x, 1, indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, K, D)
+        blocks: dict[int, Tensor] = {}
+        for position, block in enumerate(self.blocks):
+            x = block(x)
+            for key in wanted.get(position, ()):
+                blocks[key] = x
+        return EncoderOutput(tokens=self.norm(x), blocks=blocks)
+
+    def _check_images(self, images: Tensor) -> None:
+        expected = (self.in_chans, self.image_size, self.image_size)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"images must be (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}")
+
+    def _check_indices(self, indices: Tensor, batch_size: int) -> None:
+        # Values are not range-checked here: that would synchronise with the GPU every step;
+        # gather itself rejects an index outside the grid.
+        if indices.dim() != 2 or indices.shape[0] != batch_size or indices.dtype != torch.int64:
+            raise ValueError(
+                f"indices must be int64 (B, K) with B = {batch_size}, got {indices.dtype} {tuple(indices.shape)}"
+            )
+
+    def _block_positions(self, return_blocks: Sequence[int]) -> dict[int, list[int]]:
+        """Map block position ``0 .. depth-1`` -> the requested keys that name it."""
+        wanted: dict[int, list[int]] = {}
+        for key in return_blocks:
+            if not -self.depth <= key < self.depth:
+                raise ValueError(f"return_blocks: block {key} does not exist; valid are {-self.depth} .. {self.depth - 1}")
+            wanted.setdefault(key % self.depth, []).append(key)
+        return wanted
+
+
+def _fused(choice: str, device: torch.device) -> bool:
+    if choice == "auto":
+        return torch.device(device).type != "cpu"
+    return choice == "on"
+
+
+def build_vit(variant: str, params: VitParams, ctx: BuildContext) -> VitEncoder:
+    """Build a ViT ``variant`` (a key of :data:`VARIANTS`) for ``ctx.image_size`` and ``ctx.in_chans``.
+
+    Raises:
+        ConfigError: the image size is not a multiple of the patch size.
+    """
+    embed_dim, depth, num_heads, _ = VARIANTS[variant]
+    if ctx.image_size % params.patch_size:
+        divisors = [d for d in range(2, ctx.image_size) if ctx.image_size % d == 0]
+        raise ConfigError(
+            f"{variant}: patch_size {params.patch_size} does not divide image_size {ctx.image_size} into whole "
+            f"patches; choose a patch_size that divides it ({', '.join(map(str, divisors)) or 'none'}) "
+            "or change the image size"
+        )
+    return VitEncoder(
+        image_size=ctx.image_size,
+        patch_size=params.patch_size,
+        in_chans=ctx.in_chans,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        drop_path_rate=params.drop_path_rate,
+        fused_attention=_fused(params.fused_attention, ctx.device),
+    )
+
+
+def _factory(variant: str) -> Callable[[VitParams, BuildContext], VitEncoder]:
+    def factory(params: VitParams, ctx: BuildContext) -> VitEncoder:
+        return build_vit(variant, params, ctx)
+
+    factory.__name__ = f"build_{variant}"
+    factory.__doc__ = f"Build {VARIANTS[variant][3]}."
+    return factory
+
+
+@hookimpl
+def hjepa_register_encoders(register: Register) -> None:
+    for variant, (_, _, _, summary) in VARIANTS.items():
+        register(variant, _factory(variant), params=VitParams, summary=summary)

@@ -1,0 +1,154 @@
+"""Tests of the ``smooth_l1`` and ``mse`` losses and their variance/covariance regulariser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hjepa_kit.contracts import BuildContext, Loss
+from hjepa_kit.errors import ConfigError
+from hjepa_kit.params import describe
+from hjepa_kit.plugins import losses
+from hjepa_kit.plugins.losses import (
+    MSEParams,
+    SmoothL1Params,
+    build_mse,
+    build_smooth_l1,
+    covariance_loss,
+    variance_loss,
+)
+
+
+def make_ctx(level_weights=(1.0, 0.5), num_levels=None) -> BuildContext:
+    num_levels = len(level_weights) if num_levels is None else num_levels
+    return BuildContext(image_size=32, grid_size=(8, 8), embed_dim=8, num_levels=num_levels, level_weights=level_weights)
+
+
+def levels(*offsets: float, shape=(2, 3, 4, 8)):
+    """Targets per level, and predictions that differ from them by a constant offset per level."""
+    gen = torch.Generator().manual_seed(0)
+    targets = [torch.randn(shape, generator=gen) for _ in offsets]
+    return [t + offset for t, offset in zip(targets, offsets)], targets
+
+
+@pytest.mark.parametrize("build", [build_smooth_l1, build_mse])
+def test_perfect_predictions_cost_nothing(build):
+    params = SmoothL1Params() if build is build_smooth_l1 else MSEParams()
+    loss = build(params, make_ctx())
+    predictions, targets = levels(0.0, 0.0)
+    out = loss(predictions, targets)
+    assert isinstance(loss, Loss)
+    assert out.total.item() == 0.0
+    assert set(out.terms) == {"level0", "level1"}
+
+
+def test_smooth_l1_matches_hand_computed_values_and_level_weights():
+    # |d| = 0.5 < beta = 1: 0.5 * d**2 / beta = 0.125; |d| = 2 >= beta: |d| - beta / 2 = 1.5
+    loss = build_smooth_l1(SmoothL1Params(), make_ctx((1.0, 0.5)))
+    out = loss(*levels(0.5, -2.0))
+    assert out.terms["level0"].item() == pytest.approx(0.125)
+    assert out.terms["level1"].item() == pytest.approx(1.5)
+    assert out.total.item() == pytest.approx(0.125 + 0.5 * 1.5)
+
+
+def test_smooth_l1_beta_moves_the_quadratic_zone():
+    # |d| = 0.25 < beta = 0.5: 0.5 * 0.0625 / 0.5 = 0.0625; |d| = 1 >= 0.5: 1 - 0.25 = 0.75
+    loss = build_smooth_l1(SmoothL1Params(beta=0.5), make_ctx((1.0, 1.0)))
+    out = loss(*levels(0.25, 1.0))
+    assert out.terms["level0"].item() == pytest.approx(0.0625)
+    assert out.terms["level1"].item() == pytest.approx(0.75)
+
+
+def test_mse_matches_hand_computed_values_and_level_weights():
+    loss = build_mse(MSEParams(), make_ctx((2.0, 0.0, 1.0)))
+    out = loss(*levels(0.5, 3.0, 1.0))
+    assert [out.terms[f"level{i}"].item() for i in range(3)] == pytest.approx([0.25, 9.0, 1.0])
+    assert out.total.item() == pytest.approx(2.0 * 0.25 + 0.0 * 9.0 + 1.0 * 1.0)
+
+
+def test_targets_are_constants_and_predictions_get_gradients():
+    predictions, targets = levels(0.5, 0.5)
+    predictions = [p.requires_grad_() for p in predictions]
+    targets = [t.requires_grad_() for t in targets]
+    build_smooth_l1(SmoothL1Params(), make_ctx()).forward(predictions, targets).total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in predictions)
+    assert all(t.grad is None for t in targets)
+
+
+def test_bf16_inputs_give_a_float32_total():
+    predictions, targets = levels(0.5, 0.5)
+    out = build_mse(MSEParams(), make_ctx())([p.bfloat16() for p in predictions], [t.bfloat16() for t in targets])
+    assert out.total.dtype == torch.float32
+
+
+def test_level_weights_come_from_the_build_context():
+    with pytest.raises(ConfigError, match=r"num_levels=3 but level_weights=\(1.0, 0.5\)"):
+        build_smooth_l1(SmoothL1Params(), make_ctx((1.0, 0.5), num_levels=3))
+    with pytest.raises(ConfigError, match="build the predictor first"):
+        build_mse(MSEParams(), BuildContext(image_size=32))
+    assert build_mse(MSEParams(), make_ctx((1.0, 0.25))).level_weights == (1.0, 0.25)
+
+
+def test_mismatched_inputs_name_the_shapes_and_counts():
+    loss = build_smooth_l1(SmoothL1Params(), make_ctx())
+    predictions, targets = levels(0.0, 0.0)
+    with pytest.raises(ValueError, match=r"level 1: predictions have shape \(2, 3, 4, 8\) but targets have shape \(2, 3, 5, 8\)"):
+        loss(predictions, [targets[0], torch.zeros(2, 3, 5, 8)])
+    with pytest.raises(ValueError, match="got 1 prediction levels, 2 target levels and 2 level weights"):
+        loss(predictions[:1], targets)
+
+
+def test_regulariser_off_adds_nothing_even_for_collapsed_context():
+    loss = build_smooth_l1(SmoothL1Params(), make_ctx())
+    predictions, targets = levels(0.5, 0.5)
+    out = loss(predictions, targets, context=torch.ones(2, 10, 8))
+    assert set(out.terms) == {"level0", "level1"}
+    assert out.total.item() == pytest.approx(1.5 * 0.125)
+
+
+def test_regulariser_penalises_collapsed_context_only():
+    params = SmoothL1Params(variance_weight=2.0, covariance_weight=1.0)
+    loss = build_smooth_l1(params, make_ctx())
+    predictions, targets = levels(0.0, 0.0)
+    collapsed = loss(predictions, targets, context=torch.full((2, 10, 8), 3.0))
+    # Every dimension's std is sqrt(0 + 1e-4) = 0.01: hinge 1 - 0.01; no covariance at all.
+    assert collapsed.terms["variance"].item() == pytest.approx(0.99)
+    assert collapsed.terms["covariance"].item() == 0.0
+    assert collapsed.total.item() == pytest.approx(2.0 * 0.99)
+    spread = loss(predictions, targets, context=torch.randn(2, 500, 8, generator=torch.Generator().manual_seed(0)) * 3)
+    assert spread.terms["variance"].item() == 0.0
+    with pytest.raises(ValueError, match="no context was given"):
+        loss(predictions, targets)
+
+
+def test_variance_gradient_spreads_nearly_collapsed_features():
+    gen = torch.Generator().manual_seed(0)
+    context = (torch.ones(4, 16, 8) + 1e-2 * torch.randn(4, 16, 8, generator=gen)).requires_grad_()
+    loss = build_mse(MSEParams(variance_weight=1.0, std_target=1.0), make_ctx())
+    predictions, targets = levels(0.0, 0.0)
+    loss(predictions, targets, context).total.backward()
+    stepped = context.detach() - 0.1 * context.grad
+    before = context.detach().reshape(-1, 8).std(0)
+    after = stepped.reshape(-1, 8).std(0)
+    assert (after > before).all()
+
+
+def test_covariance_loss_matches_hand_computed_values():
+    correlated = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])  # cov = [[2, 2], [2, 2]]: (2**2 + 2**2) / 2 = 4
+    assert covariance_loss(correlated).item() == pytest.approx(4.0)
+    independent = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert covariance_loss(independent).item() == pytest.approx(0.0)
+    assert variance_loss(independent * 2, std_target=1.0).item() == 0.0
+    with pytest.raises(ValueError, match=r"\(1, 4\)"):
+        variance_loss(torch.zeros(1, 4))
+
+
+def test_registers_both_losses_with_documented_params():
+    registered = {}
+    losses.hjepa_register_losses(lambda name, factory, **kw: registered.update({name: (factory, kw)}))
+    assert registered["smooth_l1"][0] is build_smooth_l1 and registered["smooth_l1"][1]["params"] is SmoothL1Params
+    assert registered["mse"][0] is build_mse and registered["mse"][1]["params"] is MSEParams
+    for params in (SmoothL1Params, MSEParams):
+        assert all(row.help for row in describe(params))
+    with pytest.raises(ValueError, match="beta"):
+        SmoothL1Params(beta=0.0)

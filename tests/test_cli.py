@@ -1,0 +1,116 @@
+"""The `hjepa` command: plugins listing, config show/validate, third-party plugins, error exits."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from conftest import run_cli, tiny_config
+
+BUILTINS = {
+    "encoder": {"vit_tiny", "vit_small", "vit_base"},
+    "masker": {"multiblock"},
+    "predictor": {"hierarchical"},
+    "loss": {"smooth_l1", "mse"},
+    "evaluator": {"knn_faiss", "linear_probe", "feature_quality", "hierarchy"},
+    "dataset": {"synthetic", "cifar10", "cifar100", "stl10", "image_folder"},
+    "callback": {"tensorboard", "progress_bar"},
+}
+
+
+def test_plugins_lists_every_builtin_with_distribution_and_version():
+    result = run_cli("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    found = {}
+    for row in data["components"]:
+        found.setdefault(row["kind"], set()).add(row["name"])
+        if row["name"] in BUILTINS.get(row["kind"], ()):
+            assert row["distribution"] == "hjepa-kit"
+            assert row["version"]
+            assert row["summary"]
+    for kind, names in BUILTINS.items():
+        assert names <= found.get(kind, set()), kind
+    text = run_cli("plugins").stdout
+    assert "encoders:" in text and "vit_tiny" in text and "hjepa-kit" in text
+
+
+def test_plugins_params_prints_types_defaults_help():
+    result = run_cli("plugins", "--params", "multiblock")
+    assert result.returncode == 0, result.stderr
+    assert "masker multiblock" in result.stdout
+    assert "num_targets: int = 4" in result.stdout
+    data = json.loads(run_cli("plugins", "--params", "vit_tiny", "--json").stdout)
+    names = {p["name"]: p for p in data["params"]}
+    assert names["patch_size"]["type"] == "int" and names["patch_size"]["help"]
+
+
+def test_plugins_params_unknown_name():
+    result = run_cli("plugins", "--params", "vit_tny")
+    assert result.returncode == 2
+    assert "did you mean 'vit_tiny'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_third_party_plugins_appear_and_a_broken_one_is_a_warning(plugin_site):
+    result = run_cli("plugins", "--json", site=plugin_site)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    rows = {row["name"]: row for row in data["components"]}
+    assert rows["lab_masker"]["distribution"] == "lab-masker" and rows["lab_masker"]["version"] == "1.2.3"
+    assert rows["tiny_convnet"]["distribution"] == "hjepa-example-plugin"
+    assert "broken_plugin" in result.stderr and "broken-plugin" in result.stderr
+    assert "ModuleNotFoundError" in result.stderr
+
+
+def test_strict_mode_makes_a_broken_plugin_fatal(plugin_site):
+    result = run_cli("plugins", site=plugin_site, env={"HJEPA_STRICT_PLUGINS": "1"})
+    assert result.returncode == 2
+    assert "broken_plugin" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_show_prints_resolved_params(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path)))
+    result = run_cli("config", "show", "--config", str(path), "--set", "training.epochs=7")
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["training"]["epochs"] == 7
+    assert shown["model"]["masker"]["params"]["num_targets"] == 4  # defaults filled in from the plugin
+
+
+def test_config_validate_exit_codes(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path)))
+    assert run_cli("config", "validate", "--config", str(path)).returncode == 0
+    bad = run_cli("config", "validate", "--config", str(path), "--set", "model.encoder.params.patch_size=3.5",
+                  "--set", "model.masker.name=multiblok")
+    assert bad.returncode == 2
+    assert "model.encoder.params.patch_size: expected an integer, got 3.5" in bad.stderr
+    assert "unknown masker 'multiblok' (did you mean 'multiblock'?)" in bad.stderr
+    assert str(path) in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_yaml_syntax_error_exit_2(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("training:\n  epochs: [\n")
+    result = run_cli("train", "--config", str(path))
+    assert result.returncode == 2
+    assert "YAML syntax error" in result.stderr and "line" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_third_party_components_selected_from_yaml(plugin_site, tmp_path):
+    config = tiny_config(tmp_path)
+    config["model"]["encoder"] = {"name": "tiny_convnet", "params": {"width": 32, "patch_size": 4}}
+    config["model"]["masker"] = {"name": "random_patches", "params": {"num_targets": 2, "target_fraction": 0.15}}
+    config["training"]["epochs"] = 1
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli("train", "--config", str(path), site=plugin_site)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load((tmp_path / "results" / "logs" / "tiny" / "config.yaml").read_text())
+    assert resolved["model"]["encoder"]["name"] == "tiny_convnet"
+    assert resolved["model"]["encoder"]["params"]["layers"] == 3
