@@ -37,6 +37,7 @@ __all__ = [
     "dims_holding_variance",
     "mean_pairwise_cosine",
     "linear_cka",
+    "cka_matrix",
     "topk_accuracy",
     "topk_correct",
     "grade",
@@ -81,25 +82,6 @@ def _column_mean(x: Tensor, chunk: int = _CHUNK) -> Tensor:
     return total / x.shape[0]
 
 
-def _centred_cross(x: Tensor, y: Tensor, chunk: int = _CHUNK) -> tuple[Tensor, Tensor, Tensor]:
-    """Float64 ``Xc^T Xc``, ``Yc^T Yc`` and ``Xc^T Yc`` of the column-centred matrices.
-
-    ``x`` is ``(N, Dx)`` and ``y`` is ``(N, Dy)``; the products are ``(Dx, Dx)``, ``(Dy, Dy)``,
-    ``(Dx, Dy)``.
-    """
-    mx, my = _column_mean(x, chunk), _column_mean(y, chunk)
-    xx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-    yy = torch.zeros(y.shape[1], y.shape[1], dtype=torch.float64, device=x.device)
-    xy = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[0], chunk):
-        xc = x[start : start + chunk].to(torch.float64) - mx
-        yc = y[start : start + chunk].to(device=x.device, dtype=torch.float64) - my
-        xx += xc.T @ xc
-        yy += yc.T @ yc
-        xy += xc.T @ yc
-    return xx, yy, xy
-
-
 def _centred_gram(x: Tensor, chunk: int = _CHUNK) -> Tensor:
     """Float64 ``(D, D)`` matrix ``Xc^T Xc`` of the column-centred ``(N, D)`` ``x``."""
     mean = _column_mean(x, chunk)
@@ -118,7 +100,11 @@ def feature_variance(x: Tensor) -> Tensor:
     x = _as_matrix(x)
     if x.shape[0] < 2:
         return torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    return torch.diagonal(_centred_gram(x)) / (x.shape[0] - 1)
+    mean = _column_mean(x)
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], _CHUNK):
+        total += (x[start : start + _CHUNK].to(torch.float64) - mean).square().sum(0)
+    return total / (x.shape[0] - 1)
 
 
 def singular_values(x: Tensor) -> Tensor:
@@ -236,14 +222,44 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
     Returns:
         CKA in ``[0, 1]``; ``nan`` when either side has no variance.
     """
-    x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"CKA needs the same samples on both sides: x has {x.shape[0]} rows, y has {y.shape[0]}")
-    xx, yy, xy = _centred_cross(x, y)
-    denominator = torch.linalg.matrix_norm(xx) * torch.linalg.matrix_norm(yy)
-    if denominator <= 0:
-        return float("nan")
-    return float(xy.square().sum() / denominator)
+    return float(cka_matrix([x, y])[0, 1])
+
+
+def cka_matrix(representations: Sequence[Tensor]) -> Tensor:
+    """Linear CKA between every pair of ``K`` representations of the same ``N`` samples.
+
+    Each representation's Gram matrix is computed once and each cross product once, in row
+    chunks, so ``K`` representations cost ``K (K + 1) / 2`` products of ``O(N D^2)``.
+
+    Args:
+        representations: ``K`` matrices ``(N, D_k)``; widths may differ.
+
+    Returns:
+        ``(K, K)`` float64 symmetric matrix (see :func:`linear_cka`); ``nan`` where a side has no
+        variance, including its diagonal entry.
+    """
+    xs = [_as_matrix(x, f"representations[{i}]") for i, x in enumerate(representations)]
+    n = xs[0].shape[0] if xs else 0
+    for i, x in enumerate(xs):
+        if x.shape[0] != n:
+            raise ValueError(f"CKA needs the same samples in every representation: [0] has {n} rows, [{i}] has {x.shape[0]}")
+    means = [_column_mean(x) for x in xs]
+    products = {
+        (i, j): torch.zeros(xs[i].shape[1], xs[j].shape[1], dtype=torch.float64)
+        for i in range(len(xs))
+        for j in range(i, len(xs))
+    }
+    chunk = max(1, _CHUNK // max(1, len(xs)))
+    for start in range(0, n, chunk):
+        centred = [(x[start : start + chunk].to(torch.float64) - m).cpu() for x, m in zip(xs, means)]
+        for i, j in products:
+            products[i, j] += centred[i].T @ centred[j]
+    norms = [float(torch.linalg.matrix_norm(products[i, i])) for i in range(len(xs))]
+    out = torch.full((len(xs), len(xs)), float("nan"), dtype=torch.float64)
+    for (i, j), product in products.items():
+        if norms[i] > 0 and norms[j] > 0:
+            out[i, j] = out[j, i] = float(product.square().sum()) / (norms[i] * norms[j])
+    return out
 
 
 def topk_accuracy(scores: Tensor, labels: Tensor, topk: Iterable[int] = (1, 5)) -> dict[int, float]:

@@ -228,9 +228,13 @@ class HierarchicalPredictor(nn.Module):
         fused_attn: whether the transformer blocks use fused attention.
 
     Example:
-        >>> ctx = BuildContext(image_size=32, grid_size=(8, 8), embed_dim=32, depth=4)
-        >>> predictor = build_hierarchical(HierarchicalParams(width=32, num_heads=2), ctx)
-        >>> predictions = predictor(context_tokens, masks)  # [(B, M, Nt, 32), (B, M, Nt, 32)]
+        ```python
+        ctx = BuildContext(image_size=32, grid_size=(8, 8), embed_dim=192, depth=12)
+        predictor = build_hierarchical(HierarchicalParams(), ctx)
+        targets = predictor.make_targets(target_encoder(images, return_blocks=predictor.target_blocks), masks)
+        predictions = predictor(context_encoder(images, masks.context).tokens, masks)
+        # two levels, each (B, M, Nt, 192), like targets
+        ```
 
     Raises:
         ValueError: when the inputs' shapes do not match the grid, the width or each other.
@@ -324,7 +328,7 @@ class HierarchicalPredictor(nn.Module):
         B, Nc = masks.context.shape
         _, M, Nt = masks.targets.shape
         x = self.embed(context) + self.pos_embed[masks.context]  # (B, Nc, W)
-        queries = self.mask_token + 0 * self.pos_embed[masks.targets]  # (B, M, Nt, W)
+        queries = self.mask_token + self.pos_embed[masks.targets]  # (B, M, Nt, W)
         W = queries.shape[-1]
         if self.layout == "joint":
             x = torch.cat([x, queries.flatten(1, 2).to(x.dtype)], dim=1)  # (B, Nc + M*Nt, W)

@@ -39,7 +39,7 @@ class KnnParams:
     batch_size: int = param(
         4096, help="Test features searched per faiss call; bounds the memory of distances and votes.", ge=1
     )
-    representation: str | None = param(None, help="Which extracted features to use; None = the run's default.")
+    representation: str | None = param(None, help="Which extracted features to use (encoder, level0, ...); null = the run's default.")
 
 
 def select_features(features: Mapping[str, FeatureSet], default: str, name: str | None, evaluator: str) -> tuple[str, FeatureSet]:

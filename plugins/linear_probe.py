@@ -63,7 +63,7 @@ class LinearProbeParams:
         65536, help="Rows per chunk of the full-batch loss; bounds memory, does not change the result.", ge=1
     )
     seed: int = param(0, help="Seed of the held-out split.", ge=0)
-    representation: str | None = param(None, help="Which extracted features to use; None = the run's default.")
+    representation: str | None = param(None, help="Which extracted features to use (encoder, level0, ...); null = the run's default.")
 
 
 @attrs.frozen
@@ -226,6 +226,8 @@ def linear_probe(
     grid = (weight_decay,) if isinstance(weight_decay, (int, float)) else tuple(dict.fromkeys(weight_decay))
     if not grid:
         raise ValueError("linear_probe needs at least one weight_decay value")
+    # The probe is fitted on the CPU: the features are small and already there (see features.py).
+    train, test = train.detach().to("cpu", torch.float32), test.detach().to("cpu", torch.float32)
     train_labels = train_labels.to("cpu", torch.int64)
     val_top1: dict[float, float] = {}
     chosen = grid[0]
@@ -235,7 +237,7 @@ def linear_probe(
         solutions: dict[float, LinearClassifier] = {}
         previous = None
         # Walk the regularisation path from the strongest penalty down, each fit starting from the
-        # last solution: neighbouring minima are close, so later fits need few iterations.
+        # last solution: neighbouring minima are close, so later fits need fewer iterations.
         for wd in sorted(grid, reverse=True):
             previous = fit_linear_classifier(
                 train[fit_rows], train_labels[fit_rows], num_classes,
@@ -250,10 +252,10 @@ def linear_probe(
     probe = fit_linear_classifier(
         train, train_labels, num_classes, weight_decay=chosen, max_iter=max_iter, batch_size=batch_size, init=start
     )
-    logits = probe(test.detach().cpu())
+    logits = probe(test)
     labels = test_labels.to("cpu", torch.int64)
     accuracy = topk_accuracy(logits, labels, (1, 5))
-    train_top1 = topk_accuracy(probe(train.detach().cpu()), train_labels, (1,))[1]
+    train_top1 = topk_accuracy(probe(train), train_labels, (1,))[1]
     return ProbeResult(
         top1=accuracy[1],
         top5=accuracy[5],

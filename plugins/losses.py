@@ -222,9 +222,11 @@ class SmoothL1PredictionLoss(PredictionLoss):
         level_weights, variance_weight, covariance_weight, std_target: see :class:`PredictionLoss`.
 
     Example:
-        >>> loss = SmoothL1PredictionLoss((1.0, 0.5))
-        >>> out = loss(predictor(context, masks), predictor.make_targets(target_output, masks), context)
-        >>> out.total.backward(); out.terms["level1"]
+        ```python
+        loss = SmoothL1PredictionLoss((1.0, 0.5))
+        out = loss(predictor(context, masks), predictor.make_targets(target_output, masks), context)
+        out.total.backward()  # out.terms: {"level0": ..., "level1": ...}
+        ```
 
     Raises:
         ValueError: see :class:`PredictionLoss`.
@@ -249,8 +251,10 @@ class MSEPredictionLoss(PredictionLoss):
         level_weights, variance_weight, covariance_weight, std_target: see :class:`PredictionLoss`.
 
     Example:
-        >>> loss = MSEPredictionLoss((1.0, 0.5), variance_weight=1.0)
-        >>> loss(predictions, targets, context).terms  # level0, level1, variance
+        ```python
+        loss = MSEPredictionLoss((1.0, 0.5), variance_weight=1.0)
+        loss(predictions, targets, context).terms  # {"level0": ..., "level1": ..., "variance": ...}
+        ```
 
     Raises:
         ValueError: see :class:`PredictionLoss`.

@@ -181,6 +181,8 @@ def test_predictions_depend_on_context_and_target_positions():
     masks = make_masks(grid)
     context = torch.randn(2, 10, D)
     base = predictor(context, masks)[0]
+    # Every mask token starts as the same learned vector: only its position tells them apart.
+    assert not torch.allclose(base[:, :, 0], base[:, :, 1])
     # The same tokens said to come from other patches must change the prediction.
     moved_context = Masks(context=masks.context.roll(1, dims=1), targets=masks.targets)
     assert not torch.allclose(predictor(context, moved_context)[0], base)

@@ -1,0 +1,617 @@
+"""Images into batches: uint8 in RAM -> batched augmentation -> normalised float.
+
+The training step sees ``(B, 3, S, S)`` float32 images, already augmented. How they get there:
+
+* **In RAM** (CIFAR, STL-10, small image folders, the synthetic set): the dataset plugin decodes a
+  split once into a ``(N, 3, H, W)`` uint8 tensor (CIFAR-10 train: 150 MB). A batch is an index
+  gather followed by :class:`BatchAugment`, a handful of vectorised tensor operations in the
+  training process. No worker processes, no per-sample Python: on a 2-core machine loader workers
+  would fight the compute threads for the same cores.
+* **Streamed** (large image folders): a torch ``DataLoader`` with ``data.num_workers`` workers
+  decodes samples one by one into fixed-size uint8 tensors; the same batched augmentation then runs
+  in the main process.
+
+``data.in_memory: auto`` picks RAM when the dataset's decoded size is at most
+``data.memory_limit_mb`` (``always`` / ``never`` override it).
+
+Augmentation: a per-sample random resized crop (the I-JEPA scale range, sampled as torchvision's
+``RandomResizedCrop`` does, with its centre-crop fallback) and a per-sample horizontal flip. The
+crop and resize are one separable resampling per sample, done as two batched matrix products
+(``W_y @ X @ W_x^T``) with bilinear weights (antialiased when shrinking, as torchvision's
+``antialias=True``). Measured on CPU this is 1.5-3x faster than ``F.grid_sample`` at 32->224 and
+as fast at 32->32 (``benchmarks/augmentation.py``), and it runs on the device of its input, so a
+trainer may move uint8 batches to the GPU first and augment there.
+
+Order and randomness: each epoch's order is a permutation drawn from ``(seed, epoch)``, the same on
+every rank; rank ``r`` of ``W`` takes every ``W``-th index from position ``r``. Each batch's
+augmentation draws from a generator seeded from ``(seed, epoch, rank, batch index)``, so a run
+resumed inside an epoch (:meth:`TrainLoader.skip` or :meth:`TrainLoader.load_state_dict`) sees
+exactly the images an uninterrupted run would.
+
+Optional dataset extras read here (beyond :class:`~hjepa_kit.contracts.Dataset`):
+
+* ``estimate_bytes(split) -> int | None``: decoded uint8 size of a split, without decoding it.
+* ``open_stream(split) -> torch.utils.data.Dataset``: map-style, item ``i`` is
+  ``(uint8 (C, H, W) tensor, int label)`` (label ``-1`` when unlabelled), all items one size;
+  safe to use from loader worker processes.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import AugmentationConfig, DataConfig
+from .contracts import Dataset, ImageData
+from .errors import DataError
+
+__all__ = [
+    "BatchAugment",
+    "CropParams",
+    "sample_crop_boxes",
+    "resample_weights",
+    "eval_transform",
+    "iter_eval_batches",
+    "estimate_bytes",
+    "choose_in_memory",
+    "TrainLoader",
+    "InMemoryTrainLoader",
+    "StreamingTrainLoader",
+    "build_train_loader",
+]
+
+#: torchvision's RandomResizedCrop tries this many random boxes before the centre-crop fallback.
+CROP_TRIES = 10
+
+# Domain-separation tags so the order and the augmentation draw from unrelated streams.
+_ORDER_TAG = 0x0DE5
+_AUGMENT_TAG = 0xA065
+
+
+# --- augmentation -----------------------------------------------------------------------------
+
+
+class CropParams:
+    """The random draws of one augmented batch.
+
+    Attributes:
+        boxes: ``(B, 4)`` int64 crop boxes ``(top, left, height, width)`` in input pixels.
+        flips: ``(B,)`` bool, ``True`` where the sample is flipped horizontally.
+    """
+
+    __slots__ = ("boxes", "flips")
+
+    def __init__(self, boxes: Tensor, flips: Tensor) -> None:
+        self.boxes = boxes
+        self.flips = flips
+
+
+def sample_crop_boxes(
+    batch_size: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+) -> Tensor:
+    """Draw one random resized crop box per sample, as torchvision's ``RandomResizedCrop``.
+
+    For each sample, up to :data:`CROP_TRIES` candidates are drawn with an area fraction uniform in
+    ``scale`` and a log-uniform aspect ratio in ``ratio``; the first candidate that fits is kept,
+    at a uniform position. A sample with no fitting candidate gets the centre crop of the largest
+    box whose ratio is within ``ratio``. All candidates are drawn at once (no Python loop per
+    sample), so the number of draws from ``generator`` is fixed.
+
+    Returns:
+        ``(B, 4)`` int64 boxes ``(top, left, height, width)`` on the generator's device.
+    """
+    device = generator.device
+    area = float(height * width)
+    draws = torch.rand((batch_size, CROP_TRIES, 2), generator=generator, device=device, dtype=torch.float64)
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * draws[..., 0])
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_low + (log_high - log_low) * draws[..., 1])
+    # torch.round rounds half to even, like Python's round() that torchvision uses.
+    w = torch.round(torch.sqrt(target_area * aspect))
+    h = torch.round(torch.sqrt(target_area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first fitting try
+    found = fits.any(dim=1)
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+
+    fallback_h, fallback_w = _centre_crop_size(height, width, ratio)
+    w = torch.where(found, w, torch.full_like(w, fallback_w))
+    h = torch.where(found, h, torch.full_like(h, fallback_h))
+    position = torch.rand((batch_size, 2), generator=generator, device=device, dtype=torch.float64)
+    top = torch.where(found, torch.floor(position[:, 0] * (height - h + 1)), torch.div(height - h, 2, rounding_mode="floor"))
+    left = torch.where(found, torch.floor(position[:, 1] * (width - w + 1)), torch.div(width - w, 2, rounding_mode="floor"))
+    return torch.stack([top, left, h, w], dim=1).to(torch.int64)
+
+
+def _centre_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """The largest box of the image whose aspect ratio is clamped into ``ratio`` (the fallback)."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return int(round(width / min(ratio))), width
+    if in_ratio > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width
+
+
+def resample_weights(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tensor | None = None) -> Tensor:
+    """Per-sample 1-D resampling matrices for "crop ``[start, start + length)`` and resize".
+
+    Output pixel ``k`` reads the input around its centre ``start + (k + 0.5) * length / out_size``
+    with a triangle (bilinear) kernel, widened by the shrink factor when shrinking (antialiasing,
+    as PIL and torchvision's ``antialias=True``); rows are normalised, so pixels near the border
+    behave as clamped. For upscaling this equals ``F.interpolate(mode="bilinear",
+    align_corners=False)``.
+
+    Args:
+        start: ``(B,)`` first input pixel of each crop.
+        length: ``(B,)`` crop length in input pixels.
+        in_size: input length in pixels.
+        out_size: output length in pixels.
+        flip: ``(B,)`` bool, reverse the output of these samples.
+
+    Returns:
+        ``(B, out_size, in_size)`` float32 weights on the device of ``start``.
+    """
+    device = start.device
+    start = start.to(torch.float32)
+    step = length.to(torch.float32) / out_size
+    k = torch.arange(out_size, device=device, dtype=torch.float32) + 0.5
+    k = k.expand(start.shape[0], out_size)
+    if flip is not None:
+        k = torch.where(flip[:, None], out_size - k, k)
+    centre = start[:, None] + k * step[:, None]  # (B, out) in continuous input coordinates
+    source = torch.arange(in_size, device=device, dtype=torch.float32) + 0.5  # input pixel centres
+    support = step.clamp(min=1.0)[:, None, None]
+    weights = (1.0 - (source - centre[:, :, None]).abs() / support).clamp_(min=0.0)
+    return weights / weights.sum(dim=-1, keepdim=True).clamp_(min=1e-12)
+
+
+def _normalised_float(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 ``(B, C, H, W)`` -> float32 ``(x / 255 - mean) / std`` per channel, one pass."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images (B, C, H, W), got dtype {images.dtype}")
+    if images.ndim != 4 or images.shape[1] != len(mean):
+        raise ValueError(f"expected images (B, {len(mean)}, H, W), got shape {tuple(images.shape)}")
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(1, -1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=images.device).view(1, -1, 1, 1)
+    return torch.addcmul(shift, images.to(torch.float32), scale)
+
+
+def _resample(images: Tensor, weights_y: Tensor, weights_x: Tensor) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, S, S)``: ``W_y @ X @ W_x^T`` per sample and channel."""
+    rows = torch.matmul(weights_y[:, None], images)  # (B, C, S, W)
+    return torch.matmul(rows, weights_x.transpose(1, 2)[:, None]).contiguous()
+
+
+class BatchAugment:
+    """I-JEPA training augmentation for a whole uint8 batch at once.
+
+    Each image gets its own random resized crop (scale and ratio from
+    :class:`~hjepa_kit.config.AugmentationConfig`) resized to ``output_size``, its own horizontal
+    flip with probability 0.5 (when ``hflip``), and is normalised with ``mean`` / ``std``.
+    Normalisation is applied before resampling (cheaper at the input size; exact, because the
+    resampling weights of every output pixel sum to one).
+
+    Example::
+
+        augment = BatchAugment(config.data.augmentation, output_size=32)
+        images = augment(uint8_batch, torch.Generator().manual_seed(0))  # (B, 3, 32, 32) float32
+    """
+
+    def __init__(self, config: AugmentationConfig, output_size: int) -> None:
+        if output_size < 1:
+            raise ValueError(f"output_size must be >= 1, got {output_size}")
+        self.config = config
+        self.output_size = int(output_size)
+
+    def sample(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> CropParams:
+        """Draw the crops and flips of a batch from ``generator`` (a fixed number of draws)."""
+        cfg = self.config
+        boxes = sample_crop_boxes(batch_size, height, width, cfg.crop_scale, cfg.crop_ratio, generator)
+        if cfg.hflip:
+            flips = torch.rand(batch_size, generator=generator, device=generator.device) < 0.5
+        else:
+            flips = torch.zeros(batch_size, dtype=torch.bool, device=generator.device)
+        return CropParams(boxes, flips)
+
+    def apply(self, images: Tensor, params: CropParams) -> Tensor:
+        """Crop, resize, flip and normalise ``(B, C, H, W)`` uint8 images with given draws.
+
+        Returns:
+            ``(B, C, S, S)`` float32 on the device of ``images``.
+        """
+        _, _, height, width = images.shape
+        boxes = params.boxes.to(images.device)
+        flips = params.flips.to(images.device)
+        size = self.output_size
+        weights_y = resample_weights(boxes[:, 0], boxes[:, 2], height, size)
+        weights_x = resample_weights(boxes[:, 1], boxes[:, 3], width, size, flip=flips)
+        x = _normalised_float(images, self.config.mean, self.config.std)
+        return _resample(x, weights_y, weights_x)
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Augment ``(B, C, H, W)`` uint8 images; all randomness comes from ``generator``.
+
+        Returns:
+            ``(B, C, S, S)`` float32, normalised, on the device of ``images``.
+        """
+        params = self.sample(images.shape[0], images.shape[2], images.shape[3], generator)
+        return self.apply(images, params)
+
+
+def eval_transform(images: Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Evaluation transform: resize the whole image to ``image_size`` and normalise; no randomness.
+
+    Args:
+        images: ``(B, C, H, W)`` uint8.
+        image_size: output side ``S``; when it equals ``H`` and ``W`` the pixels are not resampled.
+
+    Returns:
+        ``(B, C, S, S)`` float32 on the device of ``images``, resampled with the same kernel as
+        :class:`BatchAugment` (so ``crop_scale: [1, 1]`` training and evaluation see the same image).
+    """
+    x = _normalised_float(images, mean, std)
+    batch, _, height, width = images.shape
+    if height == image_size and width == image_size:
+        return x
+    device = images.device
+    zeros = torch.zeros(batch, device=device)
+    weights_y = resample_weights(zeros, torch.full((batch,), float(height), device=device), height, image_size)
+    weights_x = resample_weights(zeros, torch.full((batch,), float(width), device=device), width, image_size)
+    return _resample(x, weights_y, weights_x)
+
+
+def _collate(items: Sequence[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    """Stack streamed ``(uint8 (C, H, W), label)`` items into ``(B, C, H, W)`` and ``(B,)``."""
+    images = torch.stack([item[0] for item in items])
+    labels = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
+    return images, labels
+
+
+def iter_eval_batches(
+    data: ImageData | torch.utils.data.Dataset,
+    *,
+    image_size: int,
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """All images of a split in order, resized and normalised, a batch at a time (no augmentation).
+
+    Args:
+        data: a split in RAM, or a stream (see the module docstring) for data too big for RAM.
+        image_size: side ``S`` the encoder sees.
+        batch_size: images per batch; the last batch may be smaller.
+        device: where the images go (uint8 moves first, then the transform runs there).
+        num_workers: loader workers, streams only.
+
+    Yields:
+        ``(images, labels)``: ``(B, C, S, S)`` float32 on ``device``, and ``(B,)`` int64 labels on
+        the CPU, or ``None`` when the split is unlabelled.
+    """
+    target = torch.device(device) if device is not None else None
+    if isinstance(data, ImageData):
+        for start in range(0, len(data), batch_size):
+            images = data.images[start : start + batch_size]
+            if target is not None:
+                images = images.to(target, non_blocking=True)
+            labels = None if data.labels is None else data.labels[start : start + batch_size]
+            yield eval_transform(images, image_size, mean, std), labels
+        return
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
+        pin_memory=target is not None and target.type == "cuda",
+    )
+    for images, labels in loader:
+        if target is not None:
+            images = images.to(target, non_blocking=True)
+        yield eval_transform(images, image_size, mean, std), (None if bool((labels < 0).any()) else labels)
+
+
+# --- choosing RAM or streaming ----------------------------------------------------------------
+
+
+def estimate_bytes(dataset: Dataset, split: str) -> int | None:
+    """The decoded uint8 size of ``split``, when the dataset can tell without decoding it."""
+    estimate = getattr(dataset, "estimate_bytes", None)
+    if not callable(estimate):
+        return None
+    value = estimate(split)
+    return None if value is None else int(value)
+
+
+def choose_in_memory(dataset: Dataset, split: str, mode: str, memory_limit_mb: int) -> bool:
+    """Whether to hold ``split`` in RAM (``True``) or stream it.
+
+    ``always`` holds it in RAM; ``never`` streams it; ``auto`` holds it in RAM when its decoded
+    size is known and at most ``memory_limit_mb``. A dataset without ``open_stream`` is always held
+    in RAM (with a warning when ``never`` or the size limit asked otherwise).
+    """
+    can_stream = callable(getattr(dataset, "open_stream", None))
+    if mode == "always":
+        return True
+    if mode == "never":
+        if not can_stream:
+            warnings.warn(
+                f"{type(dataset).__name__} cannot stream: holding split {split!r} in RAM despite data.in_memory: never",
+                stacklevel=2,
+            )
+        return not can_stream
+    size = estimate_bytes(dataset, split)
+    if not can_stream:
+        if size is not None and size > memory_limit_mb * 2**20:
+            warnings.warn(
+                f"{type(dataset).__name__} split {split!r} is {size / 2**20:.0f} MB decoded, above "
+                f"data.memory_limit_mb={memory_limit_mb}, but this dataset cannot stream: holding it in RAM",
+                stacklevel=2,
+            )
+        return True
+    return size is not None and size <= memory_limit_mb * 2**20
+
+
+# --- training loaders -------------------------------------------------------------------------
+
+
+def _mix_seed(*values: int) -> int:
+    """A 63-bit seed mixed from integers (any sign), for ``torch.Generator.manual_seed``."""
+    state = np.random.SeedSequence([v % 2**64 for v in values]).generate_state(1, np.uint64)[0]
+    return int(state) >> 1
+
+
+class TrainLoader:
+    """Shuffled, sharded, augmented training batches; resumable inside an epoch.
+
+    Iterating yields ``len(self)`` batches ``(images, labels)``: ``(B, 3, S, S)`` float32
+    normalised images on ``device``, and ``(B,)`` int64 labels on the CPU (``None`` when the split
+    is unlabelled). Incomplete batches are dropped (every rank yields the same number of batches, as
+    DDP needs). Iteration starts at the current position of the epoch: 0 after :meth:`set_epoch`,
+    ``n`` after :meth:`skip` ``(n)``; iterating again after a completed pass repeats the epoch.
+
+    Attributes:
+        in_memory: whether the split is held in RAM (else streamed).
+        num_samples: images in the split (all ranks).
+        batch_size, image_size, seed, rank, world_size: as built.
+        has_labels: whether batches carry labels.
+        epoch: the current epoch (set with :meth:`set_epoch`).
+    """
+
+    in_memory: bool = True
+
+    def __init__(
+        self,
+        *,
+        num_samples: int,
+        batch_size: int,
+        augment: BatchAugment,
+        seed: int,
+        rank: int,
+        world_size: int,
+        device: torch.device | str | None,
+        has_labels: bool,
+        split: str,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        per_rank = num_samples // world_size
+        if per_rank < batch_size:
+            raise DataError(
+                f"split {split!r} has {num_samples} images: fewer than data.batch_size={batch_size} per process "
+                f"({world_size} process(es)), so an epoch has no full batch; lower data.batch_size"
+            )
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.augment = augment
+        self.image_size = augment.output_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.has_labels = has_labels
+        self.split = split
+        self.epoch = 0
+        self._num_batches = per_rank // batch_size
+        self._position = 0
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank."""
+        return self._num_batches
+
+    @property
+    def position(self) -> int:
+        """Batches of the current epoch already handed out."""
+        return self._position
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch``: a new order (the same on every rank), position 0."""
+        self.epoch = int(epoch)
+        self._position = 0
+
+    def skip(self, num_batches: int) -> None:
+        """Move ``num_batches`` forward in the current epoch without producing them (resuming)."""
+        target = self._position + int(num_batches)
+        if not 0 <= target <= len(self):
+            raise ValueError(f"cannot skip to batch {target} of an epoch of {len(self)} batches")
+        self._position = target
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the loader is: enough to resume with :meth:`load_state_dict` (plain ints)."""
+        return {
+            "epoch": self.epoch,
+            "batches_done": self._position,
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume where :meth:`state_dict` was taken (on any rank of the same world size).
+
+        Raises:
+            DataError: the saved loader had another seed, dataset size, batch size or world size,
+                so its order cannot be reproduced.
+        """
+        for key in ("seed", "num_samples", "batch_size", "world_size"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise DataError(
+                    f"cannot resume the data order: the checkpoint's loader had {key}={state[key]}, this run has "
+                    f"{getattr(self, key)}; resume with the same settings (seed, dataset, data.batch_size, number "
+                    f"of processes), or start a new run from these weights"
+                )
+        self.set_epoch(int(state["epoch"]))
+        self.skip(int(state["batches_done"]))
+
+    def shard_indices(self, epoch: int | None = None) -> Tensor:
+        """This rank's sample indices for ``epoch`` in order, ``(len(self) * batch_size,)`` int64.
+
+        The permutation is drawn from ``(seed, epoch)`` alone, so all ranks agree on it; rank ``r``
+        takes positions ``r, r + W, r + 2W, ...`` (disjoint shards covering the epoch).
+        """
+        epoch = self.epoch if epoch is None else epoch
+        generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, _ORDER_TAG))
+        order = torch.randperm(self.num_samples, generator=generator)
+        shard = order[self.rank :: self.world_size][: self.num_samples // self.world_size]
+        return shard[: self._num_batches * self.batch_size]
+
+    def batch_generator(self, batch_index: int, epoch: int | None = None) -> torch.Generator:
+        """The generator of one batch's augmentation, seeded from ``(seed, epoch, rank, batch_index)``."""
+        epoch = self.epoch if epoch is None else epoch
+        return torch.Generator().manual_seed(_mix_seed(self.seed, epoch, self.rank, batch_index, _AUGMENT_TAG))
+
+    def _uint8_batches(self, batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """uint8 ``(B, C, H, W)`` images and labels of the given index batches, in order."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        start = self._position if self._position < len(self) else 0
+        self._position = start
+        batches = list(self.shard_indices().view(len(self), self.batch_size)[start:])
+        for batch_index, (images, labels) in enumerate(self._uint8_batches(batches), start=start):
+            images = images.to(self.device, non_blocking=True)
+            augmented = self.augment(images, self.batch_generator(batch_index))
+            # Counted before the yield: the batch is handed out, so a checkpoint taken while the
+            # trainer works on it resumes after it.
+            self._position = batch_index + 1
+            yield augmented, labels
+
+
+class InMemoryTrainLoader(TrainLoader):
+    """Training batches gathered from a split held in RAM as uint8 (no worker processes)."""
+
+    in_memory = True
+
+    def __init__(self, data: ImageData, **kwargs: Any) -> None:
+        super().__init__(num_samples=len(data), has_labels=data.labels is not None, **kwargs)
+        self.data = data
+
+    def _uint8_batches(self, batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor | None]]:
+        labels = self.data.labels
+        for indices in batches:
+            yield self.data.images.index_select(0, indices), (None if labels is None else labels.index_select(0, indices))
+
+
+class StreamingTrainLoader(TrainLoader):
+    """Training batches decoded sample by sample by a ``DataLoader`` (workers optional), then
+    augmented in the main process exactly as in RAM."""
+
+    in_memory = False
+
+    def __init__(self, stream: torch.utils.data.Dataset, *, num_workers: int, has_labels: bool, **kwargs: Any) -> None:
+        super().__init__(num_samples=len(stream), has_labels=has_labels, **kwargs)  # type: ignore[arg-type]
+        # Streamed items carry label -1 when unlabelled; such a batch yields labels None.
+        self.stream = stream
+        self.num_workers = num_workers
+
+    def _uint8_batches(self, batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor | None]]:
+        if not batches:
+            return
+        loader = torch.utils.data.DataLoader(
+            self.stream,
+            batch_sampler=[indices.tolist() for indices in batches],
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+        )
+        for images, labels in loader:
+            yield images, (labels if self.has_labels and bool((labels >= 0).all()) else None)
+
+
+def _check_split(dataset: Dataset, split: str) -> None:
+    if split not in dataset.splits:
+        raise DataError(
+            f"{type(dataset).__name__} has no split {split!r} (data.train_split); it offers: {', '.join(dataset.splits)}"
+        )
+
+
+def _check_image_data(data: ImageData, dataset: Dataset, split: str, channels: int) -> None:
+    images = data.images
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != channels:
+        raise DataError(
+            f"{type(dataset).__name__}.load({split!r}) returned images of dtype {images.dtype} and shape "
+            f"{tuple(images.shape)}; expected uint8 (N, {channels}, H, W)"
+        )
+    if data.labels is not None and tuple(data.labels.shape) != (images.shape[0],):
+        raise DataError(
+            f"{type(dataset).__name__}.load({split!r}) returned {tuple(data.labels.shape)} labels for "
+            f"{images.shape[0]} images; expected ({images.shape[0]},)"
+        )
+
+
+def build_train_loader(
+    dataset: Dataset,
+    data_cfg: DataConfig,
+    *,
+    image_size: int | None = None,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str | None = None,
+) -> TrainLoader:
+    """The training loader of ``data_cfg.train_split``, in RAM or streamed (see the module docs).
+
+    Args:
+        dataset: the built dataset component.
+        data_cfg: the ``data`` section (batch size, workers, in_memory, augmentation).
+        image_size: side ``S`` of the augmented images; ``None``: ``data.image_size``, else the
+            dataset's native size.
+        seed: the run's seed (order and augmentation).
+        rank, world_size: this process's place under DDP (each rank reads its own shard).
+        device: where augmentation runs and images are yielded (uint8 moves there first).
+
+    Raises:
+        DataError: unknown split, or too few images for one batch per process.
+    """
+    split = data_cfg.train_split
+    _check_split(dataset, split)
+    size = image_size or data_cfg.image_size or dataset.image_size
+    augmentation = data_cfg.augmentation
+    common: dict[str, Any] = dict(
+        batch_size=data_cfg.batch_size,
+        augment=BatchAugment(augmentation, size),
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        split=split,
+    )
+    if choose_in_memory(dataset, split, data_cfg.in_memory, data_cfg.memory_limit_mb):
+        data = dataset.load(split)
+        _check_image_data(data, dataset, split, len(augmentation.mean))
+        return InMemoryTrainLoader(data, **common)
+    stream = dataset.open_stream(split)  # type: ignore[attr-defined]
+    has_labels = bool(getattr(stream, "labelled", dataset.num_classes is not None))
+    return StreamingTrainLoader(stream, num_workers=data_cfg.num_workers, has_labels=has_labels, **common)

@@ -1,0 +1,228 @@
+"""Evaluators ``feature_quality`` (collapse diagnostics) and ``hierarchy`` (per-level figures).
+
+``feature_quality`` looks at one representation's train features without labels and compares them
+with the training plan's thresholds. Metrics:
+
+=====================================  ===========================================================
+``feature_quality/variance_mean``      mean per-dimension variance (plan: > 0.05 / 0.1 / 0.15)
+``feature_quality/variance_min``       smallest per-dimension variance
+``feature_quality/std_mean``           mean per-dimension standard deviation
+``feature_quality/rankme``             RankMe effective rank: exp entropy of normalised singular values
+``feature_quality/rankme_frac``        RankMe / D
+``feature_quality/energy_rank95``      the plan's rank: principal components holding 95% of the energy
+``feature_quality/energy_rank95_frac`` energy rank / D (plan: > 0.25 / 0.5 / 0.75, i.e. 48/96/144 of 192)
+``feature_quality/dims_var99``         coordinate dimensions holding 99% of the per-dimension variance
+``feature_quality/cosine_mean``        mean cosine similarity over all pairs of samples (1 = one direction)
+``feature_quality/dim``                feature width D
+``feature_quality/collapsed``          1 when variance_mean < collapse_variance (the plan's 0.01), else 0
+``feature_quality/rank_collapsed``     1 when energy_rank95 < collapse_rank_fraction * D (plan: 10%), else 0
+=====================================  ===========================================================
+
+Artifacts: ``singular_values`` (descending, of the centred features), ``verdict`` (one line).
+
+``hierarchy`` measures how the hierarchy levels differ, for the default representation and every
+representation named ``level<i>``: ``hierarchy/<name>/knn_top1`` (weighted k-NN, k = 20),
+``hierarchy/<name>/linear_top1`` (linear probe), ``hierarchy/<name>/rankme`` and
+``hierarchy/<name>/energy_rank95``; and linear CKA between every pair, ``hierarchy/cka/<a>-<b>``,
+on the train split. Artifacts: ``cka_matrix`` with ``cka_names``, ``levels``; when no ``level*``
+representation was extracted, the metrics are empty and the artifact ``note`` says so.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import attrs
+
+from hjepa_kit import hookimpl
+from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet
+from hjepa_kit.metrics import (
+    COLLAPSE_RANK_FRACTION,
+    COLLAPSE_VARIANCE,
+    collapse_verdict,
+    energy_rank_from_spectrum,
+    feature_variance,
+    cka_matrix,
+    mean_pairwise_cosine,
+    rankme_from_spectrum,
+    singular_values,
+)
+from hjepa_kit.params import param
+from hjepa_kit.plugins.knn import knn_classify, select_features
+from hjepa_kit.plugins.linear_probe import linear_probe
+
+__all__ = [
+    "FeatureQualityParams",
+    "HierarchyParams",
+    "feature_quality",
+    "level_names",
+    "hierarchy",
+    "build_feature_quality",
+    "build_hierarchy",
+]
+
+_LEVEL = re.compile(r"^level(\d+)$")
+
+
+@attrs.frozen(kw_only=True)
+class FeatureQualityParams:
+    """Parameters of the ``feature_quality`` evaluator."""
+
+    representation: str | None = param(None, help="Which extracted features to use (encoder, level0, ...); null = the run's default.")
+    split: str = param("train", help="Which split's features to analyse.", choices=("train", "test"))
+    collapse_variance: float = param(
+        COLLAPSE_VARIANCE, help="Mean per-dimension variance below this is a collapse (plan: 0.01).", ge=0.0
+    )
+    collapse_rank_fraction: float = param(
+        COLLAPSE_RANK_FRACTION,
+        help="A 95%-energy rank below this fraction of D is a dimensional collapse (plan: 0.1).",
+        ge=0.0,
+        le=1.0,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class HierarchyParams:
+    """Parameters of the ``hierarchy`` evaluator."""
+
+    k: int = param(20, help="Neighbours of the per-level weighted k-NN.", ge=1)
+    temperature: float = param(0.07, help="k-NN vote weight is exp(similarity / temperature).", gt=0.0)
+    knn: bool = param(True, help="Report per-level k-NN top-1.")
+    linear_probe: bool = param(True, help="Report per-level linear-probe top-1 (the slowest part).")
+    probe_weight_decay: float = param(1e-4, help="L2 penalty of the per-level linear probes (no search).", ge=0.0)
+    probe_max_iter: int = param(300, help="L-BFGS iterations of each per-level probe.", ge=1)
+    include_default: bool = param(True, help="Also report the default representation and its CKA to each level.")
+
+
+def _split_features(feats: FeatureSet, split: str):
+    return feats.train if split == "train" else feats.test
+
+
+def feature_quality(
+    x,
+    *,
+    collapse_variance: float = COLLAPSE_VARIANCE,
+    collapse_rank_fraction: float = COLLAPSE_RANK_FRACTION,
+) -> EvalResult:
+    """Collapse diagnostics of ``(N, D)`` features ``x`` (see the module docstring for the names).
+
+    Returns:
+        An :class:`EvalResult` with ``feature_quality/*`` metrics and the ``singular_values`` and
+        ``verdict`` artifacts.
+    """
+    dim = int(x.shape[1])
+    variance = feature_variance(x)
+    spectrum = singular_values(x)
+    rank = energy_rank_from_spectrum(spectrum, 0.95)
+    rankme = rankme_from_spectrum(spectrum)
+    variance_mean = float(variance.mean())
+    collapsed, rank_collapsed, verdict = collapse_verdict(
+        variance_mean,
+        rank,
+        dim,
+        collapse_variance=collapse_variance,
+        collapse_rank_fraction=collapse_rank_fraction,
+    )
+    metrics = {
+        "feature_quality/variance_mean": variance_mean,
+        "feature_quality/variance_min": float(variance.min()),
+        "feature_quality/std_mean": float(variance.sqrt().mean()),
+        "feature_quality/rankme": rankme,
+        "feature_quality/rankme_frac": rankme / dim,
+        "feature_quality/energy_rank95": float(rank),
+        "feature_quality/energy_rank95_frac": rank / dim,
+        # Coordinate dimensions, from the variances already at hand (as dims_holding_variance).
+        "feature_quality/dims_var99": float(energy_rank_from_spectrum(variance.sqrt(), 0.99)),
+        "feature_quality/cosine_mean": mean_pairwise_cosine(x),
+        "feature_quality/dim": float(dim),
+        "feature_quality/collapsed": float(collapsed),
+        "feature_quality/rank_collapsed": float(rank_collapsed),
+    }
+    artifacts = {"singular_values": spectrum.numpy(), "verdict": verdict}
+    return EvalResult(metrics=metrics, artifacts=artifacts)
+
+
+def level_names(features: Mapping[str, FeatureSet]) -> list[str]:
+    """The ``level<i>`` representations of ``features``, ordered by ``i``."""
+    found = [(int(m.group(1)), name) for name in features if (m := _LEVEL.match(name))]
+    return [name for _, name in sorted(found)]
+
+
+def hierarchy(features: Mapping[str, FeatureSet], default: str, params: HierarchyParams = HierarchyParams()) -> EvalResult:
+    """Per-representation accuracy and rank, and pairwise CKA, of the default and ``level*`` features.
+
+    Returns:
+        An :class:`EvalResult`; empty metrics and a ``note`` artifact when no level was extracted.
+    """
+    levels = level_names(features)
+    if not levels:
+        available = ", ".join(sorted(features)) or "(none)"
+        return EvalResult(
+            metrics={},
+            artifacts={"note": f"no hierarchy-level features (level0, level1, ...) were extracted; available: {available}"},
+        )
+    names = ([default] if params.include_default and default in features and default not in levels else []) + levels
+    metrics: dict[str, float] = {}
+    for name in names:
+        feats = features[name]
+        if params.knn:
+            accuracy = knn_classify(
+                feats.train, feats.train_labels, feats.test, feats.test_labels, feats.num_classes,
+                k=(params.k,), temperature=params.temperature,
+            )  # fmt: skip
+            metrics[f"hierarchy/{name}/knn_top1"] = accuracy[f"top1@{params.k}"]
+        if params.linear_probe:
+            probe = linear_probe(
+                feats.train, feats.train_labels, feats.test, feats.test_labels, feats.num_classes,
+                weight_decay=params.probe_weight_decay, max_iter=params.probe_max_iter,
+            )  # fmt: skip
+            metrics[f"hierarchy/{name}/linear_top1"] = probe.top1
+        spectrum = singular_values(feats.train)
+        metrics[f"hierarchy/{name}/rankme"] = rankme_from_spectrum(spectrum)
+        metrics[f"hierarchy/{name}/energy_rank95"] = float(energy_rank_from_spectrum(spectrum, 0.95))
+    cka = cka_matrix([features[name].train for name in names]).numpy()
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            metrics[f"hierarchy/cka/{a}-{names[j]}"] = float(cka[i, j])
+    return EvalResult(metrics=metrics, artifacts={"cka_matrix": cka, "cka_names": names, "levels": levels})
+
+
+def build_feature_quality(params: FeatureQualityParams, ctx: BuildContext):
+    """Factory of the ``feature_quality`` evaluator."""
+
+    def evaluate_feature_quality(features: Mapping[str, FeatureSet], default: str) -> EvalResult:
+        name, feats = select_features(features, default, params.representation, "feature_quality")
+        result = feature_quality(
+            _split_features(feats, params.split),
+            collapse_variance=params.collapse_variance,
+            collapse_rank_fraction=params.collapse_rank_fraction,
+        )
+        return EvalResult(metrics=result.metrics, artifacts={**result.artifacts, "representation": name})
+
+    return evaluate_feature_quality
+
+
+def build_hierarchy(params: HierarchyParams, ctx: BuildContext):
+    """Factory of the ``hierarchy`` evaluator."""
+
+    def evaluate_hierarchy(features: Mapping[str, FeatureSet], default: str) -> EvalResult:
+        return hierarchy(features, default, params)
+
+    return evaluate_hierarchy
+
+
+@hookimpl
+def hjepa_register_evaluators(register) -> None:
+    register(
+        "feature_quality",
+        build_feature_quality,
+        params=FeatureQualityParams,
+        summary="Collapse diagnostics: variance, RankMe and 95%-energy rank, cosine, plan verdict.",
+    )
+    register(
+        "hierarchy",
+        build_hierarchy,
+        params=HierarchyParams,
+        summary="Hierarchy differentiation: per-level k-NN / linear top-1 and rank, pairwise linear CKA.",
+    )

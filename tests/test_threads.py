@@ -1,0 +1,83 @@
+"""Thread settings: physical cores from affinity, SMT topology and cgroup quota; the env override."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hjepa_kit import threads
+from hjepa_kit.errors import ConfigError
+
+
+def fake_sysfs(root: Path, cores: list[tuple[int, int]]) -> Path:
+    """A /sys/devices/system/cpu tree: logical cpu i belongs to (package, core) cores[i]."""
+    for cpu, (package, core) in enumerate(cores):
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    return root
+
+
+@pytest.fixture
+def four_logical_cpus(monkeypatch):
+    monkeypatch.setattr(threads, "_allowed_cpus", lambda: [0, 1, 2, 3])
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_hyperthread_siblings_count_as_one_core(tmp_path, four_logical_cpus):
+    sysfs = fake_sysfs(tmp_path / "cpu", [(0, 0), (0, 0), (0, 1), (0, 1)])
+    assert threads.physical_cores(sys_cpu=sysfs, cgroup=tmp_path / "none") == 2
+
+
+def test_cores_on_two_packages_are_distinct(tmp_path, four_logical_cpus):
+    sysfs = fake_sysfs(tmp_path / "cpu", [(0, 0), (1, 0), (0, 1), (1, 1)])
+    assert threads.physical_cores(sys_cpu=sysfs, cgroup=tmp_path / "none") == 4
+
+
+def test_without_topology_every_allowed_cpu_counts(tmp_path, four_logical_cpus):
+    assert threads.physical_cores(sys_cpu=tmp_path / "missing", cgroup=tmp_path / "none") == 4
+
+
+def test_affinity_limits_the_count(tmp_path, monkeypatch):
+    sysfs = fake_sysfs(tmp_path / "cpu", [(0, 0), (0, 1), (0, 2), (0, 3)])
+    monkeypatch.setattr(threads, "_allowed_cpus", lambda: [2])
+    assert threads.physical_cores(sys_cpu=sysfs, cgroup=tmp_path / "none") == 1
+
+
+@pytest.mark.parametrize(("cpu_max", "expected"), [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", 4)])
+def test_cgroup_quota_caps_the_count(tmp_path, four_logical_cpus, cpu_max, expected):
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "cpu.max").write_text(cpu_max)
+    assert threads.physical_cores(sys_cpu=tmp_path / "missing", cgroup=cgroup) == expected
+
+
+def test_the_real_machine_has_at_least_one_core():
+    assert 1 <= threads.physical_cores() <= (torch.get_num_threads() + 1024)
+
+
+def test_configure_threads_sets_torch(restore_threads, monkeypatch):
+    monkeypatch.delenv(threads.ENV_VAR, raising=False)
+    assert threads.configure_threads(1) == 1 and torch.get_num_threads() == 1
+    assert threads.configure_threads(None) == threads.physical_cores() == torch.get_num_threads()
+
+
+def test_environment_variable_wins(restore_threads, monkeypatch):
+    monkeypatch.setenv(threads.ENV_VAR, "1")
+    assert threads.configure_threads(2) == 1 and torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("value", ["zero", "0", "-2", "1.5"])
+def test_bad_environment_variable_is_a_config_error(monkeypatch, value):
+    monkeypatch.setenv(threads.ENV_VAR, value)
+    with pytest.raises(ConfigError, match=threads.ENV_VAR):
+        threads.configure_threads(None)
