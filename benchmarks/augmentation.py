@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -45,7 +46,8 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": model,
         "physical_cores": physical_cores(),
-        "logical_cpus": len(__import__("os").sched_getaffinity(0)) if hasattr(__import__("os"), "sched_getaffinity") else None,
+        "logical_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -53,16 +55,35 @@ def machine() -> dict[str, Any]:
     }
 
 
-def seconds_per_call(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls, after ``warmup`` calls."""
+def seconds_per_call(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """Median wall time and median process CPU time of ``fn`` over ``repeats`` calls, after ``warmup``.
+
+    CPU time (all threads of this process) is the steadier figure on a machine shared with other
+    jobs: it does not count the time this process waited for a core.
+    """
     for _ in range(warmup):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def row(what: str, method: str, batch: int, in_size: int, out_size: int, images: int, wall: float, cpu: float) -> dict[str, Any]:
+    """One result: ``images`` processed in ``wall`` seconds using ``cpu`` CPU-seconds."""
+    return {"what": what, "method": method, "batch": batch, "in": in_size, "out": out_size,
+            "ms_per_batch": 1e3 * wall * batch / images, "images_per_s": images / wall,
+            "images_per_cpu_s": images / max(cpu, 1e-9)}
+
+
+def timed(fn: Callable[[], int]) -> tuple[int, float, float]:
+    """Run ``fn`` once; returns what it returns (an image count), wall and CPU seconds."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    count = fn()
+    return count, time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def grid_sample_augment(images: torch.Tensor, augment: BatchAugment, generator: torch.Generator) -> torch.Tensor:
@@ -93,9 +114,8 @@ def bench_augment(batch: int, in_size: int, out_size: int, repeats: int) -> list
         ("BatchAugment (matmul)", lambda: augment(images, generator)),
         ("grid_sample", lambda: grid_sample_augment(images, augment, generator)),
     ):
-        seconds = seconds_per_call(fn, repeats)
-        rows.append({"what": "augment", "method": method, "batch": batch, "in": in_size, "out": out_size,
-                     "ms_per_batch": 1e3 * seconds, "images_per_s": batch / seconds})
+        wall, cpu = seconds_per_call(fn, repeats)
+        rows.append(row("augment", method, batch, in_size, out_size, batch, wall, cpu))
     return rows
 
 
@@ -116,11 +136,8 @@ class _RamDataset:
 def bench_ram_epoch(batch: int, out_size: int, n: int = 4096) -> dict[str, Any]:
     """A whole epoch of the in-RAM loader: permutation, gather, augment."""
     loader = build_train_loader(_RamDataset(n, 32), DataConfig(batch_size=batch), image_size=out_size, seed=0)
-    start = time.perf_counter()
-    count = sum(images.shape[0] for images, _ in loader)
-    seconds = time.perf_counter() - start
-    return {"what": "in-RAM loader epoch", "method": "gather + BatchAugment", "batch": batch, "in": 32, "out": out_size,
-            "ms_per_batch": 1e3 * seconds / len(loader), "images_per_s": count / seconds}
+    count, wall, cpu = timed(lambda: sum(images.shape[0] for images, _ in loader))
+    return row("in-RAM loader epoch", "gather + BatchAugment", batch, 32, out_size, count, wall, cpu)
 
 
 def bench_stream(batch: int, workers: int, n: int = 512, size: int = 64) -> dict[str, Any]:
@@ -141,11 +158,9 @@ def bench_stream(batch: int, workers: int, n: int = 512, size: int = 64) -> dict
         dataset = build_image_folder(ImageFolderParams(root=tmp, image_size=size), BuildContext(image_size=size))
         config = DataConfig(batch_size=batch, in_memory="never", num_workers=workers)
         loader = build_train_loader(dataset, config, image_size=size, seed=0)
-        start = time.perf_counter()
-        count = sum(images.shape[0] for images, _ in loader)
-        seconds = time.perf_counter() - start
-    return {"what": "streamed loader epoch", "method": f"JPEG {size * 2}px -> {size}, workers={workers}", "batch": batch,
-            "in": size, "out": size, "ms_per_batch": 1e3 * seconds / len(loader), "images_per_s": count / seconds}
+        count, wall, cpu = timed(lambda: sum(images.shape[0] for images, _ in loader))
+    # With workers, decoding runs in other processes: the CPU figure then counts only the main one.
+    return row("streamed loader epoch", f"JPEG {size * 2}px -> {size}, workers={workers}", batch, size, size, count, wall, cpu)
 
 
 def bench_step_proxy(batch: int, out_size: int, repeats: int) -> dict[str, Any] | None:
@@ -162,9 +177,8 @@ def bench_step_proxy(batch: int, out_size: int, repeats: int) -> dict[str, Any] 
         model.zero_grad(set_to_none=True)
         model(images).float().pow(2).mean().backward()
 
-    seconds = seconds_per_call(step, repeats, warmup=1)
-    return {"what": "step proxy", "method": f"ViT-Tiny/{patch} fwd+bwd, fp32", "batch": batch, "in": out_size, "out": out_size,
-            "ms_per_batch": 1e3 * seconds, "images_per_s": batch / seconds}
+    wall, cpu = seconds_per_call(step, repeats, warmup=1)
+    return row("step proxy", f"ViT-Tiny/{patch} fwd+bwd, fp32", batch, out_size, out_size, batch, wall, cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {info['cpu']} | {info['physical_cores']} physical cores | {info['threads']} threads | torch {info['torch']}")
     rows: list[dict[str, Any]] = []
 
-    def show(row: dict[str, Any] | None) -> None:
-        if row is None:
+    print(f"{'':<22} {'':<34} {'':<6} {'':<8} {'wall ms/batch':>13} {'images/s':>10} {'images/CPU-s':>13}")
+
+    def show(result: dict[str, Any] | None) -> None:
+        if result is None:
             return
-        rows.append(row)
-        print(f"{row['what']:<22} {row['method']:<34} B={row['batch']:<4} {row['in']:>3}->{row['out']:<4}"
-              f" {row['ms_per_batch']:9.2f} ms/batch {row['images_per_s']:11.0f} images/s", flush=True)
+        rows.append(result)
+        print(f"{result['what']:<22} {result['method']:<34} B={result['batch']:<4} {result['in']:>3}->{result['out']:<4}"
+              f" {result['ms_per_batch']:13.2f} {result['images_per_s']:10.0f} {result['images_per_cpu_s']:13.0f}", flush=True)
 
     for out_size in args.sizes:
         for batch in args.batch_sizes:

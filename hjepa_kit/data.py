@@ -18,9 +18,10 @@ Augmentation: a per-sample random resized crop (the I-JEPA scale range, sampled 
 ``RandomResizedCrop`` does, with its centre-crop fallback) and a per-sample horizontal flip. The
 crop and resize are one separable resampling per sample, done as two batched matrix products
 (``W_y @ X @ W_x^T``) with bilinear weights (antialiased when shrinking, as torchvision's
-``antialias=True``). Measured on CPU this is 1.5-3x faster than ``F.grid_sample`` at 32->224 and
-as fast at 32->32 (``benchmarks/augmentation.py``), and it runs on the device of its input, so a
-trainer may move uint8 batches to the GPU first and augment there.
+``antialias=True``). Measured on a shared 2-core AMD EPYC (``benchmarks/augmentation.py``) it is
+3-4x faster than ``F.grid_sample`` at 32->224 and 1-3x at 32->32: one thread augments about 30,000
+images/s at 32->32 and 1,500 images/s at 32->224, hundreds of times a training step's rate. It
+runs on the device of its input, so a trainer may move uint8 batches to the GPU and augment there.
 
 Order and randomness: each epoch's order is a permutation drawn from ``(seed, epoch)``, the same on
 every rank; rank ``r`` of ``W`` takes every ``W``-th index from position ``r``. Each batch's
@@ -186,13 +187,21 @@ def _normalised_float(images: Tensor, mean: Sequence[float], std: Sequence[float
         raise ValueError(f"expected images (B, {len(mean)}, H, W), got shape {tuple(images.shape)}")
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(1, -1, 1, 1)
     shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=images.device).view(1, -1, 1, 1)
-    return torch.addcmul(shift, images.to(torch.float32), scale)
+    # In place on the fresh float copy: 20x faster on CPU than a broadcasting addcmul.
+    return images.to(torch.float32).mul_(scale).add_(shift)
 
 
 def _resample(images: Tensor, weights_y: Tensor, weights_x: Tensor) -> Tensor:
-    """``(B, C, H, W)`` -> ``(B, C, S, S)``: ``W_y @ X @ W_x^T`` per sample and channel."""
-    rows = torch.matmul(weights_y[:, None], images)  # (B, C, S, W)
-    return torch.matmul(rows, weights_x.transpose(1, 2)[:, None]).contiguous()
+    """``(B, C, H, W)`` -> ``(B, C, S, S)``: ``W_y @ X @ W_x^T`` per sample and channel.
+
+    Two plain batched products: rows per (sample, channel), then columns with the channels folded
+    into the rows, which writes the output in place (no broadcast copies of the output).
+    """
+    batch, channels, height, width = images.shape
+    size = weights_y.shape[1]
+    rows = torch.bmm(weights_y.repeat_interleave(channels, dim=0), images.reshape(batch * channels, height, width))
+    out = torch.bmm(rows.view(batch, channels * size, width), weights_x.transpose(1, 2))
+    return out.view(batch, channels, size, weights_x.shape[1])
 
 
 class BatchAugment:
@@ -236,8 +245,14 @@ class BatchAugment:
         boxes = params.boxes.to(images.device)
         flips = params.flips.to(images.device)
         size = self.output_size
-        weights_y = resample_weights(boxes[:, 0], boxes[:, 2], height, size)
-        weights_x = resample_weights(boxes[:, 1], boxes[:, 3], width, size, flip=flips)
+        if height == width:  # one call for both axes: half the small-op overhead
+            starts = boxes[:, :2].T.reshape(-1)  # (2B,): tops, then lefts
+            lengths = boxes[:, 2:].T.reshape(-1)  # heights, then widths
+            flip_x_only = torch.cat([torch.zeros_like(flips), flips])
+            weights_y, weights_x = resample_weights(starts, lengths, height, size, flip=flip_x_only).chunk(2)
+        else:
+            weights_y = resample_weights(boxes[:, 0], boxes[:, 2], height, size)
+            weights_x = resample_weights(boxes[:, 1], boxes[:, 3], width, size, flip=flips)
         x = _normalised_float(images, self.config.mean, self.config.std)
         return _resample(x, weights_y, weights_x)
 

@@ -171,7 +171,7 @@ def config_reference_markdown() -> str:
     """Every section and key of a run configuration, from the attrs classes of :mod:`hjepa_kit.config`.
 
     Returns:
-        Markdown: one heading per section (``data``, ``data.augmentation`` ...) with the class's
+        Markdown with one heading per section (``data``, ``data.augmentation`` ...) with the class's
         description and a table of its keys, types, defaults, allowed values and help texts.
     """
     from typing import get_args, get_origin, get_type_hints
@@ -274,7 +274,7 @@ def plugin_reference_markdown(registry: Any = None, *, builtin_only: bool = True
         builtin_only: list only the components hjepa-kit ships (its own distribution).
 
     Returns:
-        Markdown: one ``##`` heading per kind and one ``###`` heading per component.
+        Markdown with one ``##`` heading per kind and one ``###`` heading per component.
     """
     from .registry import Registry
 
@@ -289,7 +289,8 @@ def plugin_reference_markdown(registry: Any = None, *, builtin_only: bool = True
         if not of_kind:
             continue
         key = KIND_KEYS[kind]
-        parts.append(f"## {kind.capitalize()}s {{#{kind}s}}\n")
+        plural = _plural(kind)
+        parts.append(f"## {plural.capitalize()} {{#{plural}}}\n")
         parts.append(
             f"Selected at `{key}`. "
             + ", ".join(f"[`{c.name}`](#{_anchor(kind, c.name)})" for c in of_kind)
@@ -306,6 +307,10 @@ def plugin_reference_markdown(registry: Any = None, *, builtin_only: bool = True
             parts.append(params_table_markdown(c.params, prefix=prefix))
             parts.append("")
     return "\n".join(parts)
+
+
+def _plural(kind: str) -> str:
+    return kind + ("es" if kind.endswith("s") else "s")
 
 
 def _params_prefix(kind: str) -> str:

@@ -14,6 +14,8 @@ Two different "ranks" are computed, and they answer different questions:
 - :func:`energy_rank` is the training plan's "effective rank" check: the number of leading singular
   values that hold a fraction (95%) of the squared-singular-value energy (the variance explained
   by principal components). The plan's thresholds (48 / 96 / 144 of 192) apply to this one.
+  (The plan's own snippet summed plain singular values of uncentred tokens, which counts more
+  components; squared values of centred features are the variance-explained reading.)
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ bytes, and refuses anything else. A missing, damaged or foreign file is a
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import importlib
 import math
@@ -402,6 +403,7 @@ class CifarDataset:
         """Decoded size of ``split``: 50,000 or 10,000 images of 3 x 32 x 32 bytes."""
         return {"train": 50_000, "test": 10_000}[split] * 3 * 32 * 32
 
+    @functools.cached_property
     def classes(self) -> tuple[str, ...]:
         """Class names from the meta file, index-aligned with labels."""
         meta = safe_unpickle(self._files.path(self._meta), self._hint)
@@ -441,7 +443,7 @@ class CifarDataset:
             parts = [self._read_batch(name) for name in self._split_files[split]]
             images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
             labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-            self._cache[split] = ImageData(images=images, labels=labels, classes=self.classes())
+            self._cache[split] = ImageData(images=images, labels=labels, classes=self.classes)
         return self._cache[split]
 
 
@@ -559,7 +561,9 @@ class Stl10Dataset:
         """Decoded size of ``split``, from the file sizes."""
         return sum((self.folder / name).stat().st_size for name, _ in _STL_PARTS[split])
 
-    def _classes(self) -> tuple[str, ...]:
+    @functools.cached_property
+    def classes(self) -> tuple[str, ...]:
+        """Class names: ``class_names.txt`` of the archive, else the official names."""
         names_file = self.folder / "class_names.txt"
         if names_file.is_file():
             names = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
@@ -586,7 +590,7 @@ class Stl10Dataset:
             start += count
         labelled = all(labels is not None for _, labels, _ in parts)
         labels = torch.from_numpy(np.concatenate([p[1] for p in parts])) if labelled else None  # type: ignore[misc]
-        data = ImageData(images=images, labels=labels, classes=self._classes() if labelled else ())
+        data = ImageData(images=images, labels=labels, classes=self.classes if labelled else ())
         self._cache[split] = data
         return data
 

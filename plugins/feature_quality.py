@@ -3,20 +3,20 @@
 ``feature_quality`` looks at one representation's train features without labels and compares them
 with the training plan's thresholds. Metrics:
 
-=====================================  ===========================================================
-``feature_quality/variance_mean``      mean per-dimension variance (plan: > 0.05 / 0.1 / 0.15)
-``feature_quality/variance_min``       smallest per-dimension variance
-``feature_quality/std_mean``           mean per-dimension standard deviation
-``feature_quality/rankme``             RankMe effective rank: exp entropy of normalised singular values
-``feature_quality/rankme_frac``        RankMe / D
-``feature_quality/energy_rank95``      the plan's rank: principal components holding 95% of the energy
-``feature_quality/energy_rank95_frac`` energy rank / D (plan: > 0.25 / 0.5 / 0.75, i.e. 48/96/144 of 192)
-``feature_quality/dims_var99``         coordinate dimensions holding 99% of the per-dimension variance
-``feature_quality/cosine_mean``        mean cosine similarity over all pairs of samples (1 = one direction)
-``feature_quality/dim``                feature width D
-``feature_quality/collapsed``          1 when variance_mean < collapse_variance (the plan's 0.01), else 0
-``feature_quality/rank_collapsed``     1 when energy_rank95 < collapse_rank_fraction * D (plan: 10%), else 0
-=====================================  ===========================================================
+| Metric | Meaning |
+|---|---|
+| ``feature_quality/variance_mean`` | mean per-dimension variance (plan: > 0.05 / 0.1 / 0.15) |
+| ``feature_quality/variance_min`` | smallest per-dimension variance |
+| ``feature_quality/std_mean`` | mean per-dimension standard deviation |
+| ``feature_quality/rankme`` | RankMe effective rank: exp entropy of normalised singular values |
+| ``feature_quality/rankme_frac`` | RankMe / D |
+| ``feature_quality/energy_rank95`` | the plan's rank: principal components holding 95% of the energy |
+| ``feature_quality/energy_rank95_frac`` | energy rank / D (plan: > 0.25 / 0.5 / 0.75, i.e. 48/96/144 of 192) |
+| ``feature_quality/dims_var99`` | coordinate dimensions holding 99% of the per-dimension variance |
+| ``feature_quality/cosine_mean`` | mean cosine similarity over all pairs of samples (1 = one direction) |
+| ``feature_quality/dim`` | feature width D |
+| ``feature_quality/collapsed`` | 1 when variance_mean < collapse_variance (the plan's 0.01), else 0 |
+| ``feature_quality/rank_collapsed`` | 1 when energy_rank95 < collapse_rank_fraction * D (plan: 10%), else 0 |
 
 Artifacts: ``singular_values`` (descending, of the centred features), ``verdict`` (one line).
 

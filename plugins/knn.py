@@ -11,9 +11,8 @@ Metrics (accuracies are fractions in ``[0, 1]``): ``knn/top1@<k>`` and ``knn/top
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Iterator
 
 import attrs
 import faiss

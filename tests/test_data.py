@@ -308,3 +308,14 @@ def test_image_size_defaults_to_config_then_native():
     assert build_train_loader(dataset, DataConfig(batch_size=4, image_size=12), seed=0).image_size == 12
     images, labels = next(iter(build_train_loader(dataset, DataConfig(batch_size=4, image_size=12), seed=0)))
     assert images.shape == (4, 3, 12, 12) and labels.shape == (4,)
+
+
+def test_non_square_images_crop_and_resize_per_axis():
+    images = torch.randint(0, 256, (3, 3, 24, 40), dtype=torch.uint8)
+    ratio = 40 / 24
+    config = AugmentationConfig(crop_scale=(1.0, 1.0), crop_ratio=(ratio, ratio), hflip=False, **PLAIN)
+    out = BatchAugment(config, 16)(images, gen())
+    reference = F.interpolate(images.float() / 255, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(out, reference, atol=1e-4)
+    boxes = sample_crop_boxes(200, 24, 40, (0.3, 1.0), (0.75, 4 / 3), gen())
+    assert bool((boxes[:, 0] + boxes[:, 2] <= 24).all() and (boxes[:, 1] + boxes[:, 3] <= 40).all())
