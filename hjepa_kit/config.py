@@ -287,6 +287,7 @@ def apply_overrides(
         parts, value = _parse_override(text)
         node: Any = result
         default: Any = defaults
+        copied = False  # whether ``node`` was copied from the defaults by this override
         for depth, part in enumerate(parts[:-1]):
             here = ".".join(parts[: depth + 1])
             if isinstance(node, list):
@@ -299,6 +300,7 @@ def apply_overrides(
             if child is None:
                 child = _deepcopy(default) if isinstance(default, (Mapping, list)) else {}
                 node[part] = child
+                copied = isinstance(default, Mapping)
             elif isinstance(child, str):
                 child = {"name": child}  # a shorthand spec being refined: encoder=vit -> encoder.params.x
                 node[part] = child
@@ -309,6 +311,9 @@ def apply_overrides(
         if isinstance(node, list):
             node[_list_index(last, node, ".".join(parts), text)] = value
         else:
+            if last == "name" and copied and "params" in node and node.get("name") != value:
+                # Another component than the default: the default's parameters do not apply to it.
+                node["params"] = {}
             node[last] = value
     return result
 

@@ -33,6 +33,8 @@ __all__ = [
     "Predictor",
     "Loss",
     "Dataset",
+    "SizedDataset",
+    "StreamingDataset",
     "Evaluator",
 ]
 
@@ -173,8 +175,9 @@ class EvalResult:
     Attributes:
         metrics: figure name -> value (``knn/top1@20`` ...); these go to ``results.json``, the
             report table and TensorBoard.
-        artifacts: name -> array-like data for figures and the report (``confusion_matrix``,
-            ``singular_values`` ...); numpy arrays or nested lists.
+        artifacts: name -> data for figures and the report: arrays (``confusion_matrix``,
+            ``singular_values``; numpy arrays, tensors or nested lists), strings (``verdict``,
+            ``note``) or small mappings. A ``classes`` list names the confusion matrix's rows.
     """
 
     metrics: Mapping[str, float]
@@ -183,7 +186,7 @@ class EvalResult:
 
 @runtime_checkable
 class Encoder(Protocol):
-    """A patch encoder (an ``nn.Module``).
+    """A patch encoder (an ``nn.Module``), built on the CPU; the core moves it to ``ctx.device``.
 
     Attributes:
         embed_dim: token width ``D``.
@@ -278,6 +281,26 @@ class Dataset(Protocol):
 
     def load(self, split: str) -> ImageData:
         """Read ``split`` into RAM as uint8."""
+        ...
+
+
+@runtime_checkable
+class SizedDataset(Dataset, Protocol):
+    """A dataset that can tell its decoded size without decoding (``data.in_memory: auto``)."""
+
+    def estimate_bytes(self, split: str) -> int | None:
+        """Decoded uint8 size of ``split`` in bytes, or None when unknown."""
+        ...
+
+
+@runtime_checkable
+class StreamingDataset(Dataset, Protocol):
+    """A dataset too large for RAM that can be streamed through loader workers."""
+
+    def open_stream(self, split: str) -> Any:
+        """A map-style ``torch.utils.data.Dataset`` whose item ``i`` is ``(uint8 (C, H, W), label)``
+        (label -1 when unlabelled); items share one size; picklable for worker processes. It may
+        carry ``labelled: bool``."""
         ...
 
 

@@ -126,6 +126,8 @@ def run_evaluation(
         metrics.update({k: float(v) for k, v in getattr(result, "metrics", result).items()})
         if getattr(result, "artifacts", None):
             artifacts[spec.name] = dict(result.artifacts)
+            if "confusion_matrix" in artifacts[spec.name] and train_split.classes:
+                artifacts[spec.name].setdefault("classes", list(train_split.classes))
     timings["total_s"] = time.perf_counter() - started
     paths: dict[str, str] = {}
     if write_report:
@@ -138,7 +140,14 @@ def run_evaluation(
             training_log=training_log if training_log.is_file() else None,
             mask_examples=_mask_examples(built, test_split),
         )
-        paths = {Path(p).name: str(p) for p in (written.values() if isinstance(written, dict) else written)}
+        paths = {Path(p).name: str(p) for p in written.values()}
+        from .report import write_tensorboard
+
+        write_tensorboard(
+            out / "tensorboard", metrics, {k: str(v) for k, v in written.items()},
+            embeddings=(sets["encoder"].test, test_split.labels), step=int(state.get("step", 0)),
+        )
+        paths["tensorboard"] = str(out / "tensorboard")
     registry.hook.hjepa_evaluation_end(trainer=None, results=metrics)
     log.info("evaluation of %s done in %.1fs (%d threads)", path, timings["total_s"], threads)
     return {"metrics": metrics, "paths": paths, "timings": timings, "artifacts": artifacts}

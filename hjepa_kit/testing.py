@@ -295,7 +295,8 @@ def check_component(
     - **evaluator**: on small random labelled features (``encoder``, ``level0``, ``level1``)
       returns a non-empty mapping of names to numbers, or an :class:`~hjepa_kit.contracts.EvalResult`.
     - **dataset**: ``splits``, ``image_size``, ``num_classes``; each split in ``load_splits``
-      loads as ``(N, C, H, W)`` uint8 with ``(N,)`` int64 labels in range.
+      loads as ``(N, C, H, W)`` uint8 with ``(N,)`` int64 labels in range; where offered,
+      ``estimate_bytes`` gives a byte count and ``open_stream`` the same images one by one.
     - **callback**: implements at least one lifecycle hook, only known hooks with the spec's
       argument names, and survives a simulated run (fit start, a step, a checkpoint, an
       evaluation, an epoch, fit end) in a temporary folder.
@@ -552,7 +553,24 @@ def _check_dataset(check: _Check, dataset: Any, ctx: BuildContext, options: Mapp
             if classes is not None and labels.numel():
                 low, high = int(labels.min()), int(labels.max())
                 check.that(0 <= low and high < classes, f"split {split!r}: labels span {low}..{high}, outside 0..{classes - 1}")
+        _check_dataset_extras(check, dataset, split, data)
     return dataset
+
+
+def _check_dataset_extras(check: _Check, dataset: Any, split: str, data: ImageData) -> None:
+    """The optional ``estimate_bytes`` and ``open_stream`` (see ``SizedDataset``, ``StreamingDataset``)."""
+    if callable(getattr(dataset, "estimate_bytes", None)):
+        size = check.call(f"estimate_bytes({split!r})", dataset.estimate_bytes, split)
+        check.that(size is None or (isinstance(size, int) and size >= 0),
+                   f"estimate_bytes({split!r}) must be a byte count or None, got {size!r}")
+    if callable(getattr(dataset, "open_stream", None)):
+        stream = check.call(f"open_stream({split!r})", dataset.open_stream, split)
+        check.that(len(stream) == len(data), f"open_stream({split!r}) has {len(stream)} items but load({split!r}) {len(data)} images")
+        image, label = check.call(f"open_stream({split!r})[0]", stream.__getitem__, 0)
+        check.that(isinstance(image, Tensor) and image.dtype == torch.uint8 and tuple(image.shape) == tuple(data.images.shape[1:]),
+                   f"open_stream({split!r})[0] image must be uint8 {tuple(data.images.shape[1:])} like load's, got "
+                   f"{getattr(image, 'dtype', None)} {_shape(image)}")
+        check.that(isinstance(label, int), f"open_stream({split!r})[0] label must be an int (-1 when unlabelled), got {label!r}")
 
 
 def _check_callback(check: _Check, callback: Any, ctx: BuildContext, options: Mapping[str, Any]) -> Any:
