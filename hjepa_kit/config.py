@@ -117,7 +117,9 @@ class TrainingConfig:
         "auto", help="Autocast dtype: bf16 where the device supports it fast (auto), or fp32."
     )
     threads: int | None = param(None, help="Intra-op threads; null: the physical cores available to this process.", ge=1)
-    compile: bool = param(False, help="torch.compile the encoder and predictor (measured: no gain on CPU).")
+    memory_budget_gb: float | None = param(
+        11.0, help="Refuse to start when the estimated peak memory exceeds this (the plan's 11 GB); null: no check.", gt=0.0
+    )
 
 
 @attrs.frozen(kw_only=True)

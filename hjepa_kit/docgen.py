@@ -6,7 +6,8 @@ as ``<!-- generated: config-reference -->`` in the pages with their output:
 - ``<!-- generated: config-reference -->``: :func:`config_reference_markdown`;
 - ``<!-- generated: plugin-reference -->``: :func:`plugin_reference_markdown`;
 - ``<!-- generated: cli-reference -->``: :func:`cli_reference_markdown`;
-- ``<!-- generated: hook-summary -->``: :func:`hook_summary_markdown`.
+- ``<!-- generated: hook-summary -->``: :func:`hook_summary_markdown`;
+- ``<!-- generated: component-summary -->``: :func:`component_summary_markdown`.
 
 The tables read the attrs parameter classes through :func:`hjepa_kit.params.describe`, the
 registered components through :class:`hjepa_kit.registry.Registry`, and the command line through
@@ -36,6 +37,7 @@ __all__ = [
     "plugin_reference_markdown",
     "cli_reference_markdown",
     "hook_summary_markdown",
+    "component_summary_markdown",
     "params_table_markdown",
     "hook_names",
     "config_sections",
@@ -309,6 +311,21 @@ def plugin_reference_markdown(registry: Any = None, *, builtin_only: bool = True
     return "\n".join(parts)
 
 
+def component_summary_markdown(registry: Any = None) -> str:
+    """A table of the built-in components' names by kind, each linked to its section of the plugin page."""
+    from .registry import Registry
+
+    registry = registry if registry is not None else Registry()
+    components = builtin_components(registry)
+    rows = []
+    for kind in KINDS:
+        names = [c.name for c in components if c.kind == kind]
+        if names:
+            links = ", ".join(f"[`{n}`](plugins.md#{_anchor(kind, n)})" for n in names)
+            rows.append((kind, f"`{KIND_KEYS[kind].split(',')[0]}`", links))
+    return _table(("Kind", "Selected at", "Built-in components"), rows)
+
+
 def _plural(kind: str) -> str:
     return kind + ("es" if kind.endswith("s") else "s")
 
@@ -426,6 +443,7 @@ MARKERS: dict[str, Callable[[], str]] = {
     "plugin-reference": plugin_reference_markdown,
     "cli-reference": cli_reference_markdown,
     "hook-summary": hook_summary_markdown,
+    "component-summary": component_summary_markdown,
 }
 
 _MARKER = re.compile(r"<!--\s*generated:\s*([a-z-]+)\s*-->")

@@ -25,9 +25,10 @@ from .build import Built, build_dataset, build_model, build_named, make_context
 from .checkpoint import find_latest, load_checkpoint, save_checkpoint
 from .config import RunConfig, dump_config, load_config
 from .contracts import ImageData, Masks
-from .data import build_train_loader
+from .data import build_train_loader, estimate_bytes
 from .errors import CheckpointError, TrainingStopped, UserError
 from .features import extract_features, feature_sets, subset
+from .memory import estimate_peak_memory
 from .metrics import effective_rank
 from .registry import Registry
 from .runtime import autocast_dtype, peak_rss_mb, resolve_device, seed_everything
@@ -222,6 +223,27 @@ class Trainer:
             momentum_end=tr.ema_momentum[1],
         )
         self.mask_generator = torch.Generator()
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        cfg = self.config
+        data_bytes = estimate_bytes(self.dataset, cfg.data.train_split) or 0
+        estimate = estimate_peak_memory(
+            self.model, self.loss_fn, self.masker, batch_size=cfg.data.batch_size, image_size=self.ctx.image_size,
+            in_chans=self.ctx.in_chans, data_bytes=data_bytes, autocast_dtype=self.amp_dtype, device=self.device,
+        )
+        self.memory_estimate = estimate
+        budget = cfg.training.memory_budget_gb
+        log.info("estimated peak memory: %s; budget %s", estimate.describe(), f"{budget:g} GB" if budget else "none")
+        if budget is not None and estimate.total > budget * 1024**3:
+            batch, accumulation = cfg.data.batch_size, cfg.training.accumulation_steps
+            half = max(batch // 2, 1)
+            raise TrainingStopped(
+                f"the estimated peak memory {estimate.total / 1024**3:.1f} GB exceeds training.memory_budget_gb={budget:g} "
+                f"({estimate.describe()}). Use the plan's fallback: a smaller batch with more accumulation keeps the "
+                f"effective batch, e.g. --set data.batch_size={half} --set training.accumulation_steps={accumulation * batch // half} "
+                "(configs/cpu_cifar10_fallback.yaml is batch 4 x 8), or raise the budget with --set training.memory_budget_gb=N"
+            )
 
     def _write_config(self) -> None:
         params = {path: p for path, (_, p) in self.resolved.items()}
@@ -433,7 +455,7 @@ class Trainer:
         if not math.isfinite(value):
             self._non_finite("loss", value, out.terms)
         (loss / accumulation).backward()
-        if self.step % cfg.logging.feature_stats_every_steps == 0:
+        if (self.step + 1) % cfg.logging.feature_stats_every_steps == 0:
             self.last_target_tokens = target_out.tokens.detach()
         terms = {"loss": value}
         terms.update({f"loss/{k}": float(v.detach()) for k, v in out.terms.items()})
@@ -441,7 +463,7 @@ class Trainer:
 
     def _non_finite(self, what: str, value: float, terms: Mapping[str, torch.Tensor]) -> None:
         detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-        last = max(self.checkpoints.values(), key=lambda p: p.stat().st_mtime_ns, default=None) if self.checkpoints else find_latest(self.checkpoint_dir)
+        last = self.checkpoints.get("latest") or find_latest(self.checkpoint_dir)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         raise TrainingStopped(
             f"training stopped at epoch {self.epoch + 1}, step {self.step + 1}: the {what} is {value}"
