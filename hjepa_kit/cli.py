@@ -104,7 +104,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device, output_dir=args.output_dir, overrides=args.overrides,
     )
     for key, value in results["metrics"].items():
-        print(f"{key:45s} {value:.4f}" if isinstance(value, float) else f"{key:45s} {value}")
+        print(f"{key:45s} {value:.4g}" if isinstance(value, float) else f"{key:45s} {value}")
     print(f"report: {results['paths'].get('report.md', '')}")
     return 0
 
@@ -150,7 +150,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         kind_rows = [r for r in rows if r["kind"] == kind]
         if not kind_rows:
             continue
-        print(f"{kind}s:")
+        print(f"{'losses' if kind == 'loss' else kind + 's'}:")
         for r in kind_rows:
             print(f"  {r['name']:18s} {r['plugin']} ({r['distribution']} {r['version']})  {r['summary']}")
     for problem in registry.problems:

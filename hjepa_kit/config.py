@@ -155,7 +155,6 @@ class EvaluationConfig:
     online_every_epochs: int = param(1, help="Run the online evaluator every N epochs (0: never).", ge=0)
     online_train_samples: int = param(5000, help="Labelled training images used by the online evaluator.", ge=1)
     online_test_samples: int = param(1000, help="Test images used by the online evaluator.", ge=1)
-    representation: Literal["mean", "cls"] = param("mean", help="How encoder tokens become one feature vector.")
 
 
 @attrs.frozen(kw_only=True)

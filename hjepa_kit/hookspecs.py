@@ -19,7 +19,11 @@ only under distributed training.
 Lifecycle, in order::
 
     hjepa_fit_start
-      ( hjepa_step_end ... hjepa_epoch_end [hjepa_checkpoint_saved] [hjepa_evaluation_end] ) x epochs
+      ( hjepa_step_end x steps
+        [hjepa_evaluation_end]        online evaluation, when due
+        hjepa_checkpoint_saved x n    latest, periodic, best
+        hjepa_epoch_end ) x epochs
+    hjepa_checkpoint_saved            final (or interrupted)
     hjepa_fit_end(status)
 """
 
@@ -122,8 +126,9 @@ def hjepa_fit_start(trainer: Trainer) -> None:
     """Called once before the first step (also when resuming).
 
     Args:
-        trainer: the running :class:`~hjepa_kit.trainer.Trainer` (``config``, ``run_dir``,
-            ``log_dir``, ``model``, ``step``, ``epoch``, ``steps_per_epoch``, ``total_steps``).
+        trainer: the running :class:`~hjepa_kit.trainer.Trainer` (``config``, ``log_dir``,
+            ``checkpoint_dir``, ``model``, ``step``, ``epoch``, ``steps_per_epoch``, ``total_steps``,
+            ``device``, ``rank``, ``world_size``).
     """
 
 
@@ -176,5 +181,6 @@ def hjepa_fit_end(trainer: Trainer, status: str) -> None:
 
     Args:
         trainer: the trainer.
-        status: ``completed``, ``failed`` or ``interrupted``.
+        status: ``completed``, ``stopped`` (``training.max_steps`` reached), ``failed`` or
+            ``interrupted`` (SIGINT/SIGTERM).
     """

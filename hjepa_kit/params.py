@@ -52,7 +52,10 @@ def param(
     Args:
         default: the default value; omit for a required parameter.
         help: one sentence shown by ``hjepa plugins --params`` and in the docs.
-        ge, gt, le, lt: numeric bounds (applied to every element of a tuple or list).
+        ge: lower bound, inclusive (applied to every element of a tuple or list).
+        gt: lower bound, exclusive.
+        le: upper bound, inclusive.
+        lt: upper bound, exclusive.
         choices: the allowed values.
         factory: a callable making the default (for mutable defaults).
     """

@@ -51,12 +51,14 @@ class TinyConvNet(nn.Module):
 
     def forward(self, images: Tensor, indices: Tensor | None = None, return_blocks: Any = ()) -> EncoderOutput:
         x = self.stem(images)
-        wanted = {b % self.depth: b for b in return_blocks}
+        wanted: dict[int, list[int]] = {}
+        for b in return_blocks:  # (0, -1) may name the same block: keep both keys
+            wanted.setdefault(b % self.depth, []).append(b)
         blocks: dict[int, Tensor] = {}
         for i, block in enumerate(self.blocks):
             x = x + block(x)
-            if i in wanted:
-                blocks[wanted[i]] = x.flatten(2).transpose(1, 2)
+            for key in wanted.get(i, ()):
+                blocks[key] = x.flatten(2).transpose(1, 2)
         tokens = self.norm(x.flatten(2).transpose(1, 2))  # (B, N, D)
         if indices is not None:
             gather = indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
