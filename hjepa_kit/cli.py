@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -86,6 +87,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.name:
         overrides.append(f"name={json.dumps(args.name)}")
     result = train(_config_source(args.config), overrides=overrides, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":
+        return 0 if result.status in ("completed", "stopped") else 130  # rank 0 reports for the run
     print(f"run {result.status}: {result.steps} steps, {result.epochs} epochs")
     print(f"logs: {result.log_dir}")
     for name, path in sorted(result.checkpoints.items()):

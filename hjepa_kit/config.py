@@ -117,6 +117,9 @@ class TrainingConfig:
         "auto", help="Autocast dtype: bf16 where the device supports it fast (auto), or fp32."
     )
     threads: int | None = param(None, help="Intra-op threads; null: the physical cores available to this process.", ge=1)
+    ddp_check_every_steps: int = param(
+        0, help="Under torchrun, verify every N steps that all ranks hold identical parameters (0: never).", ge=0
+    )
     memory_budget_gb: float | None = param(
         11.0, help="Refuse to start when the estimated peak memory exceeds this (the plan's 11 GB); null: no check.", gt=0.0
     )

@@ -26,6 +26,7 @@ from .checkpoint import find_latest, load_checkpoint, save_checkpoint
 from .config import RunConfig, dump_config, load_config
 from .contracts import ImageData, Masks
 from .data import build_train_loader, estimate_bytes
+from .distributed import DistInfo, all_agree, parameters_match, setup_distributed, teardown_distributed
 from .errors import CheckpointError, TrainingStopped, UserError
 from .features import extract_features, feature_sets, subset
 from .memory import estimate_peak_memory
@@ -142,10 +143,32 @@ class Trainer:
         self.last_target_tokens: torch.Tensor | None = None
         self._callbacks: list[Any] = []
         self._handlers: list[logging.Handler] = []
+        self.dist = DistInfo()
+        self._ddp_encoder: Any = None
+        self._ddp_predictor: Any = None
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 without distributed training)."""
+        return self.dist.rank
+
+    @property
+    def world_size(self) -> int:
+        """Number of training processes."""
+        return self.dist.world_size
+
+    def _hook(self, name: str, **kwargs: Any) -> None:
+        """Call a lifecycle hook: on rank 0 only."""
+        if self.dist.is_main:
+            getattr(self.registry.hook, name)(trainer=self, **kwargs)
 
     # --- setup ------------------------------------------------------------------------------
 
     def _setup_outputs(self) -> None:
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        if not self.dist.is_main:
+            return  # rank 0 alone writes logs and checkpoints
         for folder in (self.log_dir, self.checkpoint_dir):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -170,8 +193,6 @@ class Trainer:
             self._handlers.append(console)
         for handler in self._handlers:
             log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
 
     def _teardown_outputs(self) -> None:
         for handler in self._handlers:
@@ -182,7 +203,6 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.config
         self.threads = configure_threads(cfg.training.threads)
-        self.device = resolve_device(cfg.device)
         self.amp_dtype = autocast_dtype(cfg.training.precision, self.device)
         seed_everything(cfg.seed)
         ctx = make_context(cfg, self.device)
@@ -193,7 +213,8 @@ class Trainer:
                 f"it has {', '.join(self.dataset.splits)}"
             )
         self.loader = build_train_loader(
-            self.dataset, cfg.data, image_size=ctx.image_size, seed=cfg.seed, device=self.device
+            self.dataset, cfg.data, image_size=ctx.image_size, seed=cfg.seed, device=self.device,
+            rank=self.dist.rank, world_size=self.dist.world_size,
         )
         micro_batches = len(self.loader)
         if micro_batches < cfg.training.accumulation_steps:
@@ -224,6 +245,19 @@ class Trainer:
         )
         self.mask_generator = torch.Generator()
         self._check_memory()
+        if self.dist.enabled:
+            self._wrap_ddp()
+
+    def _wrap_ddp(self) -> None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # DDP broadcasts rank 0's weights on construction; the EMA target is broadcast here too so
+        # that every rank starts from, and keeps, the same target encoder.
+        for tensor in list(self.model.target_encoder.parameters()) + list(self.model.target_encoder.buffers()):
+            torch.distributed.broadcast(tensor.data, src=0)
+        self._ddp_encoder = DDP(self.model.context_encoder, device_ids=ids)
+        self._ddp_predictor = DDP(self.model.predictor, device_ids=ids)
 
     def _check_memory(self) -> None:
         cfg = self.config
@@ -276,17 +310,21 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.dist.world_size,
             "rng": rng,
             "best": dict(self.best),
             "metrics": dict(self.last_metrics),
         }
 
     def save(self, name: str, reason: str) -> Path:
-        """Write ``<checkpoint_dir>/<name>`` atomically and tell the callbacks."""
-        path = save_checkpoint(self.state_dict(), self.checkpoint_dir / name)
+        """Write ``<checkpoint_dir>/<name>`` atomically and tell the callbacks (rank 0 only)."""
+        path = self.checkpoint_dir / name
+        if not self.dist.is_main:
+            return path
+        path = save_checkpoint(self.state_dict(), path)
         self.checkpoints[name.removesuffix(".pth")] = path
         log.info("checkpoint %s written (%s, step %d)", path, reason, self.step)
-        self.registry.hook.hjepa_checkpoint_saved(trainer=self, path=str(path), reason=reason)
+        self._hook("hjepa_checkpoint_saved", path=str(path), reason=reason)
         return path
 
     def _resume(self) -> None:
@@ -312,6 +350,18 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            # Steps count batches of all processes: keep the images seen, and so the position in
+            # the schedules, by rescaling the step count to this number of processes.
+            self.step = self.step * saved_world // self.dist.world_size
+            log.info("resuming a %d-process checkpoint with %d processes: step rescaled to %d", saved_world, self.dist.world_size, self.step)
+        if self.batch_in_epoch and saved_world != self.dist.world_size:
+            # The same images were seen by a different number of processes: skip as many images.
+            seen = self.batch_in_epoch * saved_world
+            self.batch_in_epoch = seen // self.dist.world_size
+            if seen % self.dist.world_size:
+                log.warning("resuming mid-epoch with %d processes instead of %d: the epoch position is rounded", self.dist.world_size, saved_world)
         self.best = dict(state.get("best", {}))
         self.last_metrics = dict(state.get("metrics", {}))
         torch.set_rng_state(state["rng"]["torch"].cpu())
@@ -323,18 +373,21 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train until the configured epochs (or ``max_steps``) are done; return the result."""
+        self.device = resolve_device(self.config.device)
+        self.dist, self.device = setup_distributed(self.device)
         self._setup_outputs()
         status = "failed"
         try:
             self._build()
             self._resume()
-            self._write_config()
-            for spec_path in (p for p in self.resolved if p.startswith("callbacks[")):
+            if self.dist.is_main:
+                self._write_config()
+            for spec_path in (p for p in self.resolved if p.startswith("callbacks[") and self.dist.is_main):
                 callback = build_named(self.registry, self.resolved, spec_path, self.ctx)
                 self.registry.add_plugin(callback, name=f"{spec_path}:{self.resolved[spec_path][0].name}")
                 self._callbacks.append(callback)
             self._log_start()
-            self.registry.hook.hjepa_fit_start(trainer=self)
+            self._hook("hjepa_fit_start")
             with _Interrupt() as interrupt:
                 status = self._loop(interrupt)
             if status == "interrupted":
@@ -362,7 +415,7 @@ class Trainer:
             raise
         finally:
             try:
-                self.registry.hook.hjepa_fit_end(trainer=self, status=status)
+                self._hook("hjepa_fit_end", status=status)
             finally:
                 for callback in self._callbacks:
                     self.registry.remove_plugin(callback)
@@ -370,6 +423,7 @@ class Trainer:
                     self.registry.remove_plugin(plugin)
                 log.info("status: %s", status)
                 self._teardown_outputs()
+                teardown_distributed(self.dist)
 
     def _log_start(self) -> None:
         cfg = self.config
@@ -419,7 +473,7 @@ class Trainer:
                         sums[key] = sums.get(key, 0.0) + value
                     count += 1
                     self._after_step(step_metrics, window)
-                    if interrupt.signal:
+                    if all_agree(interrupt.signal is not None, self.dist, self.device):
                         return "interrupted"
                     if self.step >= self.total_steps:
                         break
@@ -440,26 +494,43 @@ class Trainer:
 
     def _micro_step(self, images: torch.Tensor, micro_index: int, accumulation: int) -> dict[str, float]:
         cfg = self.config
-        # Masks are a pure function of (seed, epoch, micro-batch): a resumed run draws the same ones.
-        self.mask_generator.manual_seed((cfg.seed * 1_000_003 + self.epoch * 100_003 + micro_index) % (2**63))
+        # Masks are a pure function of (seed, epoch, micro-batch, rank): a resumed run draws the same ones.
+        self.mask_generator.manual_seed(
+            (cfg.seed * 1_000_003 + self.epoch * 100_003 + micro_index * 101 + self.dist.rank) % (2**63)
+        )
         masks: Masks = self.masker(images.shape[0], self.mask_generator).to(self.device)
         images = images.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
             with torch.no_grad():
                 target_out = self.model.target_encoder(images, return_blocks=tuple(self.model.predictor.target_blocks))
                 targets = [t.detach() for t in self.model.predictor.make_targets(target_out, masks)]
-            predictions, context = self.model.predict(images, masks)
-            out = self.loss_fn(predictions, targets, context)
-        loss = out.total
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            self._non_finite("loss", value, out.terms)
-        (loss / accumulation).backward()
+            sync = (micro_index + 1) % accumulation == 0
+            with self._no_sync(not sync):
+                predictions, context = self.model.predict(images, masks, self._ddp_encoder, self._ddp_predictor)
+                out = self.loss_fn(predictions, targets, context)
+                loss = out.total
+                value = float(loss.detach())
+                # Under DDP a rank must not stop alone (the others would wait in all-reduce); the
+                # all-reduced gradient norm is non-finite on every rank and stops them together.
+                if not math.isfinite(value) and not self.dist.enabled:
+                    self._non_finite("loss", value, out.terms)
+                (loss / accumulation).backward()
         if (self.step + 1) % cfg.logging.feature_stats_every_steps == 0:
             self.last_target_tokens = target_out.tokens.detach()
         terms = {"loss": value}
         terms.update({f"loss/{k}": float(v.detach()) for k, v in out.terms.items()})
         return terms
+
+    def _no_sync(self, skip: bool) -> Any:
+        """DDP: no gradient all-reduce on micro-batches that do not end an optimizer step."""
+        import contextlib
+
+        if not skip or self._ddp_encoder is None:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._ddp_encoder.no_sync())
+        stack.enter_context(self._ddp_predictor.no_sync())
+        return stack
 
     def _non_finite(self, what: str, value: float, terms: Mapping[str, torch.Tensor]) -> None:
         detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
@@ -494,6 +565,12 @@ class Trainer:
         momentum = self.schedules.momentum_at(self.step)
         self.model.update_target(momentum)
         self.step += 1
+        every = self.config.training.ddp_check_every_steps
+        if self.dist.enabled and every and self.step % every == 0:
+            same, spread = parameters_match([self.model.context_encoder, self.model.target_encoder, self.model.predictor], self.dist, self.device)
+            if not same:
+                raise RuntimeError(f"step {self.step}: the ranks' parameters differ (largest checksum difference {spread:.3g})")
+            log.info("step %d: parameters identical on %d ranks", self.step, self.dist.world_size)
         return {"lr": lr, "wd": wd, "momentum": momentum, "grad_norm": grad_norm}
 
     def _after_step(self, metrics: dict[str, float], window: _Window) -> None:
@@ -518,7 +595,7 @@ class Trainer:
                 extra={"interval": True},
             )
             window.reset()
-        self.registry.hook.hjepa_step_end(trainer=self, step=self.step, metrics=metrics)
+        self._hook("hjepa_step_end", step=self.step, metrics=metrics)
 
     def _feature_stats(self, tokens: torch.Tensor) -> dict[str, float]:
         cfg = self.config.logging
@@ -541,7 +618,7 @@ class Trainer:
     def _end_epoch(self, metrics: dict[str, float]) -> None:
         cfg = self.config
         ev = cfg.evaluation
-        if ev.online is not None and ev.online_every_epochs and self.epoch % ev.online_every_epochs == 0:
+        if ev.online is not None and ev.online_every_epochs and self.epoch % ev.online_every_epochs == 0 and self.dist.is_main:
             metrics.update(self.online_evaluation())
         self.last_metrics = dict(metrics)
         summary = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("loss", "online/")))
@@ -550,7 +627,9 @@ class Trainer:
         if self.epoch % cfg.checkpoint.every_epochs == 0:
             self.save(f"checkpoint_epoch_{self.epoch}.pth", "periodic")
         self._maybe_best(metrics)
-        self.registry.hook.hjepa_epoch_end(trainer=self, epoch=self.epoch, metrics=metrics)
+        self._hook("hjepa_epoch_end", epoch=self.epoch, metrics=metrics)
+        if self.dist.enabled:
+            torch.distributed.barrier()
 
     def _maybe_best(self, metrics: Mapping[str, float]) -> None:
         criterion = self.config.checkpoint.best_metric
@@ -586,7 +665,7 @@ class Trainer:
         figures = getattr(result, "metrics", result)
         out = {f"online/{k}": float(v) for k, v in figures.items()}
         out["online/seconds"] = time.perf_counter() - started
-        self.registry.hook.hjepa_evaluation_end(trainer=self, results=out)
+        self._hook("hjepa_evaluation_end", results=out)
         return out
 
     def _split(self, name: str) -> ImageData:

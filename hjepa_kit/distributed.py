@@ -1,0 +1,111 @@
+"""Distributed data-parallel training under ``torchrun``: process group, ranks, agreement.
+
+``torchrun --nproc_per_node=N -m hjepa_kit.cli train ...`` sets ``RANK``, ``LOCAL_RANK`` and
+``WORLD_SIZE``; the trainer then joins a process group (gloo on CPU, NCCL on CUDA), wraps the
+context encoder and predictor in ``DistributedDataParallel`` and lets rank 0 alone write logs,
+TensorBoard and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import attrs
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+__all__ = ["DistInfo", "setup_distributed", "teardown_distributed", "all_agree", "parameters_match"]
+
+
+@attrs.frozen
+class DistInfo:
+    """This process's place in the run.
+
+    Attributes:
+        rank: global rank (0 writes the outputs).
+        world_size: number of processes.
+        local_rank: rank on this node (selects the GPU).
+        initialized_here: the trainer created the process group (and destroys it at the end).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0."""
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
+
+
+def setup_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group when launched by torchrun; returns the info and this rank's device."""
+    world_size = _env_int("WORLD_SIZE", 1)
+    if world_size <= 1 and not dist.is_initialized():
+        return DistInfo(), device
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local_rank} has no GPU: this node has {torch.cuda.device_count()}; lower --nproc_per_node")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    created = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        created = True
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, initialized_here=created), device
+
+
+def teardown_distributed(info: DistInfo) -> None:
+    """Destroy the process group if the trainer created it."""
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_agree(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (e.g. a signal received by one)."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def parameters_match(modules: list[torch.nn.Module], info: DistInfo, device: torch.device) -> tuple[bool, float]:
+    """Whether every rank holds the same parameters (a float64 checksum per module, all-gathered).
+
+    Returns:
+        (identical, largest difference between ranks).
+    """
+    sums = torch.stack([
+        torch.stack([p.detach().double().sum() for p in m.parameters()]).sum() if any(True for _ in m.parameters())
+        else torch.zeros((), dtype=torch.float64)
+        for m in modules
+    ]).to(device)
+    if not info.enabled:
+        return True, 0.0
+    gathered = [torch.zeros_like(sums) for _ in range(info.world_size)]
+    dist.all_gather(gathered, sums)
+    stacked = torch.stack(gathered)
+    spread = float((stacked.max(dim=0).values - stacked.min(dim=0).values).abs().max())
+    return spread == 0.0, spread

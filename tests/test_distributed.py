@@ -1,0 +1,79 @@
+"""Distributed data-parallel training: 2 gloo processes on the CPU under torchrun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_config
+from hjepa_kit.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is unavailable")
+
+
+def torchrun(nproc: int, config_path, *args: str):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "hjepa_kit.cli", "train", "--config", str(config_path), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    config = tiny_config(root, training={"epochs": 2, "threads": 1, "ddp_check_every_steps": 1})
+    path = root / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = torchrun(2, path)
+    return root, path, config, result
+
+
+def test_two_processes_keep_identical_parameters_and_write_one_set_of_outputs(two_process_run):
+    root, _, config, result = two_process_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (root / "results" / "logs" / "tiny" / "training.log").read_text()
+    # 96 images / (16 per batch x 2 processes) = 3 steps per epoch
+    for step in range(1, 7):
+        assert f"step {step}: parameters identical on 2 ranks" in log
+    assert log.count("status: completed") == 1  # rank 1 writes nothing
+    assert result.stdout.count("run completed") == 1
+    state = load_checkpoint(root / "results" / "checkpoints" / "tiny" / "final.pth")
+    assert state["step"] == 6 and state["world_size"] == 2
+    assert len(list((root / "results" / "logs" / "tiny").glob("events.out.tfevents.*"))) == 1
+
+
+def test_resume_a_two_process_run_with_one_process(two_process_run, tmp_path):
+    root, path, config, result = two_process_run
+    assert result.returncode == 0
+    latest = root / "results" / "checkpoints" / "tiny" / "checkpoint_epoch_1.pth"
+    more = dict(config, output_dir=str(tmp_path / "one"), training=dict(config["training"], epochs=3))
+    one = tmp_path / "one.yaml"
+    one.write_text(yaml.safe_dump(more))
+    proc = subprocess.run([sys.executable, "-m", "hjepa_kit.cli", "train", "--config", str(one), "--resume", str(latest)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # 3 two-process steps are 6 one-process steps (the same images); epochs 2 and 3 add 6 each
+    state = load_checkpoint(tmp_path / "one" / "checkpoints" / "tiny" / "final.pth")
+    assert state["step"] == 6 + 12 and state["epoch"] == 3 and state["world_size"] == 1
+    assert "resuming a 2-process checkpoint with 1 processes: step rescaled to 6" in proc.stderr
+
+
+def test_resume_a_one_process_checkpoint_with_two_processes(tmp_path):
+    config = tiny_config(tmp_path, training={"epochs": 2, "threads": 1, "max_steps": 6})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    first = subprocess.run([sys.executable, "-m", "hjepa_kit.cli", "train", "--config", str(path)],
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    del config["training"]["max_steps"]
+    path.write_text(yaml.safe_dump(config))
+    second = torchrun(2, path, "--resume", "auto")
+    assert second.returncode == 0, second.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "results" / "checkpoints" / "tiny" / "final.pth")
+    # 6 one-process steps are 3 two-process steps; epoch 2 adds 3 more
+    assert state["step"] == 3 + 3 and state["epoch"] == 2 and state["world_size"] == 2
