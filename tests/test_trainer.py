@@ -215,3 +215,32 @@ def test_schedule_values_are_finite_over_a_run(tiny):
     result = hjepa_kit.train(tiny(training={"epochs": 1}, logging={"interval_steps": 1}), console=False)
     for record in records(result):
         assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
+
+
+def test_two_epochs_of_the_quickstart_lower_the_loss(tmp_path):
+    result = hjepa_kit.train(
+        "quickstart",
+        overrides=[f"output_dir={tmp_path}", "data.dataset.params.num_train=256", "data.dataset.params.num_test=128",
+                   "training.epochs=2", "training.threads=1", "logging.interval_steps=1",
+                   "evaluation.online_train_samples=256", "evaluation.online_test_samples=128", "callbacks=[]"],
+        console=False,
+    )
+    assert result.status == "completed" and result.log_dir == tmp_path / "logs" / "quickstart"
+    losses = [r["loss"] for r in records(result)]
+    assert len(losses) == 8
+    assert sum(losses[-2:]) < sum(losses[:2])
+
+
+def test_train_script_and_cli_without_config_run_the_bundled_quickstart(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--output-dir", str(tmp_path), "--set", "training.max_steps=2",
+         "--set", "data.dataset.params.num_train=128", "--set", "evaluation.online_every_epochs=0", "--set", "callbacks=[]"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "run stopped: 2 steps" in proc.stdout
+    assert (tmp_path / "checkpoints" / "quickstart" / "final.pth").is_file()
