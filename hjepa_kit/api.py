@@ -72,7 +72,7 @@ def evaluate(
     Returns:
         ``{"metrics": {name: value}, "paths": {file: path}, "timings": {...}}``.
     """
-    from .evaluate import run_evaluation
+    from .evaluation import run_evaluation
 
     return run_evaluation(
         checkpoint, dataset=dataset, data_path=data_path, eval_types=eval_types, device=device,

@@ -69,11 +69,12 @@ def run_evaluation(
     started = time.perf_counter()
     path = Path(checkpoint)
     state = load_checkpoint(path)
-    extra = list(overrides)
+    extra = []
     if dataset:
         extra.append(f"data.dataset={json.dumps({'name': dataset, 'params': {}})}")
     if data_path is not None:
         extra.append(f"data.dataset.params.root={json.dumps(str(data_path))}")
+    extra += list(overrides)  # last, so that they refine --dataset and --data-path
     try:
         config = load_config(state["config"], extra)
     except UserError as exc:
