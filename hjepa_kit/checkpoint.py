@@ -19,7 +19,7 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "find_latest"]
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "find_latest", "remove_stale_temporaries"]
 
 #: Written into every checkpoint; loading refuses files without it.
 FORMAT = "hjepa-kit/1"
@@ -98,3 +98,16 @@ def find_latest(folder: str | os.PathLike[str]) -> Path | None:
         return None
     files = [p for p in folder.glob("*.pth") if not p.name.startswith(".")]
     return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files a killed write left behind (``.NAME.pth.XXXX.tmp``)."""
+    folder = Path(folder)
+    removed = []
+    for tmp in folder.glob(".*.pth.*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed

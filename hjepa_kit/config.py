@@ -265,15 +265,15 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. training.epochs=5", "--set")
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. training.epochs=5", "")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: the key must be a dotted path such as model.encoder.params.patch_size", "--set")
+        raise ConfigError(f"--set {text!r}: the key must be a dotted path such as model.encoder.params.patch_size", "")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})", "--set") from None
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc})", "") from None
     return key.split("."), value
 
 
@@ -309,7 +309,7 @@ def apply_overrides(
                 child = {"name": child}  # a shorthand spec being refined: encoder=vit -> encoder.params.x
                 node[part] = child
             elif not isinstance(child, (dict, list)):
-                raise ConfigError(f"--set {text!r}: {here} is a value ({child!r}), not a section", "--set")
+                raise ConfigError(f"--set {text!r}: {here} is a value ({child!r}), not a section", "")
             node = child
         last = parts[-1]
         if isinstance(node, list):
@@ -324,7 +324,7 @@ def apply_overrides(
 
 def _list_index(part: str, node: list, here: str, text: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"--set {text!r}: {here} needs a list index 0..{len(node) - 1}", "--set")
+        raise ConfigError(f"--set {text!r}: {here} needs a list index 0..{len(node) - 1}", "")
     return int(part)
 
 

@@ -25,11 +25,12 @@ class ConfigError(UserError):
     def __init__(self, problems: list[str] | str, source: str = "<config>") -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.source = source
+        prefix = f"{source}: " if source else ""  # overrides name themselves (--set 'KEY=VALUE': ...)
         if len(self.problems) == 1:
-            message = f"{source}: {self.problems[0]}"
+            message = f"{prefix}{self.problems[0]}"
         else:
             lines = "\n".join(f"  - {p}" for p in self.problems)
-            message = f"{source}: {len(self.problems)} problems:\n{lines}"
+            message = f"{prefix}{len(self.problems)} problems:\n{lines}"
         super().__init__(message)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from . import __version__
 from .build import Built, build_dataset, build_model, build_named, make_context
-from .checkpoint import find_latest, load_checkpoint, save_checkpoint
+from .checkpoint import find_latest, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import RunConfig, dump_config, load_config
 from .contracts import ImageData, Masks
 from .data import build_train_loader, estimate_bytes
@@ -179,6 +179,7 @@ class Trainer:
                 raise UserError(
                     f"{folder}: the output folder cannot be written ({exc.strerror or exc}); choose another with --output-dir"
                 ) from None
+        remove_stale_temporaries(self.checkpoint_dir)
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
         file_handler = logging.FileHandler(self.log_dir / "training.log", encoding="utf-8")
         file_handler.setFormatter(fmt)
@@ -390,10 +391,11 @@ class Trainer:
             self._hook("hjepa_fit_start")
             with _Interrupt() as interrupt:
                 status = self._loop(interrupt)
-            if status == "interrupted":
-                self.save("interrupted.pth", "interrupted")
-            elif self.config.checkpoint.save_final:
-                self.save("final.pth", "final")
+                # Still inside: a second signal during this last write must not kill it.
+                if status == "interrupted":
+                    self.save("interrupted.pth", "interrupted")
+                elif self.config.checkpoint.save_final:
+                    self.save("final.pth", "final")
             log.info("run %s: %s after %d steps (%d epochs); peak RSS %.0f MB", self.config.name, status, self.step, self.epoch, peak_rss_mb())
             return TrainResult(
                 status=status,
@@ -421,7 +423,7 @@ class Trainer:
                     self.registry.remove_plugin(callback)
                 for plugin in self._run_plugins:
                     self.registry.remove_plugin(plugin)
-                log.info("status: %s", status)
+                log.info("status: %s (peak RSS %.0f MB)", status, peak_rss_mb())
                 self._teardown_outputs()
                 teardown_distributed(self.dist)
 

@@ -2,12 +2,13 @@
 
 Training runs here are subprocesses of ``python -m hjepa_kit.cli train`` on a tiny configuration
 (3 epochs x 6 steps of 16 synthetic 16-pixel images, one thread, so they are deterministic and
-take a few seconds). One uninterrupted run is shared by the module (``baseline``); every run that
-is killed, interrupted or resumed must end with exactly its weights.
+take a few seconds). One uninterrupted run is shared by the module (``baseline``, trained in this
+process); every run that is killed, interrupted and resumed must end with exactly its weights.
 
-Bad-input cases go through :func:`hjepa_kit.cli.main` in this process (the same code path as the
-command, without the interpreter start-up), except the crafted checkpoint, which is also fed to a
-real subprocess.
+Bad-input cases go through :func:`hjepa_kit.cli.main` in this process (the command's own code
+path, without the interpreter start-up of a few seconds), except the crafted checkpoint, which is
+also fed to a real subprocess. Each must exit with status 2, print one error line naming the file
+or key and no traceback, and leave an existing run's files as they were.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import torch
 import yaml
 from PIL import Image
 
+import hjepa_kit
 from conftest import tiny_config
+from datafiles import write_cifar10
 from hjepa_kit.checkpoint import FORMAT, find_latest, load_checkpoint, save_checkpoint
 from hjepa_kit.cli import main
 from hjepa_kit.errors import CheckpointError
@@ -40,7 +43,7 @@ from hjepa_kit.testing import PluginSandbox
 EPOCHS = 3
 STEPS_PER_EPOCH = 6
 TOTAL = EPOCHS * STEPS_PER_EPOCH
-POLL_S = 0.005
+POLL_S = 0.02  # log lines; a write in progress is watched every 2 ms
 WAIT_S = 180.0
 
 
@@ -49,7 +52,8 @@ WAIT_S = 180.0
 
 def run_config(root: Path, **sections) -> dict:
     """The tiny configuration of every run here: 3 epochs, 1 thread, a log line per step."""
-    config = tiny_config(root, callbacks=[], logging={"interval_steps": 1, "feature_stats_every_steps": 2})
+    config = tiny_config(root, callbacks=[], logging={"interval_steps": 1, "feature_stats_every_steps": 2},
+                         checkpoint={"every_epochs": 10})  # latest.pth and best_model.pth only: fewer 90 MB writes
     config["training"].update({"epochs": EPOCHS, "threads": 1})
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
@@ -111,7 +115,7 @@ class TrainProcess:
         steps = re.findall(rf"step (\d+)/{TOTAL} loss", self.new_log())
         return int(steps[-1]) if steps else 0
 
-    def wait_until(self, condition, what: str) -> None:
+    def wait_until(self, condition, what: str, poll: float = POLL_S) -> None:
         deadline = time.monotonic() + WAIT_S
         while not condition():
             if self.proc.poll() is not None:
@@ -119,7 +123,7 @@ class TrainProcess:
             if time.monotonic() > deadline:
                 self.proc.kill()
                 pytest.fail(f"timed out waiting for {what}:\n{self.output()}")
-            time.sleep(POLL_S)
+            time.sleep(poll)
 
     def send(self, signum: int) -> int:
         """Send ``signum``, wait for the exit and return the exit status."""
@@ -259,16 +263,15 @@ PLUGIN_SOURCE = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
-    """One uninterrupted CLI run of :func:`run_config`: its final weights, checkpoints and log."""
+    """One uninterrupted run of :func:`run_config` (in this process: the same trainer as the
+    command's, without a second interpreter start-up): its final weights, checkpoints and log."""
     root = tmp_path_factory.mktemp("baseline")
-    run = TrainProcess(root, write_config(root, run_config(root)))
-    assert run.wait() == 0, run.output()
-    checkpoint_dir, log_dir = run_dirs(root)
+    result = hjepa_kit.train(write_config(root, run_config(root)), console=False)
+    assert result.status == "completed"
     return {
-        "model": load_checkpoint(checkpoint_dir / "final.pth")["model"],
-        "checkpoint_dir": checkpoint_dir,
-        "log_dir": log_dir,
-        "stdout": run.stdout,
+        "model": load_checkpoint(result.checkpoints["final"])["model"],
+        "checkpoint_dir": result.checkpoint_dir,
+        "log_dir": result.log_dir,
     }
 
 
@@ -311,36 +314,48 @@ def existing_run(tmp_path, baseline):
 # --- kills and signals -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_auto_ends_with_the_uninterrupted_weights(tmp_path, baseline):
     config = write_config(tmp_path, run_config(tmp_path))
     checkpoint_dir, _ = run_dirs(tmp_path)
+    latest = checkpoint_dir / "latest.pth"
 
-    # 1. Killed while a checkpoint is being written (the first temporary file after latest.pth),
-    #    or at the latest early in epoch 2.
+    def killed(run: TrainProcess) -> dict[str, dict]:
+        assert run.send(signal.SIGKILL) == -signal.SIGKILL
+        return assert_checkpoints_intact(checkpoint_dir)
+
+    # 1. Right after the first checkpoint: while the next file of epoch 1 is being written.
     run = TrainProcess(tmp_path, config)
-
-    def writing_after_the_first_checkpoint() -> bool:
-        if not (checkpoint_dir / "latest.pth").exists():
-            return False
-        return any(n.endswith(".tmp") for n in os.listdir(checkpoint_dir)) or run.last_step() > STEPS_PER_EPOCH
-
-    run.wait_until(writing_after_the_first_checkpoint, "the first checkpoint")
-    assert run.send(signal.SIGKILL) == -signal.SIGKILL
-    states = assert_checkpoints_intact(checkpoint_dir)
-    print("DEBUG after kill 1:", sorted(os.listdir(checkpoint_dir)), run.last_step())
+    run.wait_until(lambda: latest.exists() and len(os.listdir(checkpoint_dir)) > 1 or run.last_step() > STEPS_PER_EPOCH,
+                   "the first checkpoint", poll=0.002)
+    states = killed(run)
     assert states["latest.pth"]["step"] in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
 
-    # 2. Resumed, then killed in the middle of epoch 3.
+    # 2. Resumed, then killed while latest.pth is being replaced at the end of epoch 2: the
+    #    previous latest.pth must survive whole.
+    before = latest.stat()
     run = TrainProcess(tmp_path, config, "--resume", "auto")
-    run.wait_until(lambda: run.last_step() >= 2 * STEPS_PER_EPOCH + 3, "the middle of epoch 3")
-    path, epoch, step = resumed_from(run.new_log())
-    assert not Path(path).name.startswith(".") and step == epoch * STEPS_PER_EPOCH
-    assert run.send(signal.SIGKILL) == -signal.SIGKILL
-    states = assert_checkpoints_intact(checkpoint_dir)
-    assert states["latest.pth"]["step"] == 2 * STEPS_PER_EPOCH
-    assert "final.pth" not in states
 
-    # 3. Resumed to the end.
+    def replacing_latest() -> bool:
+        if any(n.startswith(".latest.pth.") for n in os.listdir(checkpoint_dir)):
+            return True
+        now = latest.stat()
+        return (now.st_ino, now.st_size, now.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns) \
+            or run.last_step() > 2 * STEPS_PER_EPOCH
+
+    run.wait_until(replacing_latest, "latest.pth being replaced", poll=0.002)
+    path, epoch, step = resumed_from(run.new_log())
+    assert not Path(path).name.startswith(".") and (epoch, step) == (1, STEPS_PER_EPOCH)
+    states = killed(run)
+    assert states["latest.pth"]["step"] in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
+
+    # 3. Resumed, then killed in the middle of epoch 3.
+    run = TrainProcess(tmp_path, config, "--resume", "auto")
+    run.wait_until(lambda: run.last_step() >= 2 * STEPS_PER_EPOCH + 2, "the middle of epoch 3")
+    states = killed(run)
+    assert states["latest.pth"]["step"] == 2 * STEPS_PER_EPOCH and "final.pth" not in states
+
+    # 4. Resumed to the end: the weights of the run never killed.
     run = TrainProcess(tmp_path, config, "--resume", "auto")
     assert run.wait() == 0, run.output()
     text = run.new_log()
@@ -351,6 +366,7 @@ def test_sigkill_at_several_points_then_resume_auto_ends_with_the_uninterrupted_
     assert_checkpoints_intact(checkpoint_dir)
 
 
+@pytest.mark.slow
 def test_sigterm_then_sigint_write_a_checkpoint_and_resume_to_the_uninterrupted_weights(tmp_path, baseline):
     config = write_config(tmp_path, run_config(tmp_path))
     checkpoint_dir, _ = run_dirs(tmp_path)
@@ -358,7 +374,7 @@ def test_sigterm_then_sigint_write_a_checkpoint_and_resume_to_the_uninterrupted_
 
     # SIGTERM in the middle of epoch 2: the step is finished, interrupted.pth written, exit 130.
     run = TrainProcess(tmp_path, config)
-    run.wait_until(lambda: run.last_step() >= STEPS_PER_EPOCH + 2, "the middle of epoch 2")
+    run.wait_until(lambda: run.last_step() >= STEPS_PER_EPOCH + 1, "the middle of epoch 2")
     assert run.send(signal.SIGTERM) == 130, run.output()
     assert "SIGTERM received: finishing the current step, then writing a checkpoint" in run.stderr
     assert "run interrupted:" in run.stdout and f"checkpoint interrupted: {interrupted}" in run.stdout
@@ -367,24 +383,26 @@ def test_sigterm_then_sigint_write_a_checkpoint_and_resume_to_the_uninterrupted_
     assert "status: interrupted" in text and re.search(r"peak RSS \d+ MB", text)
     state = load_checkpoint(interrupted)
     first_stop = state["step"]
-    assert STEPS_PER_EPOCH < first_stop < 2 * STEPS_PER_EPOCH, first_stop  # inside epoch 2
-    assert state["epoch"] == 1 and state["batch_in_epoch"] == first_stop - STEPS_PER_EPOCH
+    # Inside epoch 2 (the loop checks for a signal after each step, so the batches done are saved).
+    assert STEPS_PER_EPOCH < first_stop < TOTAL and 1 <= state["batch_in_epoch"] <= STEPS_PER_EPOCH, first_stop
+    assert state["epoch"] * STEPS_PER_EPOCH + state["batch_in_epoch"] == first_stop
     assert f"written (interrupted, step {first_stop})" in text
 
     # Resumed from the mid-epoch checkpoint (the newest), then SIGINT in the middle of epoch 3.
     run = TrainProcess(tmp_path, config, "--resume", "auto")
-    run.wait_until(lambda: run.last_step() >= 2 * STEPS_PER_EPOCH + 2, "the middle of epoch 3")
-    assert resumed_from(run.new_log()) == (str(interrupted), 1, first_stop)
+    run.wait_until(lambda: run.last_step() >= 2 * STEPS_PER_EPOCH + 1, "the middle of epoch 3")
+    assert resumed_from(run.new_log()) == (str(interrupted), state["epoch"], first_stop)
     assert run.send(signal.SIGINT) == 130, run.output()
     assert "SIGINT received" in run.stderr and "Traceback" not in run.stderr
     assert "status: interrupted" in run.new_log()
-    second_stop = load_checkpoint(interrupted)["step"]
-    assert 2 * STEPS_PER_EPOCH < second_stop < TOTAL, second_stop
+    second = load_checkpoint(interrupted)
+    second_stop = second["step"]
+    assert first_stop < second_stop <= TOTAL, (first_stop, second_stop)
 
     # Resumed again, to the end: the same weights as the run never interrupted.
     run = TrainProcess(tmp_path, config, "--resume", "auto")
     assert run.wait() == 0, run.output()
-    assert resumed_from(run.new_log()) == (str(interrupted), 2, second_stop)
+    assert resumed_from(run.new_log()) == (str(interrupted), second["epoch"], second_stop)
     assert "status: completed" in run.new_log()
     assert_same_weights(checkpoint_dir / "final.pth", baseline["model"])
 
@@ -396,12 +414,13 @@ def test_peak_rss_and_the_memory_estimate_are_in_the_log(baseline):
     assert len(per_step) == TOTAL and all(v > 50 for v in per_step)
     peak = re.search(r"run tiny: completed after 18 steps \(3 epochs\); peak RSS (\d+) MB", text)
     assert peak and int(peak.group(1)) >= max(per_step)
-    assert text.rstrip().endswith("status: completed")
+    assert "status: completed" in text.rstrip().splitlines()[-1]
 
 
 # --- NaN -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_nan_loss_from_a_plugin_stops_the_cli_run_with_advice(tmp_path, plugin_module):
     site, _ = plugin_module
     config = run_config(tmp_path, loss={"name": "nan_after", "params": {"after": 8}})
@@ -434,7 +453,9 @@ def test_nan_gradients_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, 
     assert load_checkpoint(checkpoint_dir / "latest.pth")["step"] == STEPS_PER_EPOCH
 
 
-def test_a_plugin_factory_error_names_plugin_and_component_through_the_cli(tmp_path, plugin_module, monkeypatch, capsys, existing_run):
+def test_a_plugin_factory_error_names_plugin_and_component_through_the_cli(
+    tmp_path, plugin_module, monkeypatch, capsys, existing_run
+):
     _, module = plugin_module
     PluginSandbox(monkeypatch).add(module, "reliability_plugin")
     config = write_config(tmp_path, run_config(tmp_path, loss="broken_loss"))
@@ -529,26 +550,6 @@ def test_evaluate_refuses_a_checkpoint_whose_configuration_does_not_load(tmp_pat
 
 # Datasets written in the real formats, each broken in one way.
 
-CIFAR10_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-
-
-def write_cifar10(root: Path, per_batch: int = 20, pixels: int = 3072, broken: str = "") -> Path:
-    """A cifar-10-batches-py folder in the official pickle format; the ``broken`` batch has
-    ``pixels`` values per image (3072 is 3 x 32 x 32)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        width = pixels if name == broken else 3072
-        batch = {b"batch_label": name.encode(), b"labels": [int(x) for x in rng.integers(0, 10, per_batch)],
-                 b"data": rng.integers(0, 256, size=(per_batch, width), dtype=np.uint8), b"filenames": [b"x.png"] * per_batch}
-        with open(folder / name, "wb") as handle:
-            pickle.dump(batch, handle, protocol=2)
-    with open(folder / "batches.meta", "wb") as handle:
-        pickle.dump({b"label_names": CIFAR10_NAMES, b"num_cases_per_batch": per_batch, b"num_vis": 3072}, handle, protocol=2)
-    return folder
-
-
 def write_images(folder: Path, sizes: list[tuple[int, int]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, (width, height) in enumerate(sizes):
@@ -557,14 +558,18 @@ def write_images(folder: Path, sizes: list[tuple[int, int]]) -> None:
 
 
 def _cifar_missing_file(root: Path) -> tuple[dict, list[str], list[str]]:
-    folder = write_cifar10(root / "cifar")
+    write_cifar10(root / "cifar")
+    folder = root / "cifar" / "cifar-10-batches-py"
     (folder / "data_batch_3").unlink()
     spec = {"name": "cifar10", "params": {"root": str(root / "cifar"), "verify": False}}
     return {"data": {"dataset": spec}}, [], [f"{folder / 'data_batch_3'}: missing", "cifar-10-python.tar.gz", "download: true"]
 
 
 def _cifar_wrong_image_size(root: Path) -> tuple[dict, list[str], list[str]]:
-    folder = write_cifar10(root / "cifar", pixels=3 * 16 * 16, broken="data_batch_2")
+    write_cifar10(root / "cifar")
+    folder = root / "cifar" / "cifar-10-batches-py"
+    with open(folder / "data_batch_2", "wb") as handle:  # 16 x 16 images where 32 x 32 are expected
+        pickle.dump({b"labels": [1] * 20, b"data": np.zeros((20, 3 * 16 * 16), np.uint8)}, handle, protocol=2)
     spec = {"name": "cifar10", "params": {"root": str(root / "cifar"), "verify": False}}
     return {"data": {"dataset": spec}}, [], [f"{folder / 'data_batch_2'}: b'data' is ndarray uint8 (20, 768)", "(N, 3072)"]
 
@@ -576,7 +581,8 @@ def _image_folder_with_a_non_image(root: Path) -> tuple[dict, list[str], list[st
     (images / "train" / "dog" / "notes.txt").write_text("not an image, not read")
     (images / "train" / "dog" / "broken.png").write_bytes(b"this is not a png")
     spec = {"name": "image_folder", "params": {"root": str(images), "image_size": 16}}
-    return {"data": {"dataset": spec, "batch_size": 2}}, [], [f"{images / 'train' / 'dog' / 'broken.png'}: cannot be decoded as an image"]
+    broken = images / "train" / "dog" / "broken.png"
+    return {"data": {"dataset": spec, "batch_size": 2}}, [], [f"{broken}: cannot be decoded as an image"]
 
 
 def _empty_image_folder(root: Path) -> tuple[dict, list[str], list[str]]:
@@ -607,6 +613,12 @@ def _incompatible_checkpoint(root: Path) -> tuple[dict, list[str], list[str]]:
         f"{latest}: the checkpoint does not match this configuration's model"]
 
 
+def _code_in_a_set_value(root: Path) -> tuple[dict, list[str], list[str]]:
+    marker = root / "pwned"
+    return {}, ["--set", f'seed=!!python/object/apply:os.system ["touch {marker}"]'], [
+        "--set", "the value is not valid YAML", "could not determine a constructor"]
+
+
 def _over_the_memory_budget(root: Path) -> tuple[dict, list[str], list[str]]:
     return {}, ["--set", "training.memory_budget_gb=0.1"], [
         "exceeds training.memory_budget_gb=0.1", "--set data.batch_size=8 --set training.accumulation_steps=2"]
@@ -622,6 +634,7 @@ BAD_INPUTS = {
     "unwritable output folder": _unwritable_output,
     "checkpoint of another model": _incompatible_checkpoint,
     "over the memory budget": _over_the_memory_budget,
+    "a --set value that names Python code": _code_in_a_set_value,
 }
 
 
@@ -635,6 +648,7 @@ def test_bad_input_is_a_clear_error_and_loses_nothing(case, tmp_path, existing_r
     for text in expected:
         assert text in err, f"{text!r} not in:\n{err}"
     assert "Traceback" not in err
+    assert not (tmp_path / "pwned").exists()
     existing_run()
 
 
