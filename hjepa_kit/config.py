@@ -158,6 +158,11 @@ class EvaluationConfig:
     online_every_epochs: int = param(1, help="Run the online evaluator every N epochs (0: never).", ge=0)
     online_train_samples: int = param(5000, help="Labelled training images used by the online evaluator.", ge=1)
     online_test_samples: int = param(1000, help="Test images used by the online evaluator.", ge=1)
+    representation: str = param(
+        "encoder",
+        help="The default representation of evaluators and of best_model.pth: `encoder` (the target encoder's "
+        "patch tokens, average-pooled) or a hierarchy level's features (`level0`, `level1`, ...).",
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -17,7 +17,7 @@ from .checkpoint import load_checkpoint
 from .config import ComponentSpec, load_config
 from .contracts import BuildContext, ImageData
 from .errors import CheckpointError, UserError
-from .features import extract_features, feature_sets
+from .features import check_representation, extract_features, feature_sets
 from .registry import Registry
 from .runtime import autocast_dtype, resolve_device
 from .threads import configure_threads
@@ -110,6 +110,7 @@ def run_evaluation(
     test_features = extract_features(built.model, test_split, **kwargs)
     timings["features_s"] = time.perf_counter() - t0
     sets = feature_sets(train_features, train_split.labels, test_features, test_split.labels, int(data.num_classes))
+    representation = check_representation(config.evaluation.representation, sets)
     metrics: dict[str, float] = {}
     artifacts: dict[str, dict[str, Any]] = {}
     for spec in eval_specs:
@@ -122,7 +123,7 @@ def run_evaluation(
             raise UserError("\n".join(problems))
         evaluator = component.build(params, ctx)
         t0 = time.perf_counter()
-        result = evaluator(sets, "encoder")
+        result = evaluator(sets, representation)
         timings[f"{spec.name}_s"] = time.perf_counter() - t0
         metrics.update({k: float(v) for k, v in getattr(result, "metrics", result).items()})
         if getattr(result, "artifacts", None):
@@ -146,7 +147,7 @@ def run_evaluation(
 
         write_tensorboard(
             out / "tensorboard", metrics, {k: str(v) for k, v in written.items()},
-            embeddings=(sets["encoder"].test, test_split.labels), step=int(state.get("step", 0)),
+            embeddings=(sets[representation].test, test_split.labels), step=int(state.get("step", 0)),
         )
         paths["tensorboard"] = str(out / "tensorboard")
     registry.hook.hjepa_evaluation_end(trainer=None, results=metrics)

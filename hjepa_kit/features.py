@@ -8,10 +8,11 @@ import torch
 from torch import Tensor
 
 from .contracts import FeatureSet, ImageData
+from .errors import ConfigError
 from .data import iter_eval_batches
 from .model import HJEPA
 
-__all__ = ["extract_features", "feature_sets", "subset"]
+__all__ = ["extract_features", "feature_sets", "subset", "check_representation"]
 
 
 @torch.no_grad()
@@ -64,3 +65,12 @@ def subset(data: ImageData, count: int, seed: int) -> ImageData:
     index = torch.randperm(len(data), generator=generator)[:count].sort().values
     labels = data.labels[index] if data.labels is not None else None
     return ImageData(images=data.images[index], labels=labels, classes=data.classes)
+
+
+def check_representation(name: str, sets: Mapping[str, FeatureSet]) -> str:
+    """``name`` when the model produced that representation, else a ConfigError listing those it has."""
+    if name not in sets:
+        raise ConfigError(
+            f"evaluation.representation: the model has no representation {name!r}; it has {', '.join(sorted(sets))}", ""
+        )
+    return name

@@ -28,7 +28,7 @@ from .contracts import ImageData, Masks
 from .data import build_train_loader, estimate_bytes
 from .distributed import DistInfo, all_agree, parameters_match, setup_distributed, teardown_distributed
 from .errors import CheckpointError, TrainingStopped, UserError
-from .features import extract_features, feature_sets, subset
+from .features import check_representation, extract_features, feature_sets, subset
 from .memory import estimate_peak_memory
 from .metrics import effective_rank
 from .registry import Registry
@@ -663,7 +663,7 @@ class Trainer:
         test_features = extract_features(self.model, test, **kwargs)
         sets = feature_sets(train_features, train.labels, test_features, test.labels, int(self.dataset.num_classes))
         evaluator = build_named(self.registry, self.resolved, "evaluation.online", self.ctx)
-        result = evaluator(sets, "encoder")
+        result = evaluator(sets, check_representation(self.config.evaluation.representation, sets))
         figures = getattr(result, "metrics", result)
         out = {f"online/{k}": float(v) for k, v in figures.items()}
         out["online/seconds"] = time.perf_counter() - started

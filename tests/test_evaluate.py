@@ -84,3 +84,14 @@ def test_in_process_evaluator_plugin(one_epoch_checkpoint):
     figures = hjepa_kit.evaluate(one_epoch_checkpoint.checkpoints["final"], eval_types=["mean_norm"], device="cpu",
                                  plugins=[MeanNorm()], write_report=False)
     assert figures["metrics"]["mean_norm"] > 0
+
+
+def test_the_default_representation_is_configurable(one_epoch_checkpoint):
+    ckpt = one_epoch_checkpoint.checkpoints["final"]
+    encoder = hjepa_kit.evaluate(ckpt, eval_types=["knn"], device="cpu", write_report=False)
+    level0 = hjepa_kit.evaluate(ckpt, eval_types=["knn"], device="cpu", write_report=False,
+                                overrides=["evaluation.representation=level0"])
+    assert level0["artifacts"]["knn_faiss"]["representation"] == "level0"
+    assert encoder["artifacts"]["knn_faiss"]["representation"] == "encoder"
+    with pytest.raises(hjepa_kit.ConfigError, match="no representation 'level9'; it has encoder, level0, level1"):
+        hjepa_kit.evaluate(ckpt, eval_types=["knn"], device="cpu", write_report=False, overrides=["evaluation.representation=level9"])
