@@ -64,7 +64,11 @@ class EpochProbe:
 
 
 def rss_summary(samples: list[tuple[int, float, float]], after_step: int = 100) -> dict[str, Any]:
-    """Memory growth after ``after_step``: first sample at or after it, the largest later, a fitted slope."""
+    """Memory after ``after_step``: the sample there, the last one, the largest, and a fitted slope.
+
+    Growth is judged by the last sample against the one at ``after_step`` (and the slope); the
+    largest sample also shows transient peaks (a burst of temporary tensors) that are given back.
+    """
     late = [s for s in samples if s[0] >= after_step]
     if len(late) < 2:
         return {"after_step": after_step, "samples": len(late)}
@@ -77,8 +81,10 @@ def rss_summary(samples: list[tuple[int, float, float]], after_step: int = 100) 
         "after_step": after_step,
         "samples": len(late),
         "rss_mb_at_start": mbs[0],
+        "rss_mb_at_end": mbs[-1],
         "rss_mb_max_after": max(mbs),
-        "growth_mb": max(mbs) - mbs[0],
+        "growth_mb": mbs[-1] - mbs[0],
+        "largest_excess_mb": max(mbs) - mbs[0],
         "slope_mb_per_1000_steps": 1000 * slope,
     }
 
@@ -172,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
           + ("" if full else " (extrapolated)"))
     summary = out["rss_after_100"]
     if "growth_mb" in summary:
-        print(f"memory            RSS {summary['rss_mb_at_start']:.0f} MB at step {summary['after_step']}, at most "
-              f"{summary['rss_mb_max_after']:.0f} MB later (growth {summary['growth_mb']:+.0f} MB, "
-              f"slope {summary['slope_mb_per_1000_steps']:+.1f} MB per 1000 steps); peak RSS {out['peak_rss_mb']:.0f} MB")
+        print(f"memory            RSS {summary['rss_mb_at_start']:.0f} MB at step {summary['after_step']}, "
+              f"{summary['rss_mb_at_end']:.0f} MB at the end ({summary['growth_mb']:+.0f} MB; fitted slope "
+              f"{summary['slope_mb_per_1000_steps']:+.1f} MB per 1000 steps); largest sample {summary['rss_mb_max_after']:.0f} MB; "
+              f"peak RSS {out['peak_rss_mb']:.0f} MB")
     else:
         print(f"memory            too few steps after step 100 to judge growth; peak RSS {out['peak_rss_mb']:.0f} MB")
     samples = probe.rss

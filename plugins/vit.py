@@ -9,7 +9,10 @@ adds what a JEPA encoder needs:
 * ``indices``: only the listed patches enter the first block (gathered, not zeroed), so the cost of
   the blocks scales with the number of kept patches; the patch embedding still runs on the whole
   image, a small fixed cost;
-* ``return_blocks``: raw (pre-norm) outputs of chosen blocks, for hierarchical targets.
+* ``return_blocks``: raw (pre-norm) outputs of chosen blocks, for hierarchical targets;
+* without gradients on the CPU (the target encoder's forward, evaluation), a large batch is
+  encoded in slices of about ``inference_chunk_tokens`` tokens, which keeps the activations in
+  the CPU's cache (up to 1.7x faster at 512 images of 64 tokens; same result).
 
 Weights use timm's ViT initialisation (truncated normal, std 0.02) with ``fix_init``, which divides
 each block's output projections by ``sqrt(2 * layer)`` as I-JEPA does.
@@ -49,6 +52,16 @@ class VitParams:
         16, help="Side of a square patch in pixels; must divide the image size (224/16 as I-JEPA, 32/4 for the fast run).", ge=1
     )
     drop_path_rate: float = param(0.0, help="Stochastic depth rate of the last block (rising linearly from 0).", ge=0, lt=1)
+    inference_chunk_tokens: int = param(
+        4096,
+        help=(
+            "Without gradients on the CPU (the target encoder, evaluation), encode at most about this many "
+            "tokens at once, splitting the batch by images: the activations then stay in the CPU's cache. "
+            "Measured on a 2-core AMD EPYC, ViT-Tiny/4 at 32px, 512 images: 122 images/s whole, 205 in "
+            "chunks of 4096 tokens. 0 never splits."
+        ),
+        ge=0,
+    )
     fused_attention: str = param(
         "auto",
         help=(
@@ -92,6 +105,7 @@ class VitEncoder(nn.Module):
         blocks: the timm transformer blocks.
         norm: final LayerNorm.
         pos_embed: ``(1, N, D)`` fixed sine-cosine buffer (not saved in checkpoints; rebuilt).
+        inference_chunk_tokens: without gradients on the CPU, tokens encoded at once (0: all).
     """
 
     def __init__(
@@ -105,6 +119,7 @@ class VitEncoder(nn.Module):
         num_heads: int,
         drop_path_rate: float = 0.0,
         fused_attention: bool = False,
+        inference_chunk_tokens: int = 0,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
@@ -134,6 +149,7 @@ class VitEncoder(nn.Module):
         self.num_heads = num_heads
         self.in_chans = in_chans
         self.image_size = image_size
+        self.inference_chunk_tokens = inference_chunk_tokens
         self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, self.grid_size), persistent=False)
         self.set_fused_attention(fused_attention)
 
@@ -163,17 +179,46 @@ class VitEncoder(nn.Module):
         """
         self._check_images(images)
         wanted = self._block_positions(return_blocks)
+        if indices is not None:
+            self._check_indices(indices, images.shape[0])
+        per_chunk = self._images_per_chunk(images, self.num_patches if indices is None else indices.shape[1])
+        if per_chunk >= images.shape[0]:
+            return self._encode(images, indices, wanted)
+        # Rows are independent (attention is within an image), so chunks give the same result.
+        parts = [
+            self._encode(images[start : start + per_chunk], None if indices is None else indices[start : start + per_chunk], wanted)
+            for start in range(0, images.shape[0], per_chunk)
+        ]
+        return _encoder_output(
+            torch.cat([part.tokens for part in parts]),
+            {key: torch.cat([part.blocks[key] for part in parts]) for key in parts[0].blocks},
+        )
+
+    def _images_per_chunk(self, images: Tensor, tokens_per_image: int) -> int:
+        """Images encoded at once: all of them, except without gradients on the CPU.
+
+        Under no_grad nothing is kept for a backward pass, so a large batch can be encoded a
+        slice at a time; slices of a few thousand tokens keep every block's activations
+        (``(tokens, 4 D)`` after the MLP's first layer) in the CPU's cache, where the element-wise
+        work (norms, GELU, residual adds, softmax) runs several times faster than from memory.
+        A GPU wants the whole batch.
+        """
+        batch = images.shape[0]
+        if not self.inference_chunk_tokens or torch.is_grad_enabled() or images.device.type != "cpu":
+            return batch
+        return max(1, self.inference_chunk_tokens // max(tokens_per_image, 1))
+
+    def _encode(self, images: Tensor, indices: Tensor | None, wanted: dict[int, list[int]]) -> EncoderOutput:
         x = self.patch_embed(images)  # (B, N, D)
         x = x + self.pos_embed.to(x.dtype)
         if indices is not None:
-            self._check_indices(indices, images.shape[0])
             x = torch.gather(x, 1, indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, K, D)
         blocks: dict[int, Tensor] = {}
         for position, block in enumerate(self.blocks):
             x = block(x)
             for key in wanted.get(position, ()):
                 blocks[key] = x
-        return EncoderOutput(tokens=self.norm(x), blocks=blocks)
+        return _encoder_output(self.norm(x), blocks)
 
     def _check_images(self, images: Tensor) -> None:
         expected = (self.in_chans, self.image_size, self.image_size)
@@ -196,6 +241,17 @@ class VitEncoder(nn.Module):
                 raise ValueError(f"return_blocks: block {key} does not exist; valid are {-self.depth} .. {self.depth - 1}")
             wanted.setdefault(key % self.depth, []).append(key)
         return wanted
+
+
+@torch.compiler.disable
+def _encoder_output(tokens: Tensor, blocks: dict[int, Tensor]) -> EncoderOutput:
+    """Wrap the tensors in the contract's frozen attrs class outside any compiled graph.
+
+    TorchDynamo cannot trace the ``object.__setattr__`` of a frozen attrs ``__init__`` (it raises,
+    PyTorch 2.15); built here, ``torch.compile`` / ``Module.compile()`` of the encoder compiles the
+    tensor work and returns the tensors to this eager call.
+    """
+    return EncoderOutput(tokens=tokens, blocks=blocks)
 
 
 def _fused(choice: str, device: torch.device) -> bool:
@@ -227,6 +283,7 @@ def build_vit(variant: str, params: VitParams, ctx: BuildContext) -> VitEncoder:
         num_heads=num_heads,
         drop_path_rate=params.drop_path_rate,
         fused_attention=_fused(params.fused_attention, ctx.device),
+        inference_chunk_tokens=params.inference_chunk_tokens,
     )
 
 

@@ -254,3 +254,28 @@ def test_parameters_structure_strictly_from_yaml_data() -> None:
         structure(VitParams, {"patch_sise": 4}, path="encoder.params")
     with pytest.raises(ValueError, match="patch_size: expected an integer, got 4.5"):
         structure(VitParams, {"patch_size": 4.5})
+
+
+def test_chunked_encoding_without_gradients_equals_the_whole_batch(encoder, images) -> None:
+    batch = torch.cat([images] * 3)  # 6 images of 16 tokens
+    indices = random_indices(6, 10, encoder.num_patches)
+    whole_chunk = encoder.inference_chunk_tokens
+    try:
+        encoder.inference_chunk_tokens = 0
+        with torch.no_grad():
+            whole = encoder(batch, return_blocks=(3, -1))
+            whole_indexed = encoder(batch, indices=indices)
+        encoder.inference_chunk_tokens = 20  # one image of 16 tokens (two of 10) per chunk
+        with torch.no_grad():
+            assert encoder._images_per_chunk(batch, 16) == 1
+            chunked = encoder(batch, return_blocks=(3, -1))
+            chunked_indexed = encoder(batch, indices=indices)
+        # With gradients the batch is never split: a backward pass needs the whole graph.
+        assert encoder._images_per_chunk(batch, 16) == 6
+    finally:
+        encoder.inference_chunk_tokens = whole_chunk
+    torch.testing.assert_close(chunked.tokens, whole.tokens)
+    assert set(chunked.blocks) == {3, -1}
+    for key in whole.blocks:
+        torch.testing.assert_close(chunked.blocks[key], whole.blocks[key])
+    torch.testing.assert_close(chunked_indexed.tokens, whole_indexed.tokens)

@@ -1,0 +1,78 @@
+"""The benchmarks still run against the current trainer and evaluation (tiny settings, seconds).
+
+They drive the trainer's internals (``_build``, ``_micro_step``, ``_optimizer_step``) and
+``run_evaluation``; these tests catch a change there that would break them. The figures are not
+checked, only that every promised field is there and sane. The CUDA run is skipped without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "quickstart.yaml"
+
+
+def run_benchmark(script: str, *args: str, timeout: int = 300) -> dict:
+    out = Path(args[args.index("--json") + 1])
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=REPO, check=True, timeout=timeout, capture_output=True, text=True,
+        env={**__import__("os").environ, "HJEPA_THREADS": "1"},
+    )
+    return json.loads(out.read_text())
+
+
+def test_throughput_reports_every_promised_figure(tmp_path: Path) -> None:
+    result = run_benchmark(
+        "throughput.py", "--config", str(CONFIG), "--batch-size", "8", "--steps", "2", "--rounds", "2",
+        "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "t.json"),
+    )
+    for key in ("hjepa_images_per_s", "reference_images_per_s", "ratio", "gflop_per_image", "peak_gflops",
+                "fraction_of_peak", "peak_rss_mb", "batch_size", "context_fraction", "phases_ms_per_step"):
+        assert key in result, key
+    assert result["batch_size"] == 8
+    assert result["hjepa_images_per_s"] > 0 and result["reference_images_per_s"] > 0
+    assert 0 < result["gflop_per_image"] < result["reference_gflop_per_image"]
+    assert 0 < result["context_fraction"] < 1
+    assert 0 < result["fraction_of_peak"] < 1.5
+    assert set(result["machine"]) >= {"cpu", "physical_cores", "threads", "torch", "load_average"}
+
+
+def test_epoch_runs_through_fit_and_samples_memory(tmp_path: Path) -> None:
+    result = run_benchmark(
+        "epoch.py", "--config", str(CONFIG), "--images", "96", "--batch-size", "8", "--rss-every", "2",
+        "--skip", "2", "--device", "cpu", "--json", str(tmp_path / "e.json"),
+    )
+    assert result["measured"] == "full epoch" and not result["extrapolated"]
+    assert result["steps_done"] == result["steps_per_epoch"] == 12
+    assert len(result["rss_samples"]) >= 6
+    assert result["epoch_s"] > 0 and result["steady_images_per_s"] > 0
+
+
+def test_evaluate_times_features_and_evaluators(tmp_path: Path) -> None:
+    result = run_benchmark(
+        "evaluate.py", "--config", str(CONFIG), "--train", "64", "--test", "32",
+        "--json", str(tmp_path / "v.json"),
+    )
+    assert {"features_s", "knn_faiss_s", "linear_probe_s", "total_s"} <= set(result["timings_s"])
+    assert result["features_plus_evaluators_s"] <= result["total_s"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_throughput_on_the_gpu_uses_bf16_and_fused_attention(tmp_path: Path) -> None:
+    result = run_benchmark(
+        "throughput.py", "--config", str(CONFIG), "--device", "cuda", "--batch-size", "64", "--steps", "3",
+        "--json", str(tmp_path / "g.json"),
+    )
+    assert result["device"].startswith("cuda")
+    assert result["dtype"] == "bfloat16"
+    assert result["fused_attention"] is True
+    assert result["hjepa_images_per_s"] > 0 and 0 < result["fraction_of_peak"] < 1.5
+    assert "gpu" in result["machine"]
