@@ -70,7 +70,8 @@ def evaluate(
         write_report: write the report files (``False``: figures only in the returned dict).
 
     Returns:
-        ``{"metrics": {name: value}, "paths": {file: path}, "timings": {...}}``.
+        ``{"metrics": {name: value}, "paths": {file: path}, "timings": {stage: seconds}, "artifacts": {...},
+        "features_compiled": bool}`` (whether feature extraction ran compiled, see ``evaluation.compile``).
     """
     from .evaluation import run_evaluation
 

@@ -163,6 +163,13 @@ class EvaluationConfig:
         help="The default representation of evaluators and of best_model.pth: `encoder` (the target encoder's "
         "patch tokens, average-pooled) or a hierarchy level's features (`level0`, `level1`, ...).",
     )
+    compile: str = param(
+        "auto",
+        help="Compile the feature extractor of `hjepa evaluate` with torch.compile and frozen weights: `auto` does "
+        "so on the CPU from 10,000 images when a C++ compiler exists (about 15 s of compiling, then ~1.3x faster "
+        "extraction); `on` always (falls back with a warning where compiling fails); `off` never.",
+        choices=("auto", "on", "off"),
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -17,6 +17,7 @@ from .checkpoint import load_checkpoint
 from .config import ComponentSpec, load_config
 from .contracts import BuildContext, ImageData
 from .errors import CheckpointError, UserError
+from .compiling import AUTO_EVAL_MIN_IMAGES, FeatureFunction, should_compile
 from .features import check_representation, extract_features, feature_sets
 from .registry import Registry
 from .runtime import autocast_dtype, resolve_device
@@ -103,12 +104,19 @@ def run_evaluation(
     train_split: ImageData = data.load("train")
     test_split: ImageData = data.load("test")
     timings = {"load_data_s": time.perf_counter() - t0}
+    images = len(train_split) + len(test_split)
+    compiled = should_compile(config.evaluation.compile, run_device, large_enough=images >= AUTO_EVAL_MIN_IMAGES,
+                              key="evaluation.compile")
+    grid = built.ctx.grid_size
+    features = FeatureFunction(built.model, compile=compiled, tokens_per_image=grid[0] * grid[1])
     kwargs = dict(image_size=ctx.image_size, batch_size=config.data.eval_batch_size, mean=config.data.augmentation.mean,
-                  std=config.data.augmentation.std, device=run_device, autocast_dtype=amp)
+                  std=config.data.augmentation.std, device=run_device, autocast_dtype=amp, features=features)
     t0 = time.perf_counter()
     train_features = extract_features(built.model, train_split, **kwargs)
     test_features = extract_features(built.model, test_split, **kwargs)
     timings["features_s"] = time.perf_counter() - t0
+    log.info("features of %d images in %.1fs (%s)", images, timings["features_s"],
+             "compiled, frozen weights" if features.compiled else "uncompiled")
     sets = feature_sets(train_features, train_split.labels, test_features, test_split.labels, int(data.num_classes))
     representation = check_representation(config.evaluation.representation, sets)
     metrics: dict[str, float] = {}
@@ -152,7 +160,8 @@ def run_evaluation(
         paths["tensorboard"] = str(out / "tensorboard")
     registry.hook.hjepa_evaluation_end(trainer=None, results=metrics)
     log.info("evaluation of %s done in %.1fs (%d threads)", path, timings["total_s"], threads)
-    return {"metrics": metrics, "paths": paths, "timings": timings, "artifacts": artifacts}
+    return {"metrics": metrics, "paths": paths, "timings": timings, "artifacts": artifacts,
+            "features_compiled": features.compiled}
 
 
 def _mask_examples(built: Any, data: ImageData, count: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]] | None:

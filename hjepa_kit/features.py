@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -26,19 +26,22 @@ def extract_features(
     std: tuple[float, float, float],
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
+    features: Callable[[Tensor], dict[str, Tensor]] | None = None,
 ) -> dict[str, Tensor]:
     """Every representation's ``(N, D)`` float32 features of ``data``, on the CPU.
 
     The target encoder runs once per batch; the predictor's per-level features come from the
-    same forward pass.
+    same forward pass. ``features`` replaces ``model.features`` (e.g. a compiled
+    :class:`~hjepa_kit.compiling.FeatureFunction` of the same model).
     """
+    encode = features or model.features
     was_training = model.training
     model.eval()
     chunks: dict[str, list[Tensor]] = {}
     try:
         for images, _ in iter_eval_batches(data, image_size=image_size, batch_size=batch_size, mean=mean, std=std, device=device):
             with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-                out = model.features(images)
+                out = encode(images)
             for name, value in out.items():
                 chunks.setdefault(name, []).append(value.float().cpu())
     finally:

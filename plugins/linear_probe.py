@@ -61,7 +61,7 @@ class LinearProbeParams:
     )
     max_iter: int = param(300, help="L-BFGS iterations per fit (each is about one pass over train).", ge=1)
     batch_size: int = param(
-        65536, help="Rows per chunk of the full-batch loss; bounds memory, does not change the result.", ge=1
+        65536, help="Rows per chunk of the full-batch loss and gradient; bounds memory, does not change the result.", ge=1
     )
     seed: int = param(0, help="Seed of the held-out split.", ge=0)
     representation: str | None = param(None, help="Which extracted features to use (encoder, level0, ...); null = the run's default.")
@@ -193,17 +193,30 @@ def fit_linear_classifier(
             line_search_fn="strong_wolfe",
         )
 
+        # Classes along dim 0: softmax over a short last dimension (10 classes) is ~25x slower
+        # on the CPU than over the first one (measured, torch 2.15).
+        xt = x.T.contiguous()  # (D, N)
+        minus_one = torch.full((1, min(n, batch_size)), -1.0)
+
         def closure() -> Tensor:
-            optimizer.zero_grad()
-            total = torch.zeros(())
-            for start in range(0, n, batch_size):
-                logits = x[start : start + batch_size] @ weight.T + bias
-                loss = F.cross_entropy(logits, y[start : start + batch_size], reduction="sum") / n
-                loss.backward()
-                total += loss.detach()
-            penalty = 0.5 * weight_decay * weight.square().sum()
-            penalty.backward()
-            return total + penalty.detach()
+            # The gradient is written out (softmax minus one-hot, times x) instead of asking
+            # autograd: about 2x faster per evaluation.
+            grad_w = torch.zeros_like(weight)
+            grad_b = torch.zeros_like(bias)
+            total = torch.zeros((), dtype=torch.float64)
+            with torch.no_grad():
+                for start in range(0, n, batch_size):
+                    stop = min(start + batch_size, n)
+                    ys = y[None, start:stop]
+                    log_p = torch.log_softmax(torch.addmm(bias[:, None], weight, xt[:, start:stop]), dim=0)  # (C, rows)
+                    total -= log_p.gather(0, ys).sum(dtype=torch.float64)
+                    p = log_p.exp_()
+                    p.scatter_add_(0, ys, minus_one[:, : stop - start])  # dCE/dlogits
+                    grad_w.addmm_(p, x[start:stop])
+                    grad_b += p.sum(1)
+                weight.grad = grad_w.div_(n).add_(weight, alpha=weight_decay)
+                bias.grad = grad_b.div_(n)
+                return (total / n).float() + 0.5 * weight_decay * weight.square().sum()
 
         optimizer.step(closure)
     return LinearClassifier(mean=mean, std=std, weight=weight.detach(), bias=bias.detach())

@@ -83,6 +83,21 @@ def test_result_is_deterministic_and_chunking_does_not_change_it():
     torch.testing.assert_close(chunked.weight, whole.weight, atol=1e-3, rtol=1e-3)
 
 
+def test_the_fit_is_the_minimum_of_the_regularised_cross_entropy():
+    # The probe writes its gradient out by hand; autograd's gradient of the objective it states
+    # (mean cross-entropy of the standardised features + weight_decay / 2 |W|^2) must vanish there.
+    train, train_labels, *_ = data(n_train=600, spread=4.0)
+    wd = 1e-2
+    probe = fit_linear_classifier(train, train_labels, 10, weight_decay=wd, batch_size=250)
+    weight = probe.weight.clone().requires_grad_(True)
+    bias = probe.bias.clone().requires_grad_(True)
+    x = (train - probe.mean) / probe.std
+    loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, train_labels) + 0.5 * wd * weight.square().sum()
+    loss.backward()
+    assert weight.grad.abs().max() < 1e-4 and bias.grad.abs().max() < 1e-4
+    assert probe.weight.abs().max() > 0.05  # not the zero start
+
+
 def test_works_under_inference_mode():
     with torch.inference_mode():
         train, train_labels, test, test_labels = data(n_train=200, n_test=100)

@@ -1,0 +1,93 @@
+"""``evaluation.compile``: the compiled feature extractor gives the eager features, and falls back cleanly."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import hjepa_kit
+from conftest import tiny_config
+from hjepa_kit import compiling
+from hjepa_kit.build import build_model
+from hjepa_kit.compiling import FeatureFunction, should_compile
+from hjepa_kit.contracts import BuildContext
+from hjepa_kit.registry import Registry
+
+needs_compiler = pytest.mark.skipif(compiling.cpp_compiler() is None, reason="torch.compile on the CPU needs a C++ compiler")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    config = hjepa_kit.load_config(tiny_config(tmp_path_factory.mktemp("compile"), model={
+        "encoder": {"name": "vit_tiny", "params": {"patch_size": 4}},
+        "masker": {"name": "multiblock"},
+        "predictor": {"name": "hierarchical", "params": {"depth": 1}},
+    }))
+    resolved = Registry().resolve(config)
+    ctx = BuildContext(image_size=16, in_chans=3, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(resolved, ctx).model.eval()
+    return model, ctx
+
+
+def test_auto_compiles_only_large_cpu_work_and_off_never():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert should_compile("off", cpu, large_enough=True, key="k") is False
+    assert should_compile("auto", cpu, large_enough=False, key="k") is False
+    assert should_compile("auto", cuda, large_enough=True, key="k") is False
+    assert should_compile("on", cuda, large_enough=False, key="k") is True
+    if compiling.cpp_compiler() is not None:
+        assert should_compile("auto", cpu, large_enough=True, key="k") is True
+
+
+def test_on_without_a_cpp_compiler_warns_and_runs_uncompiled(monkeypatch):
+    monkeypatch.setattr(compiling, "cpp_compiler", lambda: None)
+    with pytest.warns(UserWarning, match=r"evaluation\.compile: on, but no C\+\+ compiler"):
+        assert should_compile("on", torch.device("cpu"), large_enough=True, key="evaluation.compile") is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert should_compile("auto", torch.device("cpu"), large_enough=True, key="evaluation.compile") is False
+
+
+@needs_compiler
+def test_compiled_features_equal_eager_features_for_any_batch_size(tiny_model):
+    model, ctx = tiny_model
+    features = FeatureFunction(model, compile=True, tokens_per_image=16)
+    features.slice_images = 8  # batches of 5, 8 and 19 images: padded, exact and several slices
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for count in (5, 8, 19):
+            images = torch.randn(count, 3, 16, 16)
+            expected = model.features(images)
+            got = features(images)
+            assert features.compiled, "compiling fell back to eager"
+            assert set(got) == set(expected) == {"encoder", "level0", "level1"}
+            for name in expected:
+                assert got[name].shape == expected[name].shape
+                torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-4)
+
+
+def test_a_failing_compile_warns_once_and_gives_the_eager_features(tiny_model, monkeypatch):
+    model, _ = tiny_model
+
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("backend exploded\nsecond line")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    features = FeatureFunction(model, compile=True, tokens_per_image=16)
+    images = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match=r"compiling the feature extractor failed \(RuntimeError: backend exploded\)"):
+            first = features(images)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            second = features(images)
+        expected = model.features(images)
+    assert not features.compiled
+    for name in expected:
+        torch.testing.assert_close(first[name], expected[name])
+        torch.testing.assert_close(second[name], expected[name])
