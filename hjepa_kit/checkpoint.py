@@ -7,6 +7,7 @@ Loading uses ``torch.load(weights_only=True)``: a file crafted to run code fails
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tempfile
@@ -19,7 +20,12 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "find_latest", "remove_stale_temporaries"]
+__all__ = [
+    "FORMAT", "save_checkpoint", "load_checkpoint", "load_training_state", "find_latest", "resume_target",
+    "remove_stale_temporaries",
+]
+
+log = logging.getLogger("hjepa_kit")
 
 #: Written into every checkpoint; loading refuses files without it.
 FORMAT = "hjepa-kit/1"
@@ -91,6 +97,23 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return state
 
 
+def load_training_state(state: Mapping[str, Any], model: torch.nn.Module, optimizer: Any, path: str | os.PathLike[str]) -> None:
+    """Load a checkpoint's model and optimizer states (``path`` names the file in errors).
+
+    Raises:
+        CheckpointError: the states do not fit this model (another encoder, predictor or image size).
+    """
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path}: the checkpoint does not match this configuration's model "
+            f"(was it written with another encoder, predictor or image size?): {first}"
+        ) from None
+
+
 def find_latest(folder: str | os.PathLike[str]) -> Path | None:
     """The most recently written checkpoint in ``folder`` (``--resume auto``), or ``None``."""
     folder = Path(folder)
@@ -98,6 +121,16 @@ def find_latest(folder: str | os.PathLike[str]) -> Path | None:
         return None
     files = [p for p in folder.glob("*.pth") if not p.name.startswith(".")]
     return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def resume_target(resume: str | os.PathLike[str] | None, folder: str | os.PathLike[str]) -> str | os.PathLike[str] | None:
+    """The checkpoint ``--resume`` names; ``auto``: the newest in ``folder``, None (logged) where there is none."""
+    if resume is None or str(resume) != "auto":
+        return resume
+    found = find_latest(folder)
+    if found is None:
+        log.info("--resume auto: no checkpoint in %s, starting fresh", folder)
+    return found
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:

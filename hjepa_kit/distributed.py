@@ -8,8 +8,12 @@ TensorBoard and checkpoints.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import attrs
 import torch
@@ -17,7 +21,12 @@ import torch.distributed as dist
 
 from .errors import UserError
 
-__all__ = ["DistInfo", "setup_distributed", "teardown_distributed", "all_agree", "parameters_match"]
+__all__ = [
+    "DistInfo", "setup_distributed", "teardown_distributed", "wrap_ddp", "no_sync", "all_agree", "parameters_match",
+    "rescale_position",
+]
+
+log = logging.getLogger("hjepa_kit")
 
 
 @attrs.frozen
@@ -82,6 +91,37 @@ def teardown_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def wrap_ddp(model: Any, device: torch.device) -> tuple[Any, Any]:
+    """Wrap the model's context encoder and predictor in ``DistributedDataParallel``.
+
+    DDP broadcasts rank 0's weights on construction; the EMA target encoder is broadcast here too,
+    so that every rank starts from, and keeps, the same target encoder.
+
+    Returns:
+        (DDP context encoder, DDP predictor).
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    for tensor in list(model.target_encoder.parameters()) + list(model.target_encoder.buffers()):
+        dist.broadcast(tensor.data, src=0)
+    return DDP(model.context_encoder, device_ids=ids), DDP(model.predictor, device_ids=ids)
+
+
+def no_sync(wrapped: Sequence[Any], skip: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP: no gradient all-reduce on micro-batches that do not end an optimizer step.
+
+    ``wrapped`` are the DDP modules of :func:`wrap_ddp` (None without DDP); the all-reduce is
+    skipped while the returned context is open where ``skip`` is true.
+    """
+    if not skip or any(module is None for module in wrapped):
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for module in wrapped:
+        stack.enter_context(module.no_sync())
+    return stack
+
+
 def all_agree(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on any rank (e.g. a signal received by one)."""
     if not info.enabled:
@@ -109,3 +149,25 @@ def parameters_match(modules: list[torch.nn.Module], info: DistInfo, device: tor
     stacked = torch.stack(gathered)
     spread = float((stacked.max(dim=0).values - stacked.min(dim=0).values).abs().max())
     return spread == 0.0, spread
+
+
+def rescale_position(step: int, batch_in_epoch: int, saved_world: int, world: int) -> tuple[int, int]:
+    """A checkpoint's position written by ``saved_world`` processes, for a run of ``world`` processes.
+
+    Steps and micro-batches count batches of all processes: rescaling them keeps the images seen,
+    and so the position in the schedules and in the epoch (rounded down, with a warning, where
+    the images do not divide evenly).
+
+    Returns:
+        (optimizer step, micro-batch in the epoch).
+    """
+    if saved_world == world:
+        return step, batch_in_epoch
+    step = step * saved_world // world
+    log.info("resuming a %d-process checkpoint with %d processes: step rescaled to %d", saved_world, world, step)
+    if batch_in_epoch:
+        seen = batch_in_epoch * saved_world
+        batch_in_epoch = seen // world
+        if seen % world:
+            log.warning("resuming mid-epoch with %d processes instead of %d: the epoch position is rounded", world, saved_world)
+    return step, batch_in_epoch

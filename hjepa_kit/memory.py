@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from .contracts import Masks
+from .errors import TrainingStopped
 
-__all__ = ["MemoryEstimate", "saved_activation_bytes", "estimate_peak_memory"]
+__all__ = ["MemoryEstimate", "saved_activation_bytes", "estimate_peak_memory", "check_memory_budget"]
 
 _MB = 1024 * 1024
 #: The interpreter, torch, timm and faiss once imported, measured at about 600 MB.
@@ -111,4 +112,22 @@ def estimate_peak_memory(
         parameters=(trainable * 2 + frozen) if on_host else 0,  # weights + gradients, EMA copy
         optimizer=trainable * 2 if on_host else 0,  # AdamW's two moments
         activations=int(activations * batch_size * TRANSIENT_FACTOR) if on_host else 0,
+    )
+
+
+def check_memory_budget(estimate: MemoryEstimate, budget_gb: float | None, *, batch_size: int, accumulation_steps: int) -> None:
+    """Refuse a run whose estimated peak exceeds ``training.memory_budget_gb`` (None: no budget).
+
+    Raises:
+        TrainingStopped: over budget; the message proposes a smaller batch with more accumulation
+            (the same effective batch) or a larger budget.
+    """
+    if budget_gb is None or estimate.total <= budget_gb * 1024**3:
+        return
+    half = max(batch_size // 2, 1)
+    raise TrainingStopped(
+        f"the estimated peak memory {estimate.total / 1024**3:.1f} GB exceeds training.memory_budget_gb={budget_gb:g} "
+        f"({estimate.describe()}). Use the plan's fallback: a smaller batch with more accumulation keeps the "
+        f"effective batch, e.g. --set data.batch_size={half} --set training.accumulation_steps={accumulation_steps * batch_size // half} "
+        "(configs/cpu_cifar10_fallback.yaml is batch 4 x 8), or raise the budget with --set training.memory_budget_gb=N"
     )

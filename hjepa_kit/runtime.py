@@ -6,12 +6,16 @@ import functools
 import random
 import resource
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from .errors import UserError
 
-__all__ = ["resolve_device", "autocast_dtype", "cpu_has_fast_bf16", "seed_everything", "peak_rss_mb"]
+__all__ = [
+    "resolve_device", "autocast_dtype", "cpu_has_fast_bf16", "seed_everything", "rng_state", "restore_rng_state", "peak_rss_mb",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,6 +59,21 @@ def seed_everything(seed: int) -> None:
     """Seed Python's and torch's global generators (model init, dropout, drop-path)."""
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's global generator states (CPU, and every CUDA device where CUDA is available), for a checkpoint."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng_state(rng: Mapping[str, Any]) -> None:
+    """Restore the states of :func:`rng_state` (the CUDA ones where CUDA is available here)."""
+    torch.set_rng_state(rng["torch"].cpu())
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
 
 
 def peak_rss_mb() -> float:

@@ -7,8 +7,12 @@ from the step stored in its checkpoint.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:
+    from .config import TrainingConfig
 
 __all__ = ["Schedules"]
 
@@ -34,6 +38,25 @@ class Schedules:
     final_weight_decay: float
     momentum_start: float
     momentum_end: float
+
+    @classmethod
+    def from_training(cls, training: TrainingConfig, steps_per_epoch: int) -> Schedules:
+        """The schedules of a run's ``training`` section with ``steps_per_epoch`` optimizer steps an epoch.
+
+        They span all ``training.epochs`` even where ``max_steps`` stops the run earlier.
+        """
+        full = steps_per_epoch * training.epochs
+        return cls(
+            total_steps=full,
+            warmup_steps=min(int(round(training.warmup_epochs * steps_per_epoch)), full),
+            lr=training.lr,
+            start_lr=training.start_lr,
+            min_lr=training.min_lr,
+            weight_decay=training.weight_decay,
+            final_weight_decay=training.final_weight_decay,
+            momentum_start=training.ema_momentum[0],
+            momentum_end=training.ema_momentum[1],
+        )
 
     def _progress(self, step: int) -> float:
         return min(max(step, 0) / max(self.total_steps, 1), 1.0)

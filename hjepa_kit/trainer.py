@@ -1,7 +1,10 @@
 """The training loop: accumulation, schedules, EMA, precision, checkpoints, callbacks.
 
 :class:`Trainer` owns a run from its configuration to its last checkpoint. It knows no model: the
-encoder, masker, predictor, loss, dataset, evaluators and callbacks all come from plugins.
+encoder, masker, predictor, loss, dataset, evaluators and callbacks all come from plugins. The
+pieces it drives live beside it: ``optim`` (AdamW groups, gradient norm), ``online`` (online
+evaluation, collapse monitor, best checkpoint), ``runlog`` (log handlers, interval figures),
+``signals`` (SIGINT/SIGTERM), ``distributed``, ``checkpoint``, ``memory`` and ``schedules``.
 """
 
 from __future__ import annotations
@@ -10,9 +13,6 @@ import json
 import logging
 import math
 import os
-import signal
-import sys
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,18 +22,24 @@ import torch
 
 from . import __version__
 from .build import Built, build_dataset, build_model, build_named, make_context
-from .checkpoint import find_latest, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpoint import (
+    find_latest, load_checkpoint, load_training_state, remove_stale_temporaries, resume_target, save_checkpoint,
+)
 from .config import RunConfig, dump_config, load_config
-from .contracts import ImageData, Masks
+from .contracts import Masks
 from .data import build_train_loader, estimate_bytes
-from .distributed import DistInfo, all_agree, parameters_match, setup_distributed, teardown_distributed
-from .errors import CheckpointError, TrainingStopped, UserError
-from .features import check_representation, extract_features, feature_sets, subset
-from .memory import estimate_peak_memory
-from .metrics import effective_rank
+from .distributed import (
+    DistInfo, all_agree, no_sync, parameters_match, rescale_position, setup_distributed, teardown_distributed, wrap_ddp,
+)
+from .errors import TrainingStopped, UserError
+from .memory import check_memory_budget, estimate_peak_memory
+from .online import OnlineEvaluation, feature_stats, new_best
+from .optim import gradient_norm, make_optimizer, set_schedule
 from .registry import Registry
-from .runtime import autocast_dtype, peak_rss_mb, resolve_device, seed_everything
+from .runlog import LogWindow, close_run_log, log_interval, open_run_log, prepare_output_folder
+from .runtime import autocast_dtype, peak_rss_mb, resolve_device, restore_rng_state, rng_state, seed_everything
 from .schedules import Schedules
+from .signals import Interrupt
 from .threads import configure_threads
 
 __all__ = ["Trainer", "TrainResult"]
@@ -62,36 +68,6 @@ class TrainResult:
     metrics: dict[str, float]
     steps: int
     epochs: int
-
-
-class _Interrupt:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Interrupt:
-        if _is_main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self.signal = signal.Signals(signum).name
-        log.warning("%s received: finishing the current step, then writing a checkpoint", self.signal)
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _is_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 class Trainer:
@@ -146,6 +122,7 @@ class Trainer:
         self.dist = DistInfo()
         self._ddp_encoder: Any = None
         self._ddp_predictor: Any = None
+        self._online: OnlineEvaluation | None = None
 
     @property
     def rank(self) -> int:
@@ -170,36 +147,12 @@ class Trainer:
         if not self.dist.is_main:
             return  # rank 0 alone writes logs and checkpoints
         for folder in (self.log_dir, self.checkpoint_dir):
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                probe = folder / ".write-test"
-                probe.write_text("")
-                probe.unlink()
-            except OSError as exc:
-                raise UserError(
-                    f"{folder}: the output folder cannot be written ({exc.strerror or exc}); choose another with --output-dir"
-                ) from None
+            prepare_output_folder(folder)
         remove_stale_temporaries(self.checkpoint_dir)
-        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-        file_handler = logging.FileHandler(self.log_dir / "training.log", encoding="utf-8")
-        file_handler.setFormatter(fmt)
-        self._handlers.append(file_handler)
-        if self.console:
-            console = logging.StreamHandler(sys.stderr)
-            console.setFormatter(logging.Formatter("%(message)s"))
-            if sys.stderr.isatty():
-                # On a terminal the progress bar shows the interval figures; keep the console for
-                # epoch summaries and warnings.
-                console.addFilter(lambda record: not getattr(record, "interval", False))
-            self._handlers.append(console)
-        for handler in self._handlers:
-            log.addHandler(handler)
+        self._handlers = open_run_log(self.log_dir, self.console)
 
     def _teardown_outputs(self) -> None:
-        for handler in self._handlers:
-            log.removeHandler(handler)
-            handler.close()
-        self._handlers.clear()
+        close_run_log(self._handlers)
 
     def _build(self) -> None:
         cfg = self.config
@@ -228,37 +181,15 @@ class Trainer:
         self.model = self.built.model
         self.masker = self.built.masker
         self.loss_fn = self.built.loss
-        self.optimizer = _make_optimizer(self.model, cfg)
+        self.optimizer = make_optimizer(self.model, cfg)
         self.steps_per_epoch = micro_batches // cfg.training.accumulation_steps
         full = self.steps_per_epoch * cfg.training.epochs
         self.total_steps = min(full, cfg.training.max_steps) if cfg.training.max_steps else full
-        tr = cfg.training
-        self.schedules = Schedules(
-            total_steps=full,
-            warmup_steps=min(int(round(tr.warmup_epochs * self.steps_per_epoch)), full),
-            lr=tr.lr,
-            start_lr=tr.start_lr,
-            min_lr=tr.min_lr,
-            weight_decay=tr.weight_decay,
-            final_weight_decay=tr.final_weight_decay,
-            momentum_start=tr.ema_momentum[0],
-            momentum_end=tr.ema_momentum[1],
-        )
+        self.schedules = Schedules.from_training(cfg.training, self.steps_per_epoch)
         self.mask_generator = torch.Generator()
         self._check_memory()
         if self.dist.enabled:
-            self._wrap_ddp()
-
-    def _wrap_ddp(self) -> None:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # DDP broadcasts rank 0's weights on construction; the EMA target is broadcast here too so
-        # that every rank starts from, and keeps, the same target encoder.
-        for tensor in list(self.model.target_encoder.parameters()) + list(self.model.target_encoder.buffers()):
-            torch.distributed.broadcast(tensor.data, src=0)
-        self._ddp_encoder = DDP(self.model.context_encoder, device_ids=ids)
-        self._ddp_predictor = DDP(self.model.predictor, device_ids=ids)
+            self._ddp_encoder, self._ddp_predictor = wrap_ddp(self.model, self.device)
 
     def _check_memory(self) -> None:
         cfg = self.config
@@ -270,15 +201,7 @@ class Trainer:
         self.memory_estimate = estimate
         budget = cfg.training.memory_budget_gb
         log.info("estimated peak memory: %s; budget %s", estimate.describe(), f"{budget:g} GB" if budget else "none")
-        if budget is not None and estimate.total > budget * 1024**3:
-            batch, accumulation = cfg.data.batch_size, cfg.training.accumulation_steps
-            half = max(batch // 2, 1)
-            raise TrainingStopped(
-                f"the estimated peak memory {estimate.total / 1024**3:.1f} GB exceeds training.memory_budget_gb={budget:g} "
-                f"({estimate.describe()}). Use the plan's fallback: a smaller batch with more accumulation keeps the "
-                f"effective batch, e.g. --set data.batch_size={half} --set training.accumulation_steps={accumulation * batch // half} "
-                "(configs/cpu_cifar10_fallback.yaml is batch 4 x 8), or raise the budget with --set training.memory_budget_gb=N"
-            )
+        check_memory_budget(estimate, budget, batch_size=cfg.data.batch_size, accumulation_steps=cfg.training.accumulation_steps)
 
     def _write_config(self) -> None:
         params = {path: p for path, (_, p) in self.resolved.items()}
@@ -299,9 +222,6 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs, plus what evaluation needs to rebuild the model."""
-        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "hjepa_kit_version": __version__,
             "config": self.resolved_config(),
@@ -312,7 +232,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "world_size": self.dist.world_size,
-            "rng": rng,
+            "rng": rng_state(),
             "best": dict(self.best),
             "metrics": dict(self.last_metrics),
         }
@@ -329,45 +249,18 @@ class Trainer:
         return path
 
     def _resume(self) -> None:
-        target = self.resume_from
+        target = resume_target(self.resume_from, self.checkpoint_dir)
         if target is None:
             return
-        if str(target) == "auto":
-            found = find_latest(self.checkpoint_dir)
-            if found is None:
-                log.info("--resume auto: no checkpoint in %s, starting fresh", self.checkpoint_dir)
-                return
-            target = found
         state = load_checkpoint(target, map_location=self.device)
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(
-                f"{target}: the checkpoint does not match this configuration's model "
-                f"(was it written with another encoder, predictor or image size?): {first}"
-            ) from None
-        self.step = int(state["step"])
+        load_training_state(state, self.model, self.optimizer, target)
         self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != self.dist.world_size:
-            # Steps count batches of all processes: keep the images seen, and so the position in
-            # the schedules, by rescaling the step count to this number of processes.
-            self.step = self.step * saved_world // self.dist.world_size
-            log.info("resuming a %d-process checkpoint with %d processes: step rescaled to %d", saved_world, self.dist.world_size, self.step)
-        if self.batch_in_epoch and saved_world != self.dist.world_size:
-            # The same images were seen by a different number of processes: skip as many images.
-            seen = self.batch_in_epoch * saved_world
-            self.batch_in_epoch = seen // self.dist.world_size
-            if seen % self.dist.world_size:
-                log.warning("resuming mid-epoch with %d processes instead of %d: the epoch position is rounded", self.dist.world_size, saved_world)
+        self.step, self.batch_in_epoch = rescale_position(
+            int(state["step"]), int(state.get("batch_in_epoch", 0)), int(state.get("world_size", 1)), self.dist.world_size
+        )
         self.best = dict(state.get("best", {}))
         self.last_metrics = dict(state.get("metrics", {}))
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        restore_rng_state(state["rng"])
         log.info("resumed from %s at epoch %d, step %d", target, self.epoch, self.step)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -389,7 +282,7 @@ class Trainer:
                 self._callbacks.append(callback)
             self._log_start()
             self._hook("hjepa_fit_start")
-            with _Interrupt() as interrupt:
+            with Interrupt() as interrupt:
                 status = self._loop(interrupt)
                 # Still inside: a second signal during this last write must not kill it.
                 if status == "interrupted":
@@ -443,7 +336,7 @@ class Trainer:
             cfg.data.batch_size * cfg.training.accumulation_steps, self.log_dir, self.checkpoint_dir,
         )
 
-    def _loop(self, interrupt: _Interrupt) -> str:
+    def _loop(self, interrupt: Interrupt) -> str:
         cfg = self.config
         accumulation = cfg.training.accumulation_steps
         self.model.train()
@@ -459,7 +352,7 @@ class Trainer:
                     self.loader.skip(skip)
                 sums: dict[str, float] = {}
                 count = 0
-                window = _Window()
+                window = LogWindow()
                 micro = 0
                 for images, _labels in self.loader:
                     micro_index = self.batch_in_epoch
@@ -507,7 +400,7 @@ class Trainer:
                 target_out = self.model.target_encoder(images, return_blocks=tuple(self.model.predictor.target_blocks))
                 targets = [t.detach() for t in self.model.predictor.make_targets(target_out, masks)]
             sync = (micro_index + 1) % accumulation == 0
-            with self._no_sync(not sync):
+            with no_sync((self._ddp_encoder, self._ddp_predictor), not sync):
                 predictions, context = self.model.predict(images, masks, self._ddp_encoder, self._ddp_predictor)
                 out = self.loss_fn(predictions, targets, context)
                 loss = out.total
@@ -522,17 +415,6 @@ class Trainer:
         terms = {"loss": value}
         terms.update({f"loss/{k}": float(v.detach()) for k, v in out.terms.items()})
         return terms
-
-    def _no_sync(self, skip: bool) -> Any:
-        """DDP: no gradient all-reduce on micro-batches that do not end an optimizer step."""
-        import contextlib
-
-        if not skip or self._ddp_encoder is None:
-            return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        stack.enter_context(self._ddp_encoder.no_sync())
-        stack.enter_context(self._ddp_predictor.no_sync())
-        return stack
 
     def _non_finite(self, what: str, value: float, terms: Mapping[str, torch.Tensor]) -> None:
         detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
@@ -550,16 +432,8 @@ class Trainer:
         cfg = self.config
         lr = self.schedules.lr_at(self.step)
         wd = self.schedules.weight_decay_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-            if group.get("apply_wd", True):
-                group["weight_decay"] = wd
-        grad_norm = float("nan")
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if cfg.training.grad_clip is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.training.grad_clip))
-        else:
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
+        set_schedule(self.optimizer, lr, wd)
+        grad_norm = gradient_norm(self.optimizer, cfg.training.grad_clip)
         if not math.isfinite(grad_norm):
             self._non_finite("gradient norm", grad_norm, {})
         self.optimizer.step()
@@ -575,10 +449,10 @@ class Trainer:
             log.info("step %d: parameters identical on %d ranks", self.step, self.dist.world_size)
         return {"lr": lr, "wd": wd, "momentum": momentum, "grad_norm": grad_norm}
 
-    def _after_step(self, metrics: dict[str, float], window: _Window) -> None:
+    def _after_step(self, metrics: dict[str, float], window: LogWindow) -> None:
         cfg = self.config
         if self.last_target_tokens is not None:
-            metrics.update(self._feature_stats(self.last_target_tokens))
+            metrics.update(feature_stats(self.last_target_tokens, cfg.logging, self.step))
             self.last_target_tokens = None
         metrics["images_per_s"] = window.images_per_s()
         remaining = self.total_steps - self.step
@@ -589,33 +463,10 @@ class Trainer:
         if self.step % cfg.logging.interval_steps == 0 or self.step == self.total_steps:
             self._metrics_file.write(json.dumps(record) + "\n")
             self._metrics_file.flush()
-            levels = " ".join(f"{k.removeprefix('loss/')} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
-            log.info(
-                "epoch %d/%d step %d/%d loss %.4f %s lr %.3g momentum %.5f %.1f img/s ETA %s rss %.0fMB",
-                self.epoch + 1, cfg.training.epochs, self.step, self.total_steps, metrics["loss"], levels,
-                metrics["lr"], metrics["momentum"], metrics["images_per_s"], _duration(metrics["eta_s"]), peak_rss_mb(),
-                extra={"interval": True},
-            )
+            log_interval(metrics, epoch=self.epoch + 1, epochs=cfg.training.epochs, step=self.step, total_steps=self.total_steps,
+                         rss_mb=peak_rss_mb())
             window.reset()
         self._hook("hjepa_step_end", step=self.step, metrics=metrics)
-
-    def _feature_stats(self, tokens: torch.Tensor) -> dict[str, float]:
-        cfg = self.config.logging
-        flat = tokens.float().reshape(-1, tokens.shape[-1])
-        std = float(flat.std(dim=0).mean())
-        rank = float(effective_rank(flat))
-        width = flat.shape[1]
-        stats = {"features/std": std, "features/effective_rank": rank}
-        collapsed = std < cfg.collapse_std_threshold or rank < cfg.collapse_rank_fraction * width
-        stats["features/collapse_warning"] = float(collapsed)
-        if collapsed:
-            log.warning(
-                "possible representation collapse at step %d: feature std %.4f (threshold %.3g), effective rank %.1f of %d "
-                "(threshold %.0f). Fallbacks: lower training.lr 5x, raise training.ema_momentum to [0.999, 1.0], "
-                "add the variance regulariser (loss.params.variance_weight), or restart from an earlier checkpoint",
-                self.step, std, cfg.collapse_std_threshold, rank, width, cfg.collapse_rank_fraction * width,
-            )
-        return stats
 
     def _end_epoch(self, metrics: dict[str, float]) -> None:
         cfg = self.config
@@ -628,104 +479,20 @@ class Trainer:
         self.save("latest.pth", "latest")
         if self.epoch % cfg.checkpoint.every_epochs == 0:
             self.save(f"checkpoint_epoch_{self.epoch}.pth", "periodic")
-        self._maybe_best(metrics)
+        best = new_best(self.best, metrics, cfg.checkpoint.best_metric, self.epoch)
+        if best is not None:
+            self.best = best
+            self.save("best_model.pth", "best")
         self._hook("hjepa_epoch_end", epoch=self.epoch, metrics=metrics)
         if self.dist.enabled:
             torch.distributed.barrier()
 
-    def _maybe_best(self, metrics: Mapping[str, float]) -> None:
-        criterion = self.config.checkpoint.best_metric
-        knn = [k for k in metrics if k.startswith("online/") and "top1" in k]
-        if criterion == "knn" and not knn:
-            log.warning("checkpoint.best_metric is knn but no online k-NN figure exists (no labels?); using the loss")
-        if criterion in ("auto", "knn") and knn:
-            name, value, better = knn[0], metrics[knn[0]], lambda new, old: new > old
-        else:
-            name, value, better = "loss", metrics.get("loss", math.inf), lambda new, old: new < old
-        if not self.best or self.best.get("metric") != name or better(value, self.best["value"]):
-            self.best = {"metric": name, "value": value, "epoch": self.epoch}
-            self.save("best_model.pth", "best")
-
     def online_evaluation(self) -> dict[str, float]:
         """Run the online evaluator on labelled subsets; figures are prefixed ``online/``."""
-        ev = self.config.evaluation
-        if self.dataset.num_classes is None or "test" not in self.dataset.splits:
+        if self._online is None:
+            self._online = OnlineEvaluation(self.config, self.dataset, self.registry, self.resolved, self.ctx)
+        out = self._online(self.model, device=self.device, amp_dtype=self.amp_dtype)
+        if out is None:
             return {}
-        started = time.perf_counter()
-        train = subset(self._split("train"), ev.online_train_samples, self.config.seed)
-        test = subset(self._split("test"), ev.online_test_samples, self.config.seed + 1)
-        if train.labels is None or test.labels is None:
-            return {}
-        kwargs = dict(image_size=self.ctx.image_size, batch_size=self.config.data.eval_batch_size,
-                      mean=self.config.data.augmentation.mean, std=self.config.data.augmentation.std,
-                      device=self.device, autocast_dtype=self.amp_dtype)
-        train_features = extract_features(self.model, train, **kwargs)
-        test_features = extract_features(self.model, test, **kwargs)
-        sets = feature_sets(train_features, train.labels, test_features, test.labels, int(self.dataset.num_classes))
-        evaluator = build_named(self.registry, self.resolved, "evaluation.online", self.ctx)
-        result = evaluator(sets, check_representation(self.config.evaluation.representation, sets))
-        figures = getattr(result, "metrics", result)
-        out = {f"online/{k}": float(v) for k, v in figures.items()}
-        out["online/seconds"] = time.perf_counter() - started
         self._hook("hjepa_evaluation_end", results=out)
         return out
-
-    def _split(self, name: str) -> ImageData:
-        cache = self.__dict__.setdefault("_split_cache", {})
-        if name not in cache:
-            cache[name] = self.dataset.load(name)
-        return cache[name]
-
-
-class _Window:
-    """Running sums of one logging interval."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.started = time.perf_counter()
-        self.images = 0
-        self.steps = 0
-        self.sums: dict[str, float] = {}
-        self.count = 0
-
-    def add(self, images: int, terms: Mapping[str, float]) -> None:
-        self.images += images
-        self.count += 1
-        for key, value in terms.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-
-    def means(self) -> dict[str, float]:
-        self.steps += 1
-        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
-        self.sums, self.count = {}, 0
-        return means
-
-    def images_per_s(self) -> float:
-        return self.images / max(time.perf_counter() - self.started, 1e-9)
-
-    def seconds_per_step(self) -> float:
-        return (time.perf_counter() - self.started) / max(self.steps, 1)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def _make_optimizer(model: Any, cfg: RunConfig) -> torch.optim.Optimizer:
-    """AdamW over the context encoder and predictor; biases, norms and 1-D params never decay."""
-    decay, no_decay = [], []
-    for module in (model.context_encoder, model.predictor):
-        for name, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.training.weight_decay, "apply_wd": True},
-        {"params": no_decay, "weight_decay": 0.0, "apply_wd": False},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.training.lr, betas=cfg.training.betas)

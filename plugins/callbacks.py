@@ -16,6 +16,7 @@ import attrs
 
 from hjepa_kit import hookimpl
 from hjepa_kit.params import param
+from hjepa_kit.runlog import format_duration
 
 
 @attrs.frozen(kw_only=True)
@@ -106,7 +107,7 @@ class ProgressBar:
         width = max(10, min(30, shutil.get_terminal_size((100, 20)).columns - 80))
         filled = int(width * step / total)
         bar = "#" * filled + "-" * (width - filled)
-        eta = _duration(metrics.get("eta_s", 0.0))
+        eta = format_duration(metrics.get("eta_s", 0.0))
         text = (
             f"\r[{bar}] {100 * step / total:5.1f}% epoch {trainer.epoch + 1}/{trainer.config.training.epochs} "
             f"step {step}/{total} loss {metrics.get('loss', float('nan')):.4f} "
@@ -129,13 +130,6 @@ class ProgressBar:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = False
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _build_tensorboard(params: TensorBoardParams, ctx: Any) -> TensorBoardCallback:

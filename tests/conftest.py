@@ -37,6 +37,15 @@ def tiny_config(tmp_path: Path, **sections) -> dict:
         "evaluation": {"online_train_samples": 96, "online_test_samples": 48},
         "callbacks": [{"name": "tensorboard"}],
     }
+    return merge_sections(config, **sections)
+
+
+def merge_sections(config: dict, **sections) -> dict:
+    """Override sections of ``config`` in place; returns it.
+
+    A mapping is merged one level deep into the section of that name (``training={"epochs": 1}``
+    keeps the other training keys); anything else replaces the section.
+    """
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key] = {**config[key], **value}

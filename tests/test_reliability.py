@@ -33,7 +33,7 @@ import yaml
 from PIL import Image
 
 import hjepa_kit
-from conftest import tiny_config
+from conftest import merge_sections, tiny_config
 from datafiles import write_cifar10
 from hjepa_kit.checkpoint import FORMAT, find_latest, load_checkpoint, save_checkpoint
 from hjepa_kit.cli import main
@@ -53,14 +53,9 @@ WAIT_S = 180.0
 def run_config(root: Path, **sections) -> dict:
     """The tiny configuration of every run here: 3 epochs, 1 thread, a log line per step."""
     config = tiny_config(root, callbacks=[], logging={"interval_steps": 1, "feature_stats_every_steps": 2},
-                         checkpoint={"every_epochs": 10})  # latest.pth and best_model.pth only: fewer 90 MB writes
-    config["training"].update({"epochs": EPOCHS, "threads": 1})
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
+                         checkpoint={"every_epochs": 10},  # latest.pth and best_model.pth only: fewer 90 MB writes
+                         training={"epochs": EPOCHS, "threads": 1})
+    return merge_sections(config, **sections)
 
 
 def write_config(root: Path, config: dict, name: str = "run.yaml") -> Path:

@@ -1,0 +1,129 @@
+"""The run's log: output folders, training.log and console handlers, the per-interval figures, durations.
+
+Every module logs to the ``hjepa_kit`` logger; a run attaches a file handler (``training.log``)
+and, unless quiet, a console handler while it trains. :class:`LogWindow` gathers the figures of
+one logging interval (loss sums, images, time) for the interval line and the ETA. The module
+imports no torch: the progress bar callback uses :func:`format_duration`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import UserError
+
+__all__ = ["LogWindow", "format_duration", "prepare_output_folder", "open_run_log", "close_run_log", "log_interval"]
+
+log = logging.getLogger("hjepa_kit")
+
+
+def prepare_output_folder(folder: Path) -> None:
+    """Create ``folder`` and check that it can be written.
+
+    Raises:
+        UserError: it cannot be (the message proposes ``--output-dir``).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(
+            f"{folder}: the output folder cannot be written ({exc.strerror or exc}); choose another with --output-dir"
+        ) from None
+
+
+def open_run_log(log_dir: Path, console: bool) -> list[logging.Handler]:
+    """Attach ``<log_dir>/training.log`` (and, with ``console``, stderr) to the package's logger.
+
+    On a terminal the console leaves out the interval lines: the progress bar shows those figures,
+    and the console keeps the epoch summaries and warnings.
+
+    Returns:
+        The handlers attached, for :func:`close_run_log`.
+    """
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    file_handler = logging.FileHandler(log_dir / "training.log", encoding="utf-8")
+    file_handler.setFormatter(fmt)
+    handlers: list[logging.Handler] = [file_handler]
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(message)s"))
+        if sys.stderr.isatty():
+            stream.addFilter(lambda record: not getattr(record, "interval", False))
+        handlers.append(stream)
+    for handler in handlers:
+        log.addHandler(handler)
+    return handlers
+
+
+def close_run_log(handlers: list[logging.Handler]) -> None:
+    """Detach and close the handlers of :func:`open_run_log`; the list is emptied."""
+    for handler in handlers:
+        log.removeHandler(handler)
+        handler.close()
+    handlers.clear()
+
+
+def log_interval(metrics: Mapping[str, float], *, epoch: int, epochs: int, step: int, total_steps: int, rss_mb: float) -> None:
+    """Log the line of one interval: position, loss per level, schedules, speed, ETA, peak memory.
+
+    ``epoch`` is 1-based; ``rss_mb`` is the peak resident memory. The record is marked ``interval``: on a terminal the console leaves it out.
+    """
+    levels = " ".join(f"{k.removeprefix('loss/')} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
+    log.info(
+        "epoch %d/%d step %d/%d loss %.4f %s lr %.3g momentum %.5f %.1f img/s ETA %s rss %.0fMB",
+        epoch, epochs, step, total_steps, metrics["loss"], levels,
+        metrics["lr"], metrics["momentum"], metrics["images_per_s"], format_duration(metrics["eta_s"]), rss_mb,
+        extra={"interval": True},
+    )
+
+
+class LogWindow:
+    """Running sums of one logging interval: loss terms per micro-batch, images, optimizer steps, time."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new interval."""
+        self.started = time.perf_counter()
+        self.images = 0
+        self.steps = 0
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, images: int, terms: Mapping[str, float]) -> None:
+        """Count one micro-batch of ``images`` images and its loss terms."""
+        self.images += images
+        self.count += 1
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        """The mean terms of the micro-batches since the last call; counts one optimizer step."""
+        self.steps += 1
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+    def images_per_s(self) -> float:
+        """Images per second since the interval started."""
+        return self.images / max(time.perf_counter() - self.started, 1e-9)
+
+    def seconds_per_step(self) -> float:
+        """Seconds per optimizer step since the interval started."""
+        return (time.perf_counter() - self.started) / max(self.steps, 1)
+
+
+def format_duration(seconds: float) -> str:
+    """``1h05m`` from an hour up, ``4m07s`` below (negative durations read as zero)."""
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
