@@ -19,6 +19,7 @@ here). When compiling fails at the first call, the run goes on eagerly with one 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["COMPILE_CHOICES", "cpp_compiler", "should_compile", "FeatureFunction", "compile_for_training"]
+__all__ = ["COMPILE_CHOICES", "cpp_compiler", "should_compile", "FeatureFunction", "compile_for_training", "eager"]
 
 log = logging.getLogger("hjepa_kit")
 
@@ -38,6 +39,9 @@ COMPILE_CHOICES = ("auto", "on", "off")
 #: Evaluation compiles (auto) from this many images to encode: compiling costs ~15 s, which
 #: 10,000 images at ~100 extra images/s repay.
 AUTO_EVAL_MIN_IMAGES = 10_000
+
+#: Training compiles (auto) from this many optimizer steps: compiling costs 1-2 minutes.
+AUTO_TRAIN_MIN_STEPS = 2_000
 
 #: Tokens per call of a compiled feature function: a batch is cut into fixed slices of about this
 #: many tokens (the last one padded), so one compiled graph serves every batch and the slice's
@@ -127,3 +131,12 @@ def compile_for_training(model: Any) -> None:
     model.target_encoder.compile()
     model.context_encoder.compile(dynamic=True)
     model.predictor.compile(dynamic=True)
+
+
+def eager(enabled: bool = True) -> Any:
+    """A context that runs compiled modules eagerly (``torch.compiler.set_stance("force_eager")``).
+
+    The trainer's online evaluation encodes batches of other sizes than training does; eager,
+    it costs no recompilation. ``enabled=False`` gives a no-op context.
+    """
+    return torch.compiler.set_stance("force_eager") if enabled else contextlib.nullcontext()

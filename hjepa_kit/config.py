@@ -117,6 +117,13 @@ class TrainingConfig:
         "auto", help="Autocast dtype: bf16 where the device supports it fast (auto), or fp32."
     )
     threads: int | None = param(None, help="Intra-op threads; null: the physical cores available to this process.", ge=1)
+    compile: str = param(
+        "auto",
+        help="torch.compile the encoders and the predictor (same weights and checkpoints): `auto` does so on the CPU "
+        "for runs of at least 2,000 optimizer steps when a C++ compiler exists (1-2 minutes of compiling at the "
+        "start; see the performance page for the gain); `on` always; `off` never.",
+        choices=("auto", "on", "off"),
+    )
     ddp_check_every_steps: int = param(
         0, help="Under torchrun, verify every N steps that all ranks hold identical parameters (0: never).", ge=0
     )

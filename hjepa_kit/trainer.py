@@ -25,6 +25,7 @@ from .build import Built, build_dataset, build_model, build_named, make_context
 from .checkpoint import (
     find_latest, load_checkpoint, load_training_state, remove_stale_temporaries, resume_target, save_checkpoint,
 )
+from .compiling import AUTO_TRAIN_MIN_STEPS, compile_for_training, eager, should_compile
 from .config import RunConfig, dump_config, load_config
 from .contracts import Masks
 from .data import build_train_loader, estimate_bytes
@@ -113,6 +114,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.steps_per_epoch = 0
         self.total_steps = 0
+        self.compiled = False
         self.last_metrics: dict[str, float] = {}
         self.checkpoints: dict[str, Path] = {}
         self.best: dict[str, Any] = {}
@@ -187,7 +189,11 @@ class Trainer:
         self.total_steps = min(full, cfg.training.max_steps) if cfg.training.max_steps else full
         self.schedules = Schedules.from_training(cfg.training, self.steps_per_epoch)
         self.mask_generator = torch.Generator()
-        self._check_memory()
+        self._check_memory()  # eager: it runs the model on one image
+        self.compiled = should_compile(cfg.training.compile, self.device, key="training.compile",
+                                       large_enough=self.total_steps >= AUTO_TRAIN_MIN_STEPS)
+        if self.compiled:
+            compile_for_training(self.model)
         if self.dist.enabled:
             self._ddp_encoder, self._ddp_predictor = wrap_ddp(self.model, self.device)
 
@@ -325,8 +331,9 @@ class Trainer:
         params = sum(p.numel() for p in self.model.context_encoder.parameters())
         pred = sum(p.numel() for p in self.model.predictor.parameters())
         log.info(
-            "run %s: %s on %s (%s, %d threads), %d images of %dpx, grid %s, encoder %.1fM params, predictor %.1fM",
+            "run %s: %s on %s (%s, %d threads%s), %d images of %dpx, grid %s, encoder %.1fM params, predictor %.1fM",
             cfg.name, cfg.model.encoder.name, self.device, "bf16" if self.amp_dtype else "fp32", self.threads,
+            ", compiled: the first steps compile" if self.compiled else "",
             len(self.loader) * cfg.data.batch_size, self.ctx.image_size, "x".join(map(str, self.ctx.grid_size or ())),
             params / 1e6, pred / 1e6,
         )
@@ -491,7 +498,8 @@ class Trainer:
         """Run the online evaluator on labelled subsets; figures are prefixed ``online/``."""
         if self._online is None:
             self._online = OnlineEvaluation(self.config, self.dataset, self.registry, self.resolved, self.ctx)
-        out = self._online(self.model, device=self.device, amp_dtype=self.amp_dtype)
+        with eager(self.compiled):
+            out = self._online(self.model, device=self.device, amp_dtype=self.amp_dtype)
         if out is None:
             return {}
         self._hook("hjepa_evaluation_end", results=out)

@@ -91,3 +91,24 @@ def test_a_failing_compile_warns_once_and_gives_the_eager_features(tiny_model, m
     for name in expected:
         torch.testing.assert_close(first[name], expected[name])
         torch.testing.assert_close(second[name], expected[name])
+
+
+@needs_compiler
+def test_training_compiled_follows_the_eager_run_and_saves_the_same_checkpoint(tmp_path):
+    # fp32 so that compiled and eager kernels agree closely; one epoch of 6 steps, then the online evaluation.
+    def run(mode: str):
+        config = tiny_config(tmp_path / mode, training={"epochs": 1, "precision": "fp32", "compile": mode},
+                             callbacks=[])
+        return hjepa_kit.train(config, console=False)
+
+    eager_run, compiled_run = run("off"), run("on")
+    losses = [r.metrics["loss"] for r in (eager_run, compiled_run)]
+    assert abs(losses[0] - losses[1]) <= 1e-3 * abs(losses[0]), losses
+    a = torch.load(eager_run.checkpoints["final"], weights_only=True)["model"]
+    b = torch.load(compiled_run.checkpoints["final"], weights_only=True)["model"]
+    assert list(a) == list(b)  # Module.compile keeps the parameter names
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4)
+    assert "online/knn/top1@20" in compiled_run.metrics
+    log = (tmp_path / "on" / "results" / "logs" / "tiny" / "training.log").read_text()
+    assert "compiled: the first steps compile" in log
