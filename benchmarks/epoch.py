@@ -33,19 +33,17 @@ import _machine  # first: imports hjepa_kit before torch (OMP_WAIT_POLICY)
 import hjepa_kit
 from hjepa_kit import hookimpl
 from hjepa_kit.trainer import Trainer
-from throughput import benchmark_overrides, compile_model
+from throughput import benchmark_overrides
 
 
 class EpochProbe:
     """A run-scoped plugin: step times, RSS samples, and the stop for ``--budget-s``."""
 
-    def __init__(self, rss_every: int, budget_s: float, compile: bool = False, trim_every: int = 0) -> None:
+    def __init__(self, rss_every: int, budget_s: float, trim_every: int = 0) -> None:
         self.rss_every = rss_every
         self.budget_s = budget_s
-        self.compile = compile
         self.trim_every = trim_every
         self._trim = _malloc_trim() if trim_every else None
-        self.compile_s = 0.0
         self.fit_start: float | None = None
         self.step_times: list[float] = []
         self.rss: list[tuple[int, float, float]] = []  # (step, seconds since fit start, MB)
@@ -54,9 +52,6 @@ class EpochProbe:
     @hookimpl
     def hjepa_fit_start(self, trainer: Any) -> None:
         self.fit_start = time.perf_counter()
-        if self.compile:
-            # What training.compile would do after _build (compiling itself happens in the first steps).
-            compile_model(trainer.model)
         self.rss.append((0, 0.0, _machine.rss_mb()))
 
     @hookimpl
@@ -122,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     parser.add_argument("--callbacks", action="store_true", help="keep the configuration's callbacks (TensorBoard, progress bar)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra configuration override (repeatable)")
-    parser.add_argument("--compile", action="store_true", help="compile the encoders and predictor at fit start (what training.compile would do)")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default=None,
+                        help="training.compile; default: the configuration's, decided as its full run would (compile time is included)")
     parser.add_argument("--trim-every", type=int, default=0, metavar="N",
                         help="call glibc malloc_trim(0) every N steps (a proposed trainer change: keeps RSS flat)")
     parser.add_argument("--json", type=Path, default=None)
@@ -131,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     base = hjepa_kit.load_config(args.config)
     batch = args.batch_size or base.data.batch_size
     steps_per_epoch = args.images // (batch * base.training.accumulation_steps)
-    probe = EpochProbe(args.rss_every, args.budget_s, compile=args.compile, trim_every=args.trim_every)
+    probe = EpochProbe(args.rss_every, args.budget_s, trim_every=args.trim_every)
     with tempfile.TemporaryDirectory(prefix="hjepa-epoch-") as tmp:
         overrides = benchmark_overrides(
             base, output_dir=tmp, num_train=args.images, batch_size=args.batch_size, precision=args.precision,
-            threads=args.threads, device=args.device, extra=[f"training.max_steps={steps_per_epoch}", *args.set],
+            threads=args.threads, device=args.device, compile=args.compile,
+            extra=[f"training.max_steps={steps_per_epoch}", *args.set],
         )
         if args.callbacks:
             overrides = [o for o in overrides if o != "callbacks=[]"]
@@ -178,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "steady_images_per_s": steady_ips,
         "epoch_s": epoch_s,
         "epoch_min": epoch_s / 60,
-        "compiled": args.compile,
+        "compiled": trainer.compiled,
         "trim_every": args.trim_every,
         "run_epochs": args.epochs,
         "run_hours": args.epochs * epoch_s / 3600,
@@ -194,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {config.name}: batch {batch} x accumulation {config.training.accumulation_steps}, {trainer.ctx.image_size}px, "
           f"{epoch_images} images per epoch ({steps_per_epoch} steps)")
     print(f"measured          {out['measured']} (status {result.status})"
-          + (" | compiled at fit start (compile time included)" if args.compile else "")
+          + (" | compiled (compile time included)" if trainer.compiled else "")
           + (f" | malloc_trim every {args.trim_every} steps" if args.trim_every else ""))
     print(f"setup             {setup_s:8.1f} s (dataset, model)")
     print(f"training          {fit_s:8.1f} s for {steps} steps ({steps * images_per_step} images), "

@@ -38,7 +38,7 @@ def write_untrained_checkpoint(args: argparse.Namespace, folder: str) -> Path:
     """A checkpoint of the configuration's model as built (the trainer's own state_dict)."""
     base = hjepa_kit.load_config(args.config)
     overrides = benchmark_overrides(base, output_dir=folder, num_train=max(base.data.batch_size * base.training.accumulation_steps, 256),
-                                    device="cpu", extra=args.set)
+                                    device="cpu", compile="off", extra=args.set)
     trainer = Trainer(hjepa_kit.load_config(args.config, overrides), console=False)
     prepare(trainer)
     return save_checkpoint(trainer.state_dict(), Path(folder) / "untrained.pth")
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-batch-size", type=int, default=None, help="default: the configuration's data.eval_batch_size")
     parser.add_argument("--report", action="store_true", help="also write the report and TensorBoard files (timed in the total)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra configuration override (repeatable)")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default=None,
+                        help="evaluation.compile (default: the configuration's; auto compiles from 10,000 images)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if (args.config is None) == (args.checkpoint is None):
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"training.threads={args.threads}")
         if args.precision is not None:
             overrides.append(f"training.precision={args.precision}")
+        if args.compile is not None:
+            overrides.append(f"evaluation.compile={ {'on': 'true', 'off': 'false'}.get(args.compile, args.compile)}")
         if args.eval_batch_size is not None:
             overrides.append(f"data.eval_batch_size={args.eval_batch_size}")
         load_start = _machine.load_average()
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "precision": config.training.precision,
         "timings_s": timings,
         "features_images_per_s": (args.train + args.test) / timings["features_s"],
+        "features_compiled": result["features_compiled"],
         "features_plus_evaluators_s": work_s,
         "total_s": wall_s,
         "metrics": result["metrics"],
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{device} precision {config.training.precision} | load {_machine.fmt_load(load_start)} -> {_machine.fmt_load(out['load_average_end'])}")
     print(f"# {out['config']}: {args.train} + {args.test} images at {source}px, {out['weights']} weights, eval batch {config.data.eval_batch_size}")
     print(f"{'data (synthetic)':<26} {timings['load_data_s']:8.1f} s")
-    print(f"{'features':<26} {timings['features_s']:8.1f} s   ({out['features_images_per_s']:.0f} images/s)")
+    print(f"{'features':<26} {timings['features_s']:8.1f} s   ({out['features_images_per_s']:.0f} images/s, "
+          f"{'compiled with frozen weights, compile time included' if out['features_compiled'] else 'uncompiled'})")
     for name, seconds in evaluators.items():
         print(f"{name.removesuffix('_s'):<26} {seconds:8.1f} s")
     print(f"{'features + evaluators':<26} {work_s:8.1f} s = {work_s / 60:.2f} min")

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import hjepa_kit
+from hjepa_kit.compiling import AUTO_TRAIN_MIN_STEPS, should_compile
 from hjepa_kit.contracts import Masks
 from hjepa_kit.runtime import resolve_device
 from hjepa_kit.trainer import Trainer
@@ -67,11 +68,13 @@ def benchmark_overrides(
     precision: str | None = None,
     threads: int | None = None,
     device: str | None = None,
+    compile: str | None = None,
     extra: list[str] = (),  # type: ignore[assignment]
 ) -> list[str]:
     """``--set`` overrides that turn a run configuration into its benchmark: same model and
     optimisation, synthetic uint8 data of CIFAR's shape resized to the run's image size, no online
-    evaluation, no callbacks, outputs in ``output_dir``."""
+    evaluation, no callbacks, outputs in ``output_dir``; ``training.compile`` as the configuration's
+    full run would decide it (see :func:`compile_override`)."""
     dataset = {"name": "synthetic", "params": {"num_train": num_train, "num_test": 16, "image_size": source_size}}
     overrides = [
         f"data.dataset={json.dumps(dataset)}",
@@ -88,6 +91,7 @@ def benchmark_overrides(
         overrides.append(f"training.threads={threads}")
     if device is not None:
         overrides.append(f"device={device}")
+    overrides.append(compile_override(config, compile, batch_size=batch_size, device=device))
     return overrides + list(extra)
 
 
@@ -119,33 +123,34 @@ def build_trainer(args: argparse.Namespace, output_dir: str) -> Trainer:
     accumulation = base.training.accumulation_steps
     overrides = benchmark_overrides(
         base, output_dir=output_dir, num_train=max(batch * accumulation * 4, 256), batch_size=args.batch_size,
-        precision=args.precision, threads=args.threads, device=args.device, extra=args.set,
+        precision=args.precision, threads=args.threads, device=args.device, compile=args.compile, extra=args.set,
     )
     trainer = Trainer(hjepa_kit.load_config(args.config, overrides), console=False)
-    prepare(trainer, compile=args.compile)
+    prepare(trainer)
+    args.compile = trainer.compiled
     trainer.masker = RecordingMasker(trainer.masker)
     trainer.model.train()
     return trainer
 
 
-def prepare(trainer: Trainer, compile: bool = False) -> None:
-    """What ``Trainer.fit`` does before its loop, without outputs, callbacks or checkpoints."""
+def prepare(trainer: Trainer) -> None:
+    """What ``Trainer.fit`` does before its loop (``training.compile`` included), without outputs, callbacks or checkpoints."""
     trainer.device = resolve_device(trainer.config.device)  # fit() resolves the device before _build()
     trainer._build()
-    if compile:
-        compile_model(trainer.model)
 
 
-def compile_model(model: torch.nn.Module) -> None:
-    """``torch.compile`` the encoders and the predictor in place (``Module.compile``: state_dict keys unchanged).
+def compile_override(config: hjepa_kit.RunConfig, choice: str | None, *, images: int = 50_000, batch_size: int | None = None,
+                     device: str | None = None) -> str:
+    """``training.compile=true|false`` as the configuration's real run would decide it.
 
-    The context encoder and the predictor see a different number of tokens every batch (the
-    masks' sizes are drawn per batch), so they are compiled for dynamic shapes from the start;
-    the target encoder always sees the whole grid.
+    A benchmark runs a few steps, so ``auto`` would never compile it; the run it stands for has
+    ``epochs`` x ``images`` / (batch x accumulation) steps, and compiles where that run would.
     """
-    model.target_encoder.compile()
-    model.context_encoder.compile(dynamic=True)
-    model.predictor.compile(dynamic=True)
+    choice = {"on": True, "off": False, "auto": "auto", None: config.training.compile}[choice]
+    steps = config.training.epochs * (images // ((batch_size or config.data.batch_size) * config.training.accumulation_steps))
+    on = should_compile(choice, resolve_device(device or config.device), large_enough=steps >= AUTO_TRAIN_MIN_STEPS,
+                        key="training.compile")
+    return f"training.compile={'true' if on else 'false'}"
 
 
 def endless_batches(trainer: Trainer) -> Iterator[torch.Tensor]:
@@ -526,8 +531,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-reference", action="store_true", help="skip the supervised reference")
     parser.add_argument("--no-phases", action="store_true", help="skip the per-phase replica")
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the encoders and predictor (and the reference): needs a C++ compiler; about a minute of compiling first")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default=None,
+                        help="training.compile for the H-JEPA step (and the reference alike); default: the configuration's, "
+                             "decided as its full run on 50,000 images would (auto compiles long CPU runs; about a minute of compiling first)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure and the machine to this file")
     return parser.parse_args(argv)
 

@@ -1,6 +1,6 @@
 """``torch.compile`` where it pays, and a clean fallback where it cannot run.
 
-Two uses, each behind a configuration key with the choices ``auto``, ``on`` and ``off``:
+Two uses, each behind a configuration key with the values ``auto``, ``true`` and ``false``:
 
 * ``evaluation.compile``: the feature extractor of ``hjepa evaluate`` is compiled with frozen
   weights (inductor's ``freezing``: weights become constants, oneDNN linear layers are pre-packed
@@ -34,7 +34,7 @@ __all__ = ["COMPILE_CHOICES", "cpp_compiler", "should_compile", "FeatureFunction
 
 log = logging.getLogger("hjepa_kit")
 
-COMPILE_CHOICES = ("auto", "on", "off")
+COMPILE_CHOICES = ("auto", True, False)
 
 #: Evaluation compiles (auto) from this many images to encode: compiling costs ~15 s, which
 #: 10,000 images at ~100 extra images/s repay.
@@ -57,16 +57,18 @@ def cpp_compiler() -> str | None:
     return None
 
 
-def should_compile(choice: str, device: torch.device, *, large_enough: bool, key: str) -> bool:
-    """Resolve ``choice`` (``auto``/``on``/``off``) of configuration key ``key`` for ``device``.
+def should_compile(choice: bool | str, device: torch.device, *, large_enough: bool, key: str) -> bool:
+    """Resolve ``choice`` (``"auto"``, True or False) of configuration key ``key`` for ``device``.
 
-    ``on`` on a CPU without a C++ compiler warns and returns False (the run goes on eagerly).
+    True on a CPU without a C++ compiler warns and returns False (the run goes on eagerly).
     """
-    if choice == "off" or (choice == "auto" and (device.type != "cpu" or not large_enough)):
+    if choice not in COMPILE_CHOICES:
+        raise ValueError(f"{key}: expected true, false or auto, got {choice!r}")
+    if choice is False or (choice == "auto" and (device.type != "cpu" or not large_enough)):
         return False
     if device.type == "cpu" and cpp_compiler() is None:
-        if choice == "on":
-            warnings.warn(f"{key}: on, but no C++ compiler (g++, c++, clang++ or $CXX) was found; running uncompiled",
+        if choice is True:
+            warnings.warn(f"{key}: true, but no C++ compiler (g++, c++, clang++ or $CXX) was found; running uncompiled",
                           stacklevel=2)
         return False
     return True

@@ -117,12 +117,12 @@ class TrainingConfig:
         "auto", help="Autocast dtype: bf16 where the device supports it fast (auto), or fp32."
     )
     threads: int | None = param(None, help="Intra-op threads; null: the physical cores available to this process.", ge=1)
-    compile: str = param(
+    compile: bool | Literal["auto"] = param(
         "auto",
         help="torch.compile the encoders and the predictor (same weights and checkpoints): `auto` does so on the CPU "
         "for runs of at least 2,000 optimizer steps when a C++ compiler exists (1-2 minutes of compiling at the "
-        "start; see the performance page for the gain); `on` always; `off` never.",
-        choices=("auto", "on", "off"),
+        "start; see the performance page for the gain); `true` always; `false` never.",
+        choices=("auto", True, False),
     )
     ddp_check_every_steps: int = param(
         0, help="Under torchrun, verify every N steps that all ranks hold identical parameters (0: never).", ge=0
@@ -170,12 +170,12 @@ class EvaluationConfig:
         help="The default representation of evaluators and of best_model.pth: `encoder` (the target encoder's "
         "patch tokens, average-pooled) or a hierarchy level's features (`level0`, `level1`, ...).",
     )
-    compile: str = param(
+    compile: bool | Literal["auto"] = param(
         "auto",
         help="Compile the feature extractor of `hjepa evaluate` with torch.compile and frozen weights: `auto` does "
         "so on the CPU from 10,000 images when a C++ compiler exists (about 15 s of compiling, then ~1.3x faster "
-        "extraction); `on` always (falls back with a warning where compiling fails); `off` never.",
-        choices=("auto", "on", "off"),
+        "extraction); `true` always (falls back with a warning where compiling fails); `false` never.",
+        choices=("auto", True, False),
     )
 
 

@@ -92,10 +92,11 @@ class HierarchicalParams:
         "per_block: one sequence per target block, as I-JEPA.",
         choices=("joint", "per_block"),
     )
-    fused_attn: Literal["auto", "on", "off"] = param(
+    fused_attn: bool | Literal["auto"] = param(
         "auto",
-        help="Fused scaled-dot-product attention: auto = on for CUDA, off elsewhere (its backward is slow on CPU).",
-        choices=("auto", "on", "off"),
+        help="Fused scaled-dot-product attention: auto = on for CUDA, off elsewhere (its backward is slow on CPU); "
+        "true / false force it.",
+        choices=("auto", True, False),
     )
     renorm_coarse: bool = param(
         False, help="Layer-normalise the pooled coarse targets again, so every level's targets have unit scale."
@@ -463,7 +464,7 @@ def build_hierarchical(params: HierarchicalParams, ctx: BuildContext) -> Hierarc
             )
     if problems:
         raise ConfigError(problems)
-    fused = {"on": True, "off": False, "auto": torch.device(ctx.device).type == "cuda"}[params.fused_attn]
+    fused = torch.device(ctx.device).type == "cuda" if params.fused_attn == "auto" else bool(params.fused_attn)
     return HierarchicalPredictor(
         params, embed_dim=ctx.embed_dim, grid_size=ctx.grid_size, encoder_depth=ctx.depth, fused_attn=fused
     )

@@ -21,7 +21,7 @@ each block's output projections by ``sqrt(2 * layer)`` as I-JEPA does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, Literal
 
 import attrs
 import torch
@@ -62,13 +62,13 @@ class VitParams:
         ),
         ge=0,
     )
-    fused_attention: str = param(
+    fused_attention: bool | Literal["auto"] = param(
         "auto",
         help=(
             "Use PyTorch's fused scaled-dot-product attention: 'auto' turns it on except on the CPU, where "
-            "its backward pass under bf16 is several times slower than the plain attention math."
+            "its backward pass under bf16 is several times slower than the plain attention math; true / false force it."
         ),
-        choices=("auto", "on", "off"),
+        choices=("auto", True, False),
     )
 
 
@@ -254,10 +254,10 @@ def _encoder_output(tokens: Tensor, blocks: dict[int, Tensor]) -> EncoderOutput:
     return EncoderOutput(tokens=tokens, blocks=blocks)
 
 
-def _fused(choice: str, device: torch.device) -> bool:
+def _fused(choice: bool | str, device: torch.device) -> bool:
     if choice == "auto":
         return torch.device(device).type != "cpu"
-    return choice == "on"
+    return bool(choice)
 
 
 def build_vit(variant: str, params: VitParams, ctx: BuildContext) -> VitEncoder:

@@ -34,18 +34,20 @@ def tiny_model(tmp_path_factory):
 
 def test_auto_compiles_only_large_cpu_work_and_off_never():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert should_compile("off", cpu, large_enough=True, key="k") is False
+    assert should_compile(False, cpu, large_enough=True, key="k") is False
     assert should_compile("auto", cpu, large_enough=False, key="k") is False
     assert should_compile("auto", cuda, large_enough=True, key="k") is False
-    assert should_compile("on", cuda, large_enough=False, key="k") is True
+    assert should_compile(True, cuda, large_enough=False, key="k") is True
+    with pytest.raises(ValueError, match="k: expected true, false or auto, got 'on'"):
+        should_compile("on", cpu, large_enough=True, key="k")
     if compiling.cpp_compiler() is not None:
         assert should_compile("auto", cpu, large_enough=True, key="k") is True
 
 
 def test_on_without_a_cpp_compiler_warns_and_runs_uncompiled(monkeypatch):
     monkeypatch.setattr(compiling, "cpp_compiler", lambda: None)
-    with pytest.warns(UserWarning, match=r"evaluation\.compile: on, but no C\+\+ compiler"):
-        assert should_compile("on", torch.device("cpu"), large_enough=True, key="evaluation.compile") is False
+    with pytest.warns(UserWarning, match=r"evaluation\.compile: true, but no C\+\+ compiler"):
+        assert should_compile(True, torch.device("cpu"), large_enough=True, key="evaluation.compile") is False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert should_compile("auto", torch.device("cpu"), large_enough=True, key="evaluation.compile") is False
@@ -96,12 +98,12 @@ def test_a_failing_compile_warns_once_and_gives_the_eager_features(tiny_model, m
 @needs_compiler
 def test_training_compiled_follows_the_eager_run_and_saves_the_same_checkpoint(tmp_path):
     # fp32 so that compiled and eager kernels agree closely; one epoch of 6 steps, then the online evaluation.
-    def run(mode: str):
-        config = tiny_config(tmp_path / mode, training={"epochs": 1, "precision": "fp32", "compile": mode},
+    def run(mode: bool):
+        config = tiny_config(tmp_path / str(mode), training={"epochs": 1, "precision": "fp32", "compile": mode},
                              callbacks=[])
         return hjepa_kit.train(config, console=False)
 
-    eager_run, compiled_run = run("off"), run("on")
+    eager_run, compiled_run = run(False), run(True)
     losses = [r.metrics["loss"] for r in (eager_run, compiled_run)]
     assert abs(losses[0] - losses[1]) <= 1e-3 * abs(losses[0]), losses
     a = torch.load(eager_run.checkpoints["final"], weights_only=True)["model"]
@@ -110,5 +112,5 @@ def test_training_compiled_follows_the_eager_run_and_saves_the_same_checkpoint(t
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4)
     assert "online/knn/top1@20" in compiled_run.metrics
-    log = (tmp_path / "on" / "results" / "logs" / "tiny" / "training.log").read_text()
+    log = (tmp_path / "True" / "results" / "logs" / "tiny" / "training.log").read_text()
     assert "compiled: the first steps compile" in log

@@ -252,7 +252,7 @@ def test_level_features_differ_per_level_with_max_pooling():
 def test_fused_attention_auto_is_off_on_cpu():
     assert not make_predictor().fused_attn
     assert not any(b.attn.fused_attn for b in make_predictor().blocks)
-    assert all(b.attn.fused_attn for b in make_predictor(fused_attn="on").blocks)
+    assert all(b.attn.fused_attn for b in make_predictor(fused_attn=True).blocks)
     cuda = build_hierarchical(HierarchicalParams(width=32, num_heads=2), make_ctx(device="cuda"))
     assert cuda.fused_attn
 

@@ -197,9 +197,9 @@ def test_malformed_indices_are_refused(encoder, images, indices) -> None:
 
 @pytest.mark.parametrize(
     ("choice", "device", "fused"),
-    [("auto", "cpu", False), ("auto", "cuda", True), ("on", "cpu", True), ("off", "cuda", False)],
+    [("auto", "cpu", False), ("auto", "cuda", True), (True, "cpu", True), (False, "cuda", False)],
 )
-def test_fused_attention_choice(choice: str, device: str, fused: bool) -> None:
+def test_fused_attention_choice(choice: bool | str, device: str, fused: bool) -> None:
     ctx = BuildContext(image_size=16, device=torch.device(device))
     enc = build_vit("vit_tiny", VitParams(patch_size=8, fused_attention=choice), ctx)
     assert [block.attn.fused_attn for block in enc.blocks] == [fused] * enc.depth
@@ -240,7 +240,7 @@ def test_a_deep_copy_encodes_the_same(encoder, images) -> None:
     [
         ({"patch_size": 0}, "patch_size: must be >= 1, got 0"),
         ({"drop_path_rate": 1.0}, "drop_path_rate: must be >= 0, < 1, got 1.0"),
-        ({"fused_attention": "yes"}, "fused_attention: must be one of 'auto', 'on', 'off', got 'yes'"),
+        ({"fused_attention": "on"}, "fused_attention: must be one of 'auto', True, False, got 'on'"),
     ],
 )
 def test_invalid_parameters_are_refused(kwargs: dict, message: str) -> None:
@@ -249,7 +249,7 @@ def test_invalid_parameters_are_refused(kwargs: dict, message: str) -> None:
 
 
 def test_parameters_structure_strictly_from_yaml_data() -> None:
-    assert structure(VitParams, {"patch_size": 4, "fused_attention": "off"}) == VitParams(patch_size=4, fused_attention="off")
+    assert structure(VitParams, {"patch_size": 4, "fused_attention": False}) == VitParams(patch_size=4, fused_attention=False)
     with pytest.raises(ValueError, match=r"encoder.params.patch_sise: unknown key \(did you mean 'patch_size'\?\)"):
         structure(VitParams, {"patch_sise": 4}, path="encoder.params")
     with pytest.raises(ValueError, match="patch_size: expected an integer, got 4.5"):
