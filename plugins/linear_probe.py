@@ -4,9 +4,13 @@ The features are standardised with the train split's per-dimension mean and stan
 then a softmax (multinomial logistic) regression ``logits = x W^T + b`` is fitted to the train
 split by minimising the mean cross-entropy plus ``weight_decay / 2 * |W|^2`` (the bias is not
 penalised). That objective is smooth and strictly convex, so full-batch L-BFGS with a strong-Wolfe
-line search reaches its unique minimum in a few hundred cheap iterations, deterministically, with
-no learning rate or schedule to tune: on 50,000 x 192 features it takes seconds on two cores.
-The loss is summed over row chunks inside each evaluation, so memory stays bounded on large sets.
+line search reaches its unique minimum deterministically, with no learning rate or schedule to
+tune. It is solved in preconditioned coordinates (:func:`ridge_preconditioner`), the same function
+of ``W`` reparametrised, where it converges in tens of iterations: ViT features of 45,000 x 192
+took 55 evaluations for the whole weight-decay search and refit, 3 s on two cores (unpreconditioned:
+1,263 evaluations, 29 s, and four of the five fits stopped at the iteration limit short of the
+minimum, 4 points of top-1 lower). The loss is summed over row chunks inside each evaluation, so
+memory stays bounded on large sets.
 
 When several ``weight_decay`` values are given, each is fitted on the train split minus a
 held-out ``val_fraction`` (drawn with ``seed``), the one with the best held-out top-1 is kept
@@ -41,6 +45,7 @@ __all__ = [
     "ProbeResult",
     "standardiser",
     "fit_linear_classifier",
+    "ridge_preconditioner",
     "linear_probe",
     "confusion_matrix",
     "build_linear_probe",
@@ -145,6 +150,29 @@ def standardiser(train: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
     return mean.to(torch.float32), std.clamp_min(eps).to(torch.float32)
 
 
+#: Softmax curvature assumed by the preconditioner (a typical diagonal of the cross-entropy's
+#: Hessian per unit of feature variance; only the speed of convergence depends on it).
+_CURVATURE = 0.1
+
+
+def ridge_preconditioner(x: Tensor, weight_decay: float) -> tuple[Tensor, Tensor]:
+    """``(T, d)`` that make the probe's objective well conditioned without changing its minimum.
+
+    With ``C = x^T x / N = V diag(lam) V^T`` and ``T = V diag((lam + eps)^-1/2)``, the logits
+    ``x W^T`` equal ``(x T) U^T`` for ``W = U T^T``, and ``|W|^2 = sum_j |U[:, j]|^2 / (lam_j + eps)``:
+    the returned ``d = weight_decay / (lam + eps)`` weighs that penalty. In ``U`` the Hessian's
+    diagonal is about ``(c lam + weight_decay) / (lam + eps)``, flat for ``eps = weight_decay / c``,
+    where standardised but correlated features leave ``W``'s Hessian spread over orders of
+    magnitude (L-BFGS ran out of its 300 iterations on a ViT's features; now it converges).
+    """
+    x64 = x.to(torch.float64)
+    lam, vectors = torch.linalg.eigh(x64.T @ x64 / max(x.shape[0], 1))
+    lam = lam.clamp_min(0.0)
+    eps = max(weight_decay / _CURVATURE, 1e-6 * float(lam.mean()), 1e-12)
+    to_z = vectors * (lam + eps).rsqrt()  # V diag((lam + eps)^-1/2)
+    return to_z.to(torch.float32), (weight_decay / (lam + eps)).to(torch.float32)
+
+
 def fit_linear_classifier(
     train: Tensor,
     train_labels: Tensor,
@@ -177,11 +205,16 @@ def fit_linear_classifier(
         x = (train.detach().to("cpu", torch.float32) - mean) / std
         y = train_labels.detach().to("cpu", torch.int64).clone()
         n, dim = x.shape
+        # Solve for U in coordinates z = x T, with W = U T^T and the penalty rewritten so that
+        # the objective is the same function of W (see ridge_preconditioner); only the
+        # conditioning changes: L-BFGS then needs a fraction of the iterations.
+        to_z, penalty = ridge_preconditioner(x, weight_decay)
+        z = x @ to_z
         if init is None:
             weight = torch.zeros(num_classes, dim, requires_grad=True)
             bias = torch.zeros(num_classes, requires_grad=True)
-        else:
-            weight = init.weight.detach().clone().requires_grad_(True)
+        else:  # U = W T^-T
+            weight = torch.linalg.solve(to_z, init.weight.detach().T.to(torch.float32)).T.contiguous().requires_grad_(True)
             bias = init.bias.detach().clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS(
             [weight, bias],
@@ -195,11 +228,11 @@ def fit_linear_classifier(
 
         # Classes along dim 0: softmax over a short last dimension (10 classes) is ~25x slower
         # on the CPU than over the first one (measured, torch 2.15).
-        xt = x.T.contiguous()  # (D, N)
+        zt = z.T.contiguous()  # (D, N)
         minus_one = torch.full((1, min(n, batch_size)), -1.0)
 
         def closure() -> Tensor:
-            # The gradient is written out (softmax minus one-hot, times x) instead of asking
+            # The gradient is written out (softmax minus one-hot, times z) instead of asking
             # autograd: about 2x faster per evaluation.
             grad_w = torch.zeros_like(weight)
             grad_b = torch.zeros_like(bias)
@@ -208,18 +241,20 @@ def fit_linear_classifier(
                 for start in range(0, n, batch_size):
                     stop = min(start + batch_size, n)
                     ys = y[None, start:stop]
-                    log_p = torch.log_softmax(torch.addmm(bias[:, None], weight, xt[:, start:stop]), dim=0)  # (C, rows)
+                    log_p = torch.log_softmax(torch.addmm(bias[:, None], weight, zt[:, start:stop]), dim=0)  # (C, rows)
                     total -= log_p.gather(0, ys).sum(dtype=torch.float64)
                     p = log_p.exp_()
                     p.scatter_add_(0, ys, minus_one[:, : stop - start])  # dCE/dlogits
-                    grad_w.addmm_(p, x[start:stop])
+                    grad_w.addmm_(p, z[start:stop])
                     grad_b += p.sum(1)
-                weight.grad = grad_w.div_(n).add_(weight, alpha=weight_decay)
+                scaled = weight * penalty  # weight_decay * U diag(1 / (lambda + eps))
+                weight.grad = grad_w.div_(n).add_(scaled)
                 bias.grad = grad_b.div_(n)
-                return (total / n).float() + 0.5 * weight_decay * weight.square().sum()
+                return (total / n).float() + 0.5 * (scaled * weight).sum()
 
         optimizer.step(closure)
-    return LinearClassifier(mean=mean, std=std, weight=weight.detach(), bias=bias.detach())
+        weight = (weight.detach() @ to_z.T).contiguous()  # W = U T^T
+    return LinearClassifier(mean=mean, std=std, weight=weight, bias=bias.detach())
 
 
 def confusion_matrix(predicted: Tensor, labels: Tensor, num_classes: int) -> np.ndarray:
