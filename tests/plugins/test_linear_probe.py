@@ -99,19 +99,19 @@ def test_the_fit_is_the_minimum_of_the_regularised_cross_entropy():
 
 
 def test_strongly_correlated_features_converge_within_few_iterations():
-    # Standardised features whose covariance spans four orders of magnitude (as a ViT's do):
-    # unpreconditioned L-BFGS is far from the minimum after 40 iterations; preconditioned it is there.
-    train, labels, *_ = data(n_train=2000, spread=2.0)
+    # Overlapping classes plus a few shared factors that dominate every dimension (as in a ViT's
+    # features): unpreconditioned L-BFGS is still far from the minimum after 50 iterations
+    # (largest gradient entry ~1e-3); preconditioned it is there (~1e-5).
+    train, labels, *_ = data(n_train=3000, spread=6.0)
     g = torch.Generator().manual_seed(5)
-    mixing = torch.linalg.qr(torch.randn(32, 32, generator=g))[0] @ torch.diag(torch.logspace(0, -2, 32))
-    correlated = train @ mixing + 0.01 * torch.randn(2000, 32, generator=g)
+    correlated = train + torch.randn(3000, 4, generator=g) @ torch.randn(4, 32, generator=g) * 30.0
     wd = 1e-4
-    probe = fit_linear_classifier(correlated, labels, 10, weight_decay=wd, max_iter=40)
+    probe = fit_linear_classifier(correlated, labels, 10, weight_decay=wd, max_iter=50)
     weight = probe.weight.clone().requires_grad_(True)
     x = (correlated - probe.mean) / probe.std
     loss = torch.nn.functional.cross_entropy(x @ weight.T + probe.bias, labels) + 0.5 * wd * weight.square().sum()
     loss.backward()
-    assert weight.grad.abs().max() < 1e-3
+    assert weight.grad.abs().max() < 1e-4
 
 
 def test_works_under_inference_mode():
