@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import _machine  # first: imports hjepa_kit before torch (OMP_WAIT_POLICY)
+import torch
 
 import hjepa_kit
 from hjepa_kit import hookimpl
 from hjepa_kit.trainer import Trainer
-from throughput import benchmark_overrides
+from throughput import RecordingMasker, benchmark_overrides, mean_flops_per_image, peak_shapes
 
 
 class EpochProbe:
@@ -51,6 +52,8 @@ class EpochProbe:
 
     @hookimpl
     def hjepa_fit_start(self, trainer: Any) -> None:
+        trainer.masker = RecordingMasker(trainer.masker)  # the masks drawn, for the FLOPs per image
+        trainer.masker.recording = True
         self.fit_start = time.perf_counter()
         self.rss.append((0, 0.0, _machine.rss_mb()))
 
@@ -142,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(config, plugins=[probe], console=False)
         result = trainer.fit()
         total_s = time.perf_counter() - started
+        # The arithmetic of the masks this epoch drew, and the machine's matmul peak, in this run.
+        gflop_per_image = mean_flops_per_image(trainer, trainer.masker.seen, next(iter(trainer.loader))[0]) / 1e9
+        step_dtype = trainer.amp_dtype or torch.float32
+        peak = _machine.matmul_peak_gflops(trainer.device, step_dtype, peak_shapes(trainer, batch))
     info = _machine.machine(trainer.device)
     fit_s = total_s - (probe.fit_start - started if probe.fit_start else 0.0)
     setup_s = total_s - fit_s
@@ -173,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         "setup_s": setup_s,
         "fit_s": fit_s,
         "steady_images_per_s": steady_ips,
+        "gflop_per_image": gflop_per_image,
+        "steady_gflops": gflop_per_image * steady_ips,
+        "peak_gflops": peak["gflops"],
+        "peak_detail": peak,
+        "fraction_of_peak": gflop_per_image * steady_ips / peak["gflops"],
         "epoch_s": epoch_s,
         "epoch_min": epoch_s / 60,
         "compiled": trainer.compiled,
@@ -196,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"setup             {setup_s:8.1f} s (dataset, model)")
     print(f"training          {fit_s:8.1f} s for {steps} steps ({steps * images_per_step} images), "
           f"steady {steady_ips:.1f} img/s")
+    print(f"arithmetic        {gflop_per_image:.3f} GFLOP per image (the masks drawn) -> {out['steady_gflops']:.0f} GFLOP/s steady "
+          f"= {100 * out['fraction_of_peak']:.0f}% of the {peak['gflops']:.0f} GFLOP/s {peak['dtype']} matmul peak measured after the epoch")
     label = "epoch" if full else "epoch (EXTRAPOLATED)"
     print(f"{label:<17} {epoch_s:8.1f} s = {epoch_s / 60:.1f} min;  {args.epochs} epochs = {out['run_hours']:.2f} h"
           + ("" if full else " (extrapolated)"))

@@ -238,23 +238,34 @@ class HJEPABench:
         t.step += 1
         watch.lap("EMA")
 
-    def flops_per_image(self, images: torch.Tensor, masks: Masks) -> float:
-        """FLOPs of one image's share of a micro-step with masks of this shape (forward + backward)."""
-        t = self.trainer
-        model, amp = t.model, t.amp_dtype
-        count = masks.context.shape[0]
-        masks = masks.to(t.device)
-        images = images[:count].to(t.device)
-        with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
-            with torch.autocast(t.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                with torch.no_grad():
-                    target_out = model.target_encoder(images, return_blocks=tuple(model.predictor.target_blocks))
-                    targets = model.predictor.make_targets(target_out, masks)
-                predictions, context = model.predict(images, masks)
-                out = t.loss_fn(predictions, targets, context)
-            out.total.backward()
-        t.optimizer.zero_grad(set_to_none=True)
-        return counter.get_total_flops() / count
+def step_flops_per_image(t: Trainer, images: torch.Tensor, masks: Masks) -> float:
+    """FLOPs of one image's share of a micro-step of ``t`` with these masks (forward + backward), counted eagerly."""
+    model, amp = t.model, t.amp_dtype
+    count = masks.context.shape[0]
+    masks = masks.to(t.device)
+    images = images[:count].to(t.device)
+    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
+        with torch.autocast(t.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            with torch.no_grad():
+                target_out = model.target_encoder(images, return_blocks=tuple(model.predictor.target_blocks))
+                targets = model.predictor.make_targets(target_out, masks)
+            predictions, context = model.predict(images, masks)
+            out = t.loss_fn(predictions, targets, context)
+        out.total.backward()
+    t.optimizer.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / count
+
+
+def mean_flops_per_image(t: Trainer, seen: list[Masks], images: torch.Tensor) -> float:
+    """Mean FLOPs per image over the masks ``seen`` (2-image slices; FLOPs are linear in the batch)."""
+    cache: dict[tuple[int, ...], float] = {}
+    flops = []
+    for masks in seen:
+        key = (masks.context.shape[1], *masks.targets.shape[1:])
+        if key not in cache:
+            cache[key] = step_flops_per_image(t, images, masks)
+        flops.append(cache[key])
+    return sum(flops) / max(len(flops), 1)
 
 
 # --- the reference ------------------------------------------------------------------------------
@@ -404,15 +415,7 @@ def measure(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
 
     # FLOPs of the masks the timed steps drew (counted on 2-image slices; FLOPs are linear in the batch).
     seen = trainer.masker.seen
-    sample_images = next(hjepa.batches)
-    cache: dict[tuple[int, ...], float] = {}
-    flops = []
-    for masks in seen:
-        key = (masks.context.shape[1], *masks.targets.shape[1:])
-        if key not in cache:
-            cache[key] = hjepa.flops_per_image(sample_images, masks)
-        flops.append(cache[key])
-    gflop_per_image = sum(flops) / len(flops) / 1e9
+    gflop_per_image = mean_flops_per_image(trainer, seen, next(hjepa.batches)) / 1e9
     num_patches = encoder.num_patches
     context_fraction = sum(m.context.shape[1] for m in seen) / len(seen) / num_patches
     target_fraction = sum(m.targets.shape[1] * m.targets.shape[2] for m in seen) / len(seen) / num_patches

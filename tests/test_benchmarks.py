@@ -54,6 +54,10 @@ def test_epoch_runs_through_fit_and_samples_memory(tmp_path: Path) -> None:
     assert result["steps_done"] == result["steps_per_epoch"] == 12
     assert len(result["rss_samples"]) >= 6
     assert result["epoch_s"] > 0 and result["steady_images_per_s"] > 0
+    # FLOPs of the drawn masks and the peak, both measured in the run: their ratio is a fraction.
+    assert result["gflop_per_image"] > 0 and result["peak_gflops"] > 0
+    assert result["fraction_of_peak"] == pytest.approx(
+        result["gflop_per_image"] * result["steady_images_per_s"] / result["peak_gflops"])
 
 
 def test_evaluate_times_features_and_evaluators(tmp_path: Path) -> None:
