@@ -448,7 +448,7 @@ def measure(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
         "hjepa_gflops": gflop_per_image * hjepa_ips,
         "context_fraction": context_fraction,
         "target_fraction": target_fraction,
-        "mask_shapes": sorted({f"Nc={k[0]} M={k[1]} Nt={k[2]}" for k in cache}),
+        "mask_shapes": sorted({f"Nc={m.context.shape[1]} M={m.targets.shape[1]} Nt={m.targets.shape[2]}" for m in seen}),
         "fused_attention": bool(getattr(encoder.blocks[0].attn, "fused_attn", False)),
         "compiled": bool(args.compile),
         "rss_mb_after_hjepa": max(rss_after_hjepa),

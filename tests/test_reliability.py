@@ -418,7 +418,7 @@ def test_peak_rss_and_the_memory_estimate_are_in_the_log(baseline):
 @pytest.mark.slow
 def test_a_nan_loss_from_a_plugin_stops_the_cli_run_with_advice(tmp_path, plugin_module):
     site, _ = plugin_module
-    config = run_config(tmp_path, loss={"name": "nan_after", "params": {"after": 8}})
+    config = run_config(tmp_path, loss={"name": "nan_after", "params": {"after": 9}})  # 2 calls: the memory estimate
     config["training"]["epochs"] = 2
     run = TrainProcess(tmp_path, write_config(tmp_path, config), site=site)
     assert run.wait() == 2, run.output()
@@ -438,7 +438,7 @@ def test_a_nan_loss_from_a_plugin_stops_the_cli_run_with_advice(tmp_path, plugin
 def test_nan_gradients_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, plugin_module, monkeypatch, capsys):
     _, module = plugin_module
     PluginSandbox(monkeypatch).add(module, "reliability_plugin")
-    config = write_config(tmp_path, run_config(tmp_path, loss={"name": "nan_gradient_after", "params": {"after": 8}},
+    config = write_config(tmp_path, run_config(tmp_path, loss={"name": "nan_gradient_after", "params": {"after": 9}},
                                                training={"epochs": 2}, evaluation={"online": None}))
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
