@@ -114,3 +114,18 @@ def test_training_compiled_follows_the_eager_run_and_saves_the_same_checkpoint(t
     assert "online/knn/top1@20" in compiled_run.metrics
     log = (tmp_path / "True" / "results" / "logs" / "tiny" / "training.log").read_text()
     assert "compiled: the first steps compile" in log
+
+
+@needs_compiler
+def test_a_compiled_run_resumes_an_eager_checkpoint_and_finishes(tmp_path):
+    # Checkpoints do not record whether a run was compiled: an eager run's latest.pth resumes under
+    # training.compile=true, mid-training (step 6 of 12), and the result loads into an eager model.
+    first = hjepa_kit.train(tiny_config(tmp_path, training={"epochs": 1, "precision": "fp32"}, callbacks=[]), console=False)
+    config = tiny_config(tmp_path, training={"epochs": 2, "precision": "fp32", "compile": True}, callbacks=[])
+    resumed = hjepa_kit.train(config, resume=first.checkpoints["latest"], console=False)
+    assert resumed.status == "completed" and resumed.steps == 12
+    state = torch.load(resumed.checkpoints["final"], weights_only=True)
+    eager = hjepa_kit.load_config(tiny_config(tmp_path / "eager", training={"epochs": 2}))
+    model = build_model(Registry().resolve(eager), BuildContext(image_size=16, in_chans=3, device=torch.device("cpu"))).model
+    model.load_state_dict(state["model"])  # strict: the same names
+    assert all(torch.isfinite(p).all() for p in model.parameters())
