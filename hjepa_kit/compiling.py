@@ -92,10 +92,8 @@ class FeatureFunction:
         self.model = model
         self.compiled = compile
         self.slice_images = max(1, COMPILED_CHUNK_TOKENS // max(1, tokens_per_image))
-        self._fn: Callable[[Tensor], dict[str, Tensor]] = model.features
-        if compile:
-            self._fn = torch.compile(model.features, dynamic=False, options={"freezing": True})
-        self._checked = not compile
+        self._compiled_fn = torch.compile(model.features, dynamic=False, options={"freezing": True}) if compile else None
+        self._first_call = True
 
     def __call__(self, images: Tensor) -> dict[str, Tensor]:
         if not self.compiled:
@@ -104,21 +102,22 @@ class FeatureFunction:
         return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
     def _call_slice(self, images: Tensor) -> dict[str, Tensor]:
+        if not self.compiled:  # compiling failed on an earlier slice of this batch
+            return self.model.features(images)
         count = images.shape[0]
         if count < self.slice_images:
             images = torch.cat([images, images.new_zeros((self.slice_images - count, *images.shape[1:]))])
-        if self._checked:
-            out = self._fn(images)
-        else:
-            try:
-                out = self._fn(images)
-            except Exception as exc:  # a compiler or backend failure: fall back, never lose the evaluation
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                warnings.warn(f"evaluation.compile: compiling the feature extractor failed ({type(exc).__name__}: "
-                              f"{first[:300]}); running uncompiled", stacklevel=3)
-                self.compiled = False
-                return self.model.features(images[:count])
-            self._checked = True
+        try:
+            out = self._compiled_fn(images)
+        except Exception as exc:  # a compiler or backend failure: fall back, never lose the evaluation
+            if not self._first_call:
+                raise  # compiled once already: an error now is not the compiler's
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warnings.warn(f"evaluation.compile: compiling the feature extractor failed ({type(exc).__name__}: "
+                          f"{first[:300]}); running uncompiled", stacklevel=3)
+            self.compiled = False
+            return self.model.features(images[:count])
+        self._first_call = False
         return {name: value[:count] for name, value in out.items()}
 
 

@@ -97,6 +97,11 @@ class ModelConfig:
     predictor: ComponentSpec = param(_spec("hierarchical"), help="Predicts every hierarchy level's targets from the context.")
 
 
+def _compile_switch(help: str) -> Any:
+    """A ``true`` / ``false`` / ``auto`` (default) switch of ``torch.compile`` (see :mod:`hjepa_kit.compiling`)."""
+    return param("auto", help=help, choices=("auto", True, False))
+
+
 @attrs.frozen(kw_only=True)
 class TrainingConfig:
     """Optimisation: schedules, accumulation, precision, threads."""
@@ -117,12 +122,10 @@ class TrainingConfig:
         "auto", help="Autocast dtype: bf16 where the device supports it fast (auto), or fp32."
     )
     threads: int | None = param(None, help="Intra-op threads; null: the physical cores available to this process.", ge=1)
-    compile: bool | Literal["auto"] = param(
-        "auto",
-        help="torch.compile the encoders and the predictor (same weights and checkpoints): `auto` does so on the CPU "
+    compile: bool | Literal["auto"] = _compile_switch(
+        "torch.compile the encoders and the predictor (same weights and checkpoints): `auto` does so on the CPU "
         "for runs of at least 2,000 optimizer steps when a C++ compiler exists (1-2 minutes of compiling at the "
-        "start; see the performance page for the gain); `true` always; `false` never.",
-        choices=("auto", True, False),
+        "start; see the performance page for the gain); `true` always; `false` never."
     )
     ddp_check_every_steps: int = param(
         0, help="Under torchrun, verify every N steps that all ranks hold identical parameters (0: never).", ge=0
@@ -170,12 +173,10 @@ class EvaluationConfig:
         help="The default representation of evaluators and of best_model.pth: `encoder` (the target encoder's "
         "patch tokens, average-pooled) or a hierarchy level's features (`level0`, `level1`, ...).",
     )
-    compile: bool | Literal["auto"] = param(
-        "auto",
-        help="Compile the feature extractor of `hjepa evaluate` with torch.compile and frozen weights: `auto` does "
+    compile: bool | Literal["auto"] = _compile_switch(
+        "Compile the feature extractor of `hjepa evaluate` with torch.compile and frozen weights: `auto` does "
         "so on the CPU from 10,000 images when a C++ compiler exists (about 15 s of compiling, then ~1.3x faster "
-        "extraction); `true` always (falls back with a warning where compiling fails); `false` never.",
-        choices=("auto", True, False),
+        "extraction); `true` always (falls back with a warning where compiling fails); `false` never."
     )
 
 

@@ -81,10 +81,12 @@ def test_a_failing_compile_warns_once_and_gives_the_eager_features(tiny_model, m
 
     monkeypatch.setattr(torch, "compile", broken)
     features = FeatureFunction(model, compile=True, tokens_per_image=16)
+    features.slice_images = 4  # the first batch spans two slices: one warning all the same
     images = torch.randn(6, 3, 16, 16)
     with torch.no_grad():
-        with pytest.warns(UserWarning, match=r"compiling the feature extractor failed \(RuntimeError: backend exploded\)"):
+        with pytest.warns(UserWarning, match=r"compiling the feature extractor failed \(RuntimeError: backend exploded\)") as caught:
             first = features(images)
+        assert len([w for w in caught if "compiling the feature extractor" in str(w.message)]) == 1
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             second = features(images)

@@ -45,6 +45,15 @@ def test_unknown_key_suggests_the_closest(tmp_path):
     assert "trainig: unknown key (did you mean 'training'?)" in str(info.value)
 
 
+def test_compile_switches_take_yaml_booleans_or_auto():
+    # YAML reads on / off / yes / no as booleans: they are the way to write the switches.
+    config = load_config(None, ["training.compile=on", "evaluation.compile=off"])
+    assert config.training.compile is True and config.evaluation.compile is False
+    assert load_config(None).training.compile == "auto"
+    with pytest.raises(ConfigError, match=r"training.compile: expected bool \| 'auto', got 'maybe'"):
+        load_config(None, ["training.compile=maybe"])
+
+
 def test_out_of_range_value_says_what_is_allowed():
     with pytest.raises(ConfigError, match=r"training.accumulation_steps: must be >= 1, got 0"):
         load_config({"training": {"accumulation_steps": 0}})
