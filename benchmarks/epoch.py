@@ -6,8 +6,10 @@ in-RAM dataset of CIFAR's shape (50,000 uint8 images of 32 x 32, resized to the 
 ``data.image_size`` by the training augmentation, as CIFAR-10 is). Online evaluation is switched
 off: ``benchmarks/evaluate.py`` times evaluation.
 
-A step callback records the wall time and the resident memory (RSS) every ``--rss-every`` steps,
-so the figures show whether memory stays flat after the first 100 steps.
+A step callback records the wall time and the resident memory (RSS) after every step and keeps,
+for every ``--rss-every`` steps, the largest value seen, so the figures show whether memory stays
+flat after the first 100 steps. (The trainer gives free heap pages back every
+``training.release_memory_every_steps``; the window's largest value includes the steps between.)
 
 By default a run stops after ``--budget-s`` seconds (300) and the epoch time is *extrapolated*
 from the steady rate (steps after the first ``--skip`` are timed); the output says so. Use
@@ -40,14 +42,13 @@ from throughput import RecordingMasker, benchmark_overrides, mean_flops_per_imag
 class EpochProbe:
     """A run-scoped plugin: step times, RSS samples, and the stop for ``--budget-s``."""
 
-    def __init__(self, rss_every: int, budget_s: float, trim_every: int = 0) -> None:
+    def __init__(self, rss_every: int, budget_s: float) -> None:
         self.rss_every = rss_every
         self.budget_s = budget_s
-        self.trim_every = trim_every
-        self._trim = _malloc_trim() if trim_every else None
         self.fit_start: float | None = None
         self.step_times: list[float] = []
-        self.rss: list[tuple[int, float, float]] = []  # (step, seconds since fit start, MB)
+        self.rss: list[tuple[int, float, float]] = []  # (step, seconds since fit start, largest MB of the window)
+        self._window_mb = 0.0
         self.budget_hit = False
 
     @hookimpl
@@ -61,23 +62,13 @@ class EpochProbe:
     def hjepa_step_end(self, trainer: Any, step: int, metrics: Any) -> None:
         now = time.perf_counter() - (self.fit_start or 0.0)
         self.step_times.append(now)
-        if self._trim is not None and step % self.trim_every == 0:
-            self._trim(0)
+        self._window_mb = max(self._window_mb, _machine.rss_mb())
         if step % self.rss_every == 0:
-            self.rss.append((step, now, _machine.rss_mb()))
+            self.rss.append((step, now, self._window_mb))
+            self._window_mb = 0.0
         if self.budget_s and now > self.budget_s and step < trainer.total_steps:
             self.budget_hit = True
             trainer.total_steps = step  # the loop ends after this step ("stopped")
-
-
-def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim`` (gives freed heap pages back to the OS), or None elsewhere."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
 
 
 def rss_summary(samples: list[tuple[int, float, float]], after_step: int = 100) -> dict[str, Any]:
@@ -112,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=50_000, help="images in the synthetic training split (one epoch)")
     parser.add_argument("--budget-s", type=float, default=300.0, help="stop after this many seconds and extrapolate (0: the whole epoch)")
     parser.add_argument("--skip", type=int, default=10, help="steps left out of the steady rate (warm-up)")
-    parser.add_argument("--rss-every", type=int, default=20, help="sample RSS every N optimizer steps")
+    parser.add_argument("--rss-every", type=int, default=20,
+                        help="record the largest RSS of every N optimizer steps (RSS is read after every step)")
     parser.add_argument("--epochs", type=int, default=20, help="epochs of the whole run, for the extrapolated run time")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
@@ -122,15 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra configuration override (repeatable)")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default=None,
                         help="training.compile; default: the configuration's, decided as its full run would (compile time is included)")
-    parser.add_argument("--trim-every", type=int, default=0, metavar="N",
-                        help="call glibc malloc_trim(0) every N steps (a proposed trainer change: keeps RSS flat)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     base = hjepa_kit.load_config(args.config)
     batch = args.batch_size or base.data.batch_size
     steps_per_epoch = args.images // (batch * base.training.accumulation_steps)
-    probe = EpochProbe(args.rss_every, args.budget_s, trim_every=args.trim_every)
+    probe = EpochProbe(args.rss_every, args.budget_s)
     with tempfile.TemporaryDirectory(prefix="hjepa-epoch-") as tmp:
         overrides = benchmark_overrides(
             base, output_dir=tmp, num_train=args.images, batch_size=args.batch_size, precision=args.precision,
@@ -188,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         "epoch_s": epoch_s,
         "epoch_min": epoch_s / 60,
         "compiled": trainer.compiled,
-        "trim_every": args.trim_every,
+        "release_memory_every_steps": config.training.release_memory_every_steps,
+        "heap_trims": trainer.heap.calls,
+        "heap_trim_s": trainer.heap.seconds,
         "run_epochs": args.epochs,
         "run_hours": args.epochs * epoch_s / 3600,
         "rss_samples": [{"step": s, "s": round(t, 1), "rss_mb": round(m, 1)} for s, t, m in probe.rss],
@@ -204,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{epoch_images} images per epoch ({steps_per_epoch} steps)")
     print(f"measured          {out['measured']} (status {result.status})"
           + (" | compiled (compile time included)" if trainer.compiled else "")
-          + (f" | malloc_trim every {args.trim_every} steps" if args.trim_every else ""))
+          + (f" | free pages released every {config.training.release_memory_every_steps} steps "
+             f"({trainer.heap.calls} times, {trainer.heap.seconds:.2f} s)" if trainer.heap.enabled else " | free pages never released"))
     print(f"setup             {setup_s:8.1f} s (dataset, model)")
     print(f"training          {fit_s:8.1f} s for {steps} steps ({steps * images_per_step} images), "
           f"steady {steady_ips:.1f} img/s")

@@ -133,6 +133,12 @@ class TrainingConfig:
     memory_budget_gb: float | None = param(
         11.0, help="Refuse to start when the estimated peak memory exceeds this (the plan's 11 GB); null: no check.", gt=0.0
     )
+    release_memory_every_steps: int = param(
+        10,
+        help="Every N optimizer steps give the allocator's free pages back to the operating system (glibc malloc_trim), "
+        "so resident memory stays flat while the masks change tensor sizes every step; 0: never.",
+        ge=0,
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -33,6 +33,7 @@ from .distributed import (
     DistInfo, all_agree, no_sync, parameters_match, rescale_position, setup_distributed, teardown_distributed, wrap_ddp,
 )
 from .errors import TrainingStopped, UserError
+from .heap import HeapTrimmer
 from .memory import check_memory_budget, estimate_peak_memory
 from .online import OnlineEvaluation, feature_stats, new_best
 from .optim import gradient_norm, make_optimizer, set_schedule
@@ -189,6 +190,7 @@ class Trainer:
         self.total_steps = min(full, cfg.training.max_steps) if cfg.training.max_steps else full
         self.schedules = Schedules.from_training(cfg.training, self.steps_per_epoch)
         self.mask_generator = torch.Generator()
+        self.heap = HeapTrimmer(cfg.training.release_memory_every_steps)
         self._check_memory()  # eager: it runs the model on one image
         self.compiled = should_compile(cfg.training.compile, self.device, key="training.compile",
                                        large_enough=self.total_steps >= AUTO_TRAIN_MIN_STEPS)
@@ -448,6 +450,7 @@ class Trainer:
         momentum = self.schedules.momentum_at(self.step)
         self.model.update_target(momentum)
         self.step += 1
+        self.heap.after_step(self.step)
         every = self.config.training.ddp_check_every_steps
         if self.dist.enabled and every and self.step % every == 0:
             same, spread = parameters_match([self.model.context_encoder, self.model.target_encoder, self.model.predictor], self.dist, self.device)
