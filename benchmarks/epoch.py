@@ -48,6 +48,7 @@ class EpochProbe:
         self.fit_start: float | None = None
         self.step_times: list[float] = []
         self.rss: list[tuple[int, float, float]] = []  # (step, seconds since fit start, largest MB of the window)
+        self.rss_released: list[tuple[int, float, float]] = []  # RSS right after the trainer released free pages
         self._window_mb = 0.0
         self.budget_hit = False
 
@@ -62,7 +63,11 @@ class EpochProbe:
     def hjepa_step_end(self, trainer: Any, step: int, metrics: Any) -> None:
         now = time.perf_counter() - (self.fit_start or 0.0)
         self.step_times.append(now)
-        self._window_mb = max(self._window_mb, _machine.rss_mb())
+        rss = _machine.rss_mb()
+        self._window_mb = max(self._window_mb, rss)
+        heap = getattr(trainer, "heap", None)
+        if heap is not None and heap.enabled and step % heap.every_steps == 0:
+            self.rss_released.append((step, now, rss))
         if step % self.rss_every == 0:
             self.rss.append((step, now, self._window_mb))
             self._window_mb = 0.0
@@ -95,6 +100,18 @@ def rss_summary(samples: list[tuple[int, float, float]], after_step: int = 100) 
         "largest_excess_mb": max(mbs) - mbs[0],
         "slope_mb_per_1000_steps": 1000 * slope,
     }
+
+
+def print_memory(label: str, summary: dict[str, Any], samples: list[tuple[int, float, float]], peak_mb: float | None) -> None:
+    peak = f"; peak RSS {peak_mb:.0f} MB" if peak_mb is not None else ""
+    if "growth_mb" in summary:
+        print(f"{label}: {summary['rss_mb_at_start']:.0f} MB at step {summary['after_step']}, "
+              f"{summary['rss_mb_at_end']:.0f} MB at the end ({summary['growth_mb']:+.0f} MB; fitted slope "
+              f"{summary['slope_mb_per_1000_steps']:+.1f} MB per 1000 steps); largest {summary['rss_mb_max_after']:.0f} MB{peak}")
+    else:
+        print(f"{label}: too few steps after step 100 to judge growth{peak}")
+    shown = samples if len(samples) <= 12 else samples[:: max(1, len(samples) // 12)] + [samples[-1]]
+    print("  samples " + "  ".join(f"{s}:{m:.0f}" for s, _, m in shown) + "  (step:MB)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         "run_hours": args.epochs * epoch_s / 3600,
         "rss_samples": [{"step": s, "s": round(t, 1), "rss_mb": round(m, 1)} for s, t, m in probe.rss],
         "rss_after_100": rss_summary(probe.rss, 100),
+        "rss_after_release_samples": [{"step": s, "rss_mb": round(m, 1)} for s, _, m in probe.rss_released],
+        "rss_after_release_after_100": rss_summary(probe.rss_released, 100),
         "peak_rss_mb": _machine.peak_rss_mb(),
         "load_average_start": load_start,
         "load_average_end": _machine.load_average(),
@@ -206,17 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     label = "epoch" if full else "epoch (EXTRAPOLATED)"
     print(f"{label:<17} {epoch_s:8.1f} s = {epoch_s / 60:.1f} min;  {args.epochs} epochs = {out['run_hours']:.2f} h"
           + ("" if full else " (extrapolated)"))
-    summary = out["rss_after_100"]
-    if "growth_mb" in summary:
-        print(f"memory            RSS {summary['rss_mb_at_start']:.0f} MB at step {summary['after_step']}, "
-              f"{summary['rss_mb_at_end']:.0f} MB at the end ({summary['growth_mb']:+.0f} MB; fitted slope "
-              f"{summary['slope_mb_per_1000_steps']:+.1f} MB per 1000 steps); largest sample {summary['rss_mb_max_after']:.0f} MB; "
-              f"peak RSS {out['peak_rss_mb']:.0f} MB")
-    else:
-        print(f"memory            too few steps after step 100 to judge growth; peak RSS {out['peak_rss_mb']:.0f} MB")
-    samples = probe.rss
-    shown = samples if len(samples) <= 12 else samples[:: max(1, len(samples) // 12)] + [samples[-1]]
-    print("RSS samples       " + "  ".join(f"{s}:{m:.0f}" for s, _, m in shown) + "  (step:MB)")
+    print_memory("memory (largest RSS of each window)", out["rss_after_100"], probe.rss, out["peak_rss_mb"])
+    if probe.rss_released:
+        print_memory("memory (RSS right after a release)", out["rss_after_release_after_100"], probe.rss_released, None)
     _machine.write_json(args.json, out)
     return 0
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hjepa_kit.heap import malloc_trim
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "quickstart.yaml"
 
@@ -53,6 +55,11 @@ def test_epoch_runs_through_fit_and_samples_memory(tmp_path: Path) -> None:
     assert result["measured"] == "full epoch" and not result["extrapolated"]
     assert result["steps_done"] == result["steps_per_epoch"] == 12
     assert len(result["rss_samples"]) >= 6
+    # The trainer releases free pages every 10 steps (the default, where glibc has malloc_trim):
+    # step 10's RSS is recorded right after it.
+    released = malloc_trim() is not None
+    assert result["release_memory_every_steps"] == 10 and result["heap_trims"] == int(released)
+    assert [s["step"] for s in result["rss_after_release_samples"]] == ([10] if released else [])
     assert result["epoch_s"] > 0 and result["steady_images_per_s"] > 0
     # FLOPs of the drawn masks and the peak, both measured in the run: their ratio is a fraction.
     assert result["gflop_per_image"] > 0 and result["peak_gflops"] > 0
