@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +85,16 @@ def test_bad_environment_variable_is_a_config_error(monkeypatch, value):
     monkeypatch.setenv(threads.ENV_VAR, value)
     with pytest.raises(ConfigError, match=threads.ENV_VAR):
         threads.configure_threads(None)
+
+
+def _environment_after_import(env: dict[str, str]) -> dict[str, str]:
+    code = "import json, os, hjepa_kit; print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'ONEDNN_PRIMITIVE_CACHE_CAPACITY')}))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_sets_passive_waiting_and_a_small_onednn_cache_unless_the_user_did():
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")}
+    assert _environment_after_import(base) == {"OMP_WAIT_POLICY": "PASSIVE", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
+    mine = {**base, "OMP_WAIT_POLICY": "ACTIVE", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}
+    assert _environment_after_import(mine) == {"OMP_WAIT_POLICY": "ACTIVE", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}
