@@ -72,6 +72,7 @@ def machine(device: torch.device | None = None) -> dict[str, Any]:
         "cpu_fast_bf16": cpu_has_fast_bf16(),
         "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "onednn_primitive_cache_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"),
         "load_average": load_average(),
         "memory_gb": _memory_gb(),
         "torch": torch.__version__,

@@ -5,8 +5,9 @@ than those of the last. glibc's allocator keeps the pages such tensors freed ins
 reuses them only for allocations that fit, so the resident memory of a run creeps up long after
 its live memory has stopped growing. Measured on the plan's 224/16 configuration (2-core AMD
 EPYC, torch 2.15, compiled, 300 s of training): RSS rose by 101 MB from step 100 to step 270
-without trimming and by 6 MB with ``malloc_trim(0)`` every 10 steps, at the same 30.6-30.7
-images/s (``benchmarks/epoch.py``, see docs/performance.md).
+without trimming; read right after each ``malloc_trim(0)``, every 10 steps, it rose by 6 MB, at
+the same 30.6-30.7 images/s (``benchmarks/epoch.py``). The other half of the creep was oneDNN's
+kernel cache, which ``import hjepa_kit`` caps (see docs/performance.md, "Memory over the epochs").
 
 ``malloc_trim`` exists only in glibc; elsewhere (macOS, Windows, musl) this does nothing.
 """
