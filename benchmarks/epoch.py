@@ -50,6 +50,7 @@ class EpochProbe:
         self.rss: list[tuple[int, float, float]] = []  # (step, seconds since fit start, largest MB of the window)
         self.rss_released: list[tuple[int, float, float]] = []  # RSS right after the trainer released free pages
         self._window_mb = 0.0
+        self._releases_seen = 0
         self.budget_hit = False
 
     @hookimpl
@@ -65,8 +66,8 @@ class EpochProbe:
         self.step_times.append(now)
         rss = _machine.rss_mb()
         self._window_mb = max(self._window_mb, rss)
-        heap = getattr(trainer, "heap", None)
-        if heap is not None and heap.enabled and step % heap.every_steps == 0:
+        if trainer.heap.calls > self._releases_seen:  # the trainer released free pages in this step
+            self._releases_seen = trainer.heap.calls
             self.rss_released.append((step, now, rss))
         if step % self.rss_every == 0:
             self.rss.append((step, now, self._window_mb))

@@ -46,9 +46,9 @@ class HeapTrimmer:
 
     Attributes:
         every_steps: the period in optimizer steps.
-        enabled: whether trimming runs (a period above 0 and a C library that has it).
         calls: trims done so far.
         seconds: time spent trimming so far.
+        enabled: whether trimming runs (a period above 0 and a C library that has it).
     """
 
     def __init__(self, every_steps: int) -> None:
@@ -56,11 +56,14 @@ class HeapTrimmer:
             raise ValueError(f"every_steps must be >= 0, got {every_steps}")
         self.every_steps = every_steps
         self._trim = malloc_trim() if every_steps else None
-        self.enabled = self._trim is not None
         if every_steps and not self.enabled:
             log.debug("training.release_memory_every_steps: this C library has no malloc_trim; not trimming")
         self.calls = 0
         self.seconds = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self._trim is not None
 
     def after_step(self, step: int) -> bool:
         """Trim if ``step`` is a multiple of the period; returns whether it trimmed."""
