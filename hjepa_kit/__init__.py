@@ -7,6 +7,7 @@ The public API::
     config = hjepa_kit.load_config("configs/quickstart.yaml", overrides=["training.epochs=2"])
     result = hjepa_kit.train(config, plugins=[my_plugin])
     figures = hjepa_kit.evaluate(result.checkpoints["final"], eval_types=["knn"])
+    hjepa_kit.export(result.checkpoints["final"], "export")   # model.safetensors for plain timm
 
 Plugins implement hooks marked with :data:`hookimpl` (see :mod:`hjepa_kit.hookspecs`).
 """
@@ -38,6 +39,8 @@ __all__ = [
     "load_config",
     "train",
     "evaluate",
+    "export",
+    "embed",
     "Trainer",
     "TrainResult",
     "Registry",
@@ -56,6 +59,7 @@ __all__ = [
     "PluginError",
     "DataError",
     "CheckpointError",
+    "OutputError",
 ]
 
 # Heavy modules (torch, the trainer) load on first use, so `import hjepa_kit` and `hjepa plugins`
@@ -66,6 +70,8 @@ _LAZY = {
     "ComponentSpec": ".config",
     "train": ".api",
     "evaluate": ".api",
+    "export": ".api",
+    "embed": ".api",
     "Trainer": ".trainer",
     "TrainResult": ".trainer",
     "Registry": ".registry",
@@ -82,13 +88,14 @@ _LAZY = {
     "PluginError": ".errors",
     "DataError": ".errors",
     "CheckpointError": ".errors",
+    "OutputError": ".errors",
 }
 
 if TYPE_CHECKING:
-    from .api import evaluate, train
+    from .api import embed, evaluate, export, train
     from .config import ComponentSpec, RunConfig, load_config
     from .contracts import BuildContext, EncoderOutput, EvalResult, FeatureSet, ImageData, LossOutput, Masks
-    from .errors import CheckpointError, ConfigError, DataError, PluginError, UserError
+    from .errors import CheckpointError, ConfigError, DataError, OutputError, PluginError, UserError
     from .params import param
     from .registry import Registry
     from .trainer import Trainer, TrainResult

@@ -1,4 +1,4 @@
-"""The ``hjepa`` command: train, evaluate, plugins, config.
+"""The ``hjepa`` command: train, evaluate, export, embed, plugins, config.
 
 A user's mistake (bad config, unknown plugin, damaged data, foreign checkpoint) prints one clear
 message without a traceback and exits with status 2.
@@ -55,6 +55,40 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output-dir", help="where results.json, report.md and figures go (default: <output_dir>/eval/<run>)")
     _add_set(ev)
 
+    export = sub.add_parser(
+        "export", help="export the encoder for timm or ONNX",
+        description="Export a checkpoint's target encoder for use without hjepa-kit: model.safetensors for plain timm "
+        "and/or model.onnx, with config.json stating the architecture, preprocessing and pooling.",
+    )
+    export.add_argument("--checkpoint", required=True, help="a checkpoint written by hjepa train")
+    export.add_argument("--out", required=True, metavar="DIR", help="the export folder to create (it must not exist, unless --force)")
+    export.add_argument("--format", nargs="+", default=["timm"], metavar="FORMAT",
+                        help="timm (model.safetensors, loadable by timm.create_model) and/or onnx (model.onnx, dynamic batch; "
+                             "needs pip install 'hjepa-kit[export]')")
+    export.add_argument("--representation", default="encoder",
+                        help="what the exported model returns: encoder (the only one timm can hold), or for onnx a level: level0, level1 ...")
+    export.add_argument("--force", action="store_true", help="replace DIR when it holds an earlier export")
+
+    embed = sub.add_parser(
+        "embed", help="write the features of a folder of images or a dataset",
+        description="Features of every image of a folder or a dataset, from a checkpoint, as .npy or .npz.",
+    )
+    embed.add_argument("--checkpoint", required=True, help="a checkpoint written by hjepa train")
+    source = embed.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", metavar="FOLDER", help="a folder of images (searched recursively); labels come from its top-level subfolders")
+    source.add_argument("--dataset", metavar="NAME", help="a dataset component instead (cifar10, image_folder ...); the run's own keeps its parameters")
+    embed.add_argument("--data-path", help="dataset folder (sets data.dataset.params.root)")
+    embed.add_argument("--split", action="append", metavar="SPLIT", help="a split of the dataset to embed (repeatable; default: all)")
+    embed.add_argument("--out", required=True, metavar="FILE",
+                       help="FILE.npy (features only) or FILE.npz (features, labels, classes, paths or splits)")
+    embed.add_argument("--representation", default="encoder", help="encoder, or a hierarchy level: level0, level1 ...")
+    embed.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the encoder")
+    embed.add_argument("--batch-size", type=int, help="images per batch (default: the run's data.eval_batch_size)")
+    embed.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32", help="fp32 (exact) or bf16 autocast")
+    embed.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed on stderr and in the .npz) instead of failing")
+    embed.add_argument("--force", action="store_true", help="replace FILE when it exists")
+    _add_set(embed)
+
     plugins = sub.add_parser("plugins", help="list installed plugins and components")
     plugins.add_argument("--params", metavar="NAME", help="print the parameters of component NAME")
     plugins.add_argument("--kind", help="restrict to one kind (encoder, masker, predictor, loss, evaluator, dataset, callback)")
@@ -62,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="show or validate a configuration")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
-    for action, text in (("show", "print the resolved configuration"), ("validate", "check a configuration (exit 0 or 2)")):
+    for action, text in (("show", "print the resolved configuration"),
+                         ("validate", "check a configuration and build its components without data (exit 0 or 2)")):
         p = config_sub.add_parser(action, help=text)
         p.add_argument("--config", default=None, help="YAML run configuration (default: the built-in quickstart)")
         _add_set(p)
@@ -112,6 +147,37 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .api import export
+
+    result = export(args.checkpoint, args.out, formats=args.format, representation=args.representation, force=args.force)
+    for name, path in result.files.items():
+        check = result.config.get(name, {}).get("verified") if name != "config" else None
+        note = f"  (max abs difference {check['max_abs_difference']:.2g} from hjepa-kit's features)" if isinstance(check, dict) else (
+            f"  ({check})" if check else "")
+        print(f"{name:7s} {path}{note}")
+    if "timm" in result.files:
+        print("load it with plain timm:")
+        for line in result.config["usage"]["timm"].splitlines():
+            print(f"  {line}")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .api import embed
+
+    result = embed(
+        args.checkpoint, args.out, images=args.images, dataset=args.dataset, data_path=args.data_path, splits=args.split,
+        representation=args.representation, device=args.device, batch_size=args.batch_size, precision=args.precision,
+        skip_bad=args.skip_bad, force=args.force, overrides=args.overrides, progress=True,
+    )
+    for path in result.skipped:
+        print(f"hjepa embed: skipped unreadable image {path}", file=sys.stderr)
+    print(f"{result.count} images -> {result.path}: {result.representation} features of width {result.feature_dim} "
+          f"({result.seconds:.1f}s on {result.device}{f', {len(result.skipped)} skipped' if result.skipped else ''})")
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from .contracts import KINDS
     from .params import describe
@@ -149,15 +215,17 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"components": rows, "plugins": registry.plugin_info(), "problems": registry.problems}, indent=2))
         return 0
+    # Columns as wide as their longest entry; the registry has warned of its problems already.
+    origins = [f"{r['plugin']} ({r['distribution']} {r['version']})".replace(" )", ")") for r in rows]
+    name_width = max((len(r["name"]) for r in rows), default=0)
+    origin_width = max((len(o) for o in origins), default=0)
     for kind in KINDS:
-        kind_rows = [r for r in rows if r["kind"] == kind]
+        kind_rows = [(r, o) for r, o in zip(rows, origins) if r["kind"] == kind]
         if not kind_rows:
             continue
         print(f"{'losses' if kind == 'loss' else kind + 's'}:")
-        for r in kind_rows:
-            print(f"  {r['name']:18s} {r['plugin']} ({r['distribution']} {r['version']})  {r['summary']}")
-    for problem in registry.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        for r, origin in kind_rows:
+            print(f"  {r['name']:<{name_width}}  {origin:<{origin_width}}  {r['summary']}".rstrip())
     return 0
 
 
@@ -176,8 +244,14 @@ def _cmd_config(args: argparse.Namespace) -> int:
     resolved = Registry().resolve(config, source or "<defaults>")
     if args.config_command == "show":
         print(dump_config(config, {path: params for path, (_, params) in resolved.items()}), end="")
-    else:
-        print(f"{source or '<defaults>'}: valid ({len(resolved)} components)")
+        return 0
+    from .build import check_build
+
+    notes = check_build(resolved, config)  # every build-time check that needs no data, as `hjepa train` runs it
+    built = "components checked" if not notes else "components; some not built, see below"
+    print(f"{source or '<defaults>'}: valid ({len(resolved)} {built})")
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -188,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "plugins": _cmd_plugins, "config": _cmd_config}
+    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "export": _cmd_export, "embed": _cmd_embed,
+                "plugins": _cmd_plugins, "config": _cmd_config}
     warnings.showwarning = _show_warning
     try:
         return commands[args.command](args)

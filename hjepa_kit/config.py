@@ -122,6 +122,12 @@ class TrainingConfig:
         "auto", help="Autocast dtype: bf16 where the device supports it fast (auto), or fp32."
     )
     threads: int | None = param(None, help="Intra-op threads; null: the physical cores available to this process.", ge=1)
+    on_collapse: Literal["warn", "stop"] = param(
+        "warn",
+        help="When the collapse monitor fires (logging.collapse_*): `warn` logs the fallbacks and goes on; `stop` ends "
+        "the run, keeps the last healthy checkpoint (latest.pth is not overwritten) and prints the fallbacks as commands.",
+        choices=("warn", "stop"),
+    )
     compile: bool | Literal["auto"] = _compile_switch(
         "torch.compile the encoders and the predictor (same weights and checkpoints): `auto` does so on the CPU "
         "for runs of at least 2,000 optimizer steps when a C++ compiler exists (1-2 minutes of compiling at the "
@@ -146,8 +152,12 @@ class CheckpointConfig:
     """When and what to save."""
 
     every_epochs: int = param(5, help="Keep a numbered checkpoint every N epochs (latest.pth is written every epoch).", ge=1)
-    best_metric: Literal["auto", "knn", "loss"] = param(
-        "auto", help="Criterion of best_model.pth: online k-NN accuracy when the data has labels (auto), else training loss."
+    best_metric: str = param(
+        "auto",
+        help="Criterion of best_model.pth: `auto` (online k-NN accuracy when the data has labels, else the label-free "
+        "RankMe of the evaluated representation's pooled embeddings), `knn`, `rankme`, `loss`, or the name of any "
+        "figure logged per epoch (`health/rankme/level1`, `online/knn/top1@20`); figures named *loss* are minimised, "
+        "the others maximised.",
     )
     save_final: bool = param(True, help="Write final.pth when the run ends.")
 
@@ -159,7 +169,15 @@ class LoggingConfig:
     interval_steps: int = param(10, help="Write a line to training.log every N optimizer steps.", ge=1)
     feature_stats_every_steps: int = param(50, help="Measure feature std and effective rank of the target features every N steps.", ge=1)
     collapse_std_threshold: float = param(0.01, help="Warn of collapse when the mean feature std falls below this.", ge=0.0)
-    collapse_rank_fraction: float = param(0.05, help="Warn of collapse when effective rank / width falls below this.", ge=0.0, le=1.0)
+    collapse_rank_fraction: float = param(
+        0.05, help="Collapse when the effective rank (of the target tokens, or RankMe of a pooled representation) / width "
+        "falls below this.", ge=0.0, le=1.0)
+    health_samples: int = param(
+        1024,
+        help="Pooled training embeddings (of the forward pass the step runs anyway) whose RankMe is logged per "
+        "representation at each epoch's end as health/rankme/<name>; 0: off.",
+        ge=0,
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -216,10 +216,30 @@ class Encoder(Protocol):
 
 @runtime_checkable
 class Masker(Protocol):
-    """Draws context and target patches for a batch. Runs on the CPU, off the hot path."""
+    """Draws context and target patches for a batch. Runs on the CPU, off the hot path.
+
+    Built after the encoder: the factory reads the patch grid from ``ctx.grid_size`` and should
+    raise :class:`~hjepa_kit.errors.ConfigError` when its parameters cannot fit that grid (the
+    core adds the configuration file and the key path to the message; ``hjepa config validate``
+    runs the same check). A masker is any callable, typically an object::
+
+        masks = masker(batch_size, generator)   # Masks(context=(B, Nc), targets=(B, M, Nt))
+    """
 
     def __call__(self, batch_size: int, generator: torch.Generator) -> Masks:
-        """Return masks for ``batch_size`` samples, drawn with ``generator`` only."""
+        """Draw masks for ``batch_size`` samples.
+
+        Args:
+            batch_size: ``B``, the number of samples.
+            generator: the only source of randomness to use: the core seeds it per micro-batch, so
+                runs are reproducible and a resumed run draws the same masks.
+
+        Returns:
+            :class:`Masks` with int64 CPU tensors: ``context`` ``(B, Nc)`` and ``targets``
+            ``(B, M, Nt)``, patch indices ``r * grid_w + c`` on ``ctx.grid_size``. ``Nc``, ``M`` and
+            ``Nt`` are the same for every sample of the batch (they may change from batch to batch);
+            no context index appears among the same sample's targets; ``Nc >= 1``.
+        """
         ...
 
 
@@ -246,7 +266,15 @@ class Predictor(Protocol):
         ...
 
     def __call__(self, context: Tensor, masks: Masks) -> list[Tensor]:
-        """Per-level predictions from ``(B, Nc, D)`` context tokens, shaped like the targets."""
+        """Predict every level's targets from the context.
+
+        Args:
+            context: ``(B, Nc, D)`` context-encoder tokens of the patches ``masks.context``.
+            masks: the batch's :class:`Masks`; ``masks.targets`` ``(B, M, Nt)`` says where to predict.
+
+        Returns:
+            One tensor per level, shaped like :meth:`make_targets`' (level ``l``: ``(B, M, T_l, D)``).
+        """
         ...
 
     def level_features(self, target: EncoderOutput) -> dict[str, Tensor]:
@@ -256,12 +284,33 @@ class Predictor(Protocol):
 
 @runtime_checkable
 class Loss(Protocol):
-    """Combines per-level predictions and targets into one value."""
+    """Combines per-level predictions and targets into one value to back-propagate.
+
+    Built after the predictor: read the per-level weights from ``ctx.level_weights`` (and
+    ``ctx.num_levels``), never as a parameter of your own. A loss is any callable, typically an
+    ``nn.Module`` (the core moves it to the run's device)::
+
+        out = loss(predictions, targets, context)   # LossOutput(total=(), terms={"level0": (), ...})
+    """
 
     def __call__(
         self, predictions: Sequence[Tensor], targets: Sequence[Tensor], context: Tensor | None = None
     ) -> LossOutput:
-        """Args: per-level predictions and targets (same shapes); ``(B, Nc, D)`` context tokens."""
+        """Compute the loss of one micro-batch.
+
+        Args:
+            predictions: one tensor per hierarchy level, level ``l`` shaped ``(B, M, T_l, D)``
+                (``T_0 = Nt`` patch tokens; coarser levels have fewer tokens per target block).
+            targets: the same shapes, made by the predictor's ``make_targets`` from the target
+                encoder; they carry no gradient.
+            context: ``(B, Nc, D)`` context-encoder tokens, for a regulariser on the features
+                (variance / covariance); ``None`` when a caller has none.
+
+        Returns:
+            :class:`LossOutput`: ``total``, a finite scalar tensor that depends on every level's
+            predictions, and ``terms``, named scalar tensors logged as ``loss/<name>``
+            (``loss/level0``, ``loss/variance`` ...).
+        """
         ...
 
 
@@ -306,10 +355,45 @@ class StreamingDataset(Dataset, Protocol):
 
 @runtime_checkable
 class Evaluator(Protocol):
-    """Computes named figures from frozen features, extracted once and shared by all evaluators."""
+    """Computes named figures from frozen features, extracted once and shared by all evaluators.
+
+    An evaluator is any callable, typically a closure over its parameters returned by the
+    factory::
+
+        figures = evaluator(features, default)   # {"mine/top1": 0.61} or EvalResult(metrics=..., artifacts=...)
+
+    **Representations.** ``features`` maps a representation name to a :class:`FeatureSet`:
+    ``encoder`` (the target encoder's patch tokens, average-pooled, ``(N, D)``) and one entry per
+    hierarchy level, ``level0``, ``level1`` ... (the predictor's ``level_features``, ``(N, D_l)``).
+    ``default`` is the run's ``evaluation.representation`` and is always a key of ``features``.
+    Evaluate ``features[default]`` unless your parameters say otherwise: the built-ins take a
+    ``representation: str | None`` parameter (``null``: the default) and raise
+    :class:`~hjepa_kit.errors.UserError` listing ``sorted(features)`` when the name asked for is
+    missing.
+
+    **Figure names.** The figures of every evaluator of a run land in one table
+    (``results.json``, ``report.md``, TensorBoard), so name each ``<prefix>/<figure>`` with a
+    prefix of your own: the evaluator's name or a short family name (``knn_faiss`` reports
+    ``knn/top1@20``, ``linear_probe`` reports ``linear_probe/top1``). ``report.md`` groups figures
+    by the prefix before the first ``/``; a figure without one lands under ``other``; a name that
+    another evaluator also reports is overwritten by whichever runs later. During training the
+    online evaluator's figures are logged with ``online/`` in front (``online/knn/top1@20``).
+    A figure whose last part contains ``top1``, ``top5`` (any ``top<k>``) or ``acc`` is read as an
+    accuracy in [0, 1] and shown as a percentage. Artifacts are filed under the evaluator's
+    registered name (``results.json``: ``artifacts.<name>``).
+    """
 
     def __call__(self, features: Mapping[str, FeatureSet], default: str) -> dict[str, float] | EvalResult:
-        """Args: representation name -> features (``default`` names the main representation;
-        ``level0``, ``level1`` ... are the hierarchy levels). Returns figure name -> value, or an
-        :class:`EvalResult` carrying figures and artifacts."""
+        """Evaluate frozen features.
+
+        Args:
+            features: representation name -> :class:`FeatureSet` with ``train`` ``(N_train, D)``
+                and ``test`` ``(N_test, D)`` float32 CPU features, their ``(N,)`` int64 labels and
+                ``num_classes``.
+            default: the name of the representation to evaluate unless told otherwise.
+
+        Returns:
+            Figure name -> number, or an :class:`EvalResult` carrying the figures and artifacts for
+            the report (a ``confusion_matrix``, ``singular_values``, a ``verdict`` ...).
+        """
         ...

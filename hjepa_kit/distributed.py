@@ -22,7 +22,7 @@ import torch.distributed as dist
 from .errors import UserError
 
 __all__ = [
-    "DistInfo", "setup_distributed", "teardown_distributed", "wrap_ddp", "no_sync", "all_agree", "parameters_match",
+    "DistInfo", "setup_distributed", "teardown_distributed", "wrap_ddp", "no_sync", "all_agree", "any_rank", "parameters_match",
     "rescale_position",
 ]
 
@@ -124,11 +124,16 @@ def no_sync(wrapped: Sequence[Any], skip: bool) -> contextlib.AbstractContextMan
 
 def all_agree(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on any rank (e.g. a signal received by one)."""
+    return any_rank(flag, info=info, device=device)[0]
+
+
+def any_rank(*flags: bool, info: DistInfo, device: torch.device) -> tuple[bool, ...]:
+    """Per flag, True on every rank when it is true on any rank; one all-reduce for all of them."""
     if not info.enabled:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
+        return tuple(bool(f) for f in flags)
+    value = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    return tuple(bool(v > 0) for v in value.tolist())
 
 
 def parameters_match(modules: list[torch.nn.Module], info: DistInfo, device: torch.device) -> tuple[bool, float]:

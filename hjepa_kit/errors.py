@@ -48,3 +48,11 @@ class CheckpointError(UserError):
 
 class TrainingStopped(UserError):
     """Training stopped on purpose (non-finite loss, memory budget); the message says why and what to do."""
+
+
+class CollapseDetected(TrainingStopped):
+    """The representation collapsed and ``training.on_collapse`` is ``stop``; the message names the last healthy checkpoint."""
+
+
+class OutputError(UserError):
+    """An output path cannot be used: it exists (and no ``force``), or it cannot be written."""

@@ -65,7 +65,9 @@ def hjepa_register_maskers(register: Register) -> None:
     """Register maskers (see :class:`~hjepa_kit.contracts.Masker`).
 
     Args:
-        register: as for :func:`hjepa_register_encoders`; ``ctx.grid_size`` is known.
+        register: as for :func:`hjepa_register_encoders`; ``ctx.grid_size`` is known. The factory
+            returns a callable ``masker(batch_size, generator) -> Masks`` and raises
+            :class:`~hjepa_kit.errors.ConfigError` when its parameters cannot fit the grid.
     """
 
 
@@ -85,7 +87,8 @@ def hjepa_register_losses(register: Register) -> None:
 
     Args:
         register: as for :func:`hjepa_register_encoders`; ``ctx.num_levels`` and
-            ``ctx.level_weights`` are known.
+            ``ctx.level_weights`` are known. The factory returns a callable
+            ``loss(predictions, targets, context) -> LossOutput``.
     """
 
 
@@ -94,7 +97,9 @@ def hjepa_register_evaluators(register: Register) -> None:
     """Register evaluators (see :class:`~hjepa_kit.contracts.Evaluator`).
 
     Args:
-        register: as for :func:`hjepa_register_encoders`.
+        register: as for :func:`hjepa_register_encoders`. The factory returns a callable
+            ``evaluator(features, default) -> dict[str, float] | EvalResult`` whose figures are
+            named ``<prefix>/<figure>``.
     """
 
 

@@ -78,6 +78,11 @@ class HJEPA(nn.Module):
         ``level1`` ... are the predictor's per-level features of the same forward pass.
         """
         output: EncoderOutput = self.target_encoder(images, return_blocks=tuple(self.predictor.target_blocks))
+        return self.pooled(output)
+
+    @torch.no_grad()
+    def pooled(self, output: EncoderOutput) -> dict[str, Tensor]:
+        """Every representation's ``(B, D)`` float32 features from a target-encoder output over all patches."""
         features = {"encoder": output.tokens.mean(dim=1)}
         features.update(self.predictor.level_features(output))
         return {k: v.float() for k, v in features.items()}

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from .build import Resolved, build_named
 from .config import LoggingConfig, RunConfig
 from .contracts import BuildContext, Dataset, ImageData
+from .health import select_metric
 from .features import check_representation, extract_features, feature_sets, subset
 from .metrics import effective_rank
 from .registry import Registry
@@ -83,11 +83,11 @@ class OnlineEvaluation:
         return out
 
 
-def feature_stats(tokens: torch.Tensor, cfg: LoggingConfig, step: int) -> dict[str, float]:
+def feature_stats(tokens: torch.Tensor, cfg: LoggingConfig, step: int, warn: bool = True) -> dict[str, float]:
     """``features/std``, ``features/effective_rank`` and ``features/collapse_warning`` of ``tokens``.
 
-    Logs a warning, with the fallbacks, where the std or the effective rank falls below the
-    ``logging`` thresholds (``step`` is named in it).
+    Logs a warning (when ``warn``), with the fallbacks, where the std or the effective rank falls
+    below the ``logging`` thresholds (``step`` is named in it).
     """
     flat = tokens.float().reshape(-1, tokens.shape[-1])
     std = float(flat.std(dim=0).mean())
@@ -96,7 +96,7 @@ def feature_stats(tokens: torch.Tensor, cfg: LoggingConfig, step: int) -> dict[s
     stats = {"features/std": std, "features/effective_rank": rank}
     collapsed = std < cfg.collapse_std_threshold or rank < cfg.collapse_rank_fraction * width
     stats["features/collapse_warning"] = float(collapsed)
-    if collapsed:
+    if collapsed and warn:
         log.warning(
             "possible representation collapse at step %d: feature std %.4f (threshold %.3g), effective rank %.1f of %d "
             "(threshold %.0f). Fallbacks: lower training.lr 5x, raise training.ema_momentum to [0.999, 1.0], "
@@ -106,20 +106,16 @@ def feature_stats(tokens: torch.Tensor, cfg: LoggingConfig, step: int) -> dict[s
     return stats
 
 
-def new_best(best: Mapping[str, Any], metrics: Mapping[str, float], criterion: str, epoch: int) -> dict[str, Any] | None:
+def new_best(
+    best: Mapping[str, Any], metrics: Mapping[str, float], criterion: str, epoch: int, representation: str = "encoder"
+) -> dict[str, Any] | None:
     """The new best record (``metric``, ``value``, ``epoch``) where ``metrics`` beat ``best``, else None.
 
-    ``criterion`` is ``checkpoint.best_metric``: ``auto`` and ``knn`` use the first online k-NN
-    top-1 figure where there is one (higher is better), otherwise the loss (lower is better). A
-    change of metric always makes a new best.
+    ``criterion`` is ``checkpoint.best_metric``, resolved by :func:`~hjepa_kit.health.select_metric`:
+    ``auto`` uses the first online k-NN top-1 figure where there is one, else the label-free RankMe
+    of ``representation``'s pooled embeddings, else the loss. A change of metric always makes a new best.
     """
-    knn = [k for k in metrics if k.startswith("online/") and "top1" in k]
-    if criterion == "knn" and not knn:
-        log.warning("checkpoint.best_metric is knn but no online k-NN figure exists (no labels?); using the loss")
-    if criterion in ("auto", "knn") and knn:
-        name, value, better = knn[0], metrics[knn[0]], lambda new, old: new > old
-    else:
-        name, value, better = "loss", metrics.get("loss", math.inf), lambda new, old: new < old
-    if not best or best.get("metric") != name or better(value, best["value"]):
+    name, value, higher = select_metric(criterion, metrics, representation)
+    if not best or best.get("metric") != name or (value > best["value"] if higher else value < best["value"]):
         return {"metric": name, "value": value, "epoch": epoch}
     return None

@@ -4,12 +4,17 @@ Plugins are found through the ``hjepa_kit`` entry-point group (ours are register
 like a third party's) and through objects passed in-process (``train(config, plugins=[...])``).
 Entry points are loaded one at a time so that one broken third-party plugin is a warning naming it,
 not a broken command line; ``HJEPA_STRICT_PLUGINS=1`` makes it an error. A broken built-in is
-always an error. ``HJEPA_TRACE_HOOKS=1`` prints every hook call.
+always an error. A hook implementation that matches no hook spec or asks for an argument its hook
+does not pass is an error naming the plugin and the hook's arguments; a component without a
+summary or a parameter's help text is a warning (an error when strict). A plugin added twice (an
+installed one passed again in-process) is registered once. ``HJEPA_TRACE_HOOKS=1`` prints every
+hook call.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
+import inspect
 import os
 import sys
 import warnings
@@ -24,7 +29,7 @@ from .contracts import KINDS
 from .errors import ConfigError, PluginError, UserError
 from .params import structure, suggest
 
-__all__ = ["Component", "Registry", "PluginWarning", "ENTRY_POINT_GROUP", "BUILTIN_DISTRIBUTION"]
+__all__ = ["Component", "Registry", "Resolved", "PluginWarning", "hook_problems", "ENTRY_POINT_GROUP", "BUILTIN_DISTRIBUTION"]
 
 ENTRY_POINT_GROUP = "hjepa_kit"
 BUILTIN_DISTRIBUTION = "hjepa-kit"
@@ -41,7 +46,21 @@ _REGISTER_HOOKS = {
 
 
 class PluginWarning(UserWarning):
-    """A third-party plugin could not be loaded; everything else still works."""
+    """A plugin problem that leaves everything else working: a third-party plugin that could not be
+    loaded, or a component registered without a summary or a parameter's help text. Under strict
+    mode (``HJEPA_STRICT_PLUGINS=1``, ``Registry(strict=True)``) each is a :class:`PluginError`."""
+
+
+class Resolved(dict):
+    """What :meth:`Registry.resolve` returns: key path -> ``(component, params)``.
+
+    A ``dict`` that also remembers the configuration file it was resolved from (``source``), so
+    that errors raised while its components are built name that file.
+    """
+
+    def __init__(self, items: Any = (), source: str = "<config>") -> None:
+        super().__init__(items)
+        self.source = source
 
 
 @attrs.frozen
@@ -107,8 +126,9 @@ class Registry:
         plugins: extra plugin objects or modules carrying ``@hookimpl`` functions, for this
             registry only (``train(..., plugins=...)``).
         entry_points: load plugins from the ``hjepa_kit`` entry-point group.
-        strict: a third-party plugin that fails to load is an error rather than a warning
-            (default: the ``HJEPA_STRICT_PLUGINS`` environment variable).
+        strict: a third-party plugin that fails to load, or a component registered without a
+            summary or a parameter's help text, is an error rather than a warning (default: the
+            ``HJEPA_STRICT_PLUGINS`` environment variable).
     """
 
     def __init__(self, plugins: Iterable[Any] = (), *, entry_points: bool = True, strict: bool | None = None) -> None:
@@ -121,6 +141,7 @@ class Registry:
         self.components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
         self.problems: list[str] = []
         self._info: dict[str, _PluginInfo] = {}
+        self._holds: dict[str, int] = {}  # plugin name -> add_plugin calls that found it registered
         if entry_points:
             self._load_entry_points()
         for plugin in plugins:
@@ -152,10 +173,17 @@ class Registry:
         """Register an in-process plugin (an object or module with ``@hookimpl`` functions).
 
         Its components are added at once; a callback object's lifecycle hooks run from now on.
+        Adding a plugin that is already registered (an installed plugin passed again as
+        ``train(config, plugins=[module])``) changes nothing: its components are not registered a
+        second time and its hooks are not called twice.
 
         Returns:
-            The name it was registered under.
+            The name it was registered under (the first registration's name for a plugin added again).
         """
+        registered = self.pm.get_name(plugin)
+        if registered is not None:
+            self._holds[registered] = self._holds.get(registered, 0) + 1
+            return registered
         name = name or getattr(plugin, "__name__", None) or f"{type(plugin).__name__}@{id(plugin):x}"
         module = getattr(plugin, "__module__", None) or getattr(plugin, "__name__", "")
         dist, version = _distribution_of(module)
@@ -163,42 +191,38 @@ class Registry:
         return name
 
     def remove_plugin(self, plugin: Any) -> None:
-        """Unregister a plugin object (its components stay registered)."""
-        if self.pm.is_registered(plugin):
-            self.pm.unregister(plugin)
+        """Undo one :meth:`add_plugin`: unregister the plugin object (its components stay registered).
+
+        A plugin that was registered before it was added (from an entry point, or added twice)
+        stays registered until every addition is undone.
+        """
+        name = self.pm.get_name(plugin)
+        if name is None:
+            return
+        if self._holds.get(name, 0) > 0:
+            self._holds[name] -= 1
+            return
+        self.pm.unregister(plugin)
 
     def _register(self, plugin: Any, name: str, dist: str, version: str, builtin: bool) -> None:
+        where = f"plugin '{name}' ({dist} {version})".replace(" )", ")")
         if self.pm.has_plugin(name):
             other = self._info.get(name)
             first = f"{other.distribution} {other.version}" if other else "an earlier registration"
             raise PluginError(f"two plugins are named '{name}': from {first} and from {dist} {version}; rename one entry point")
-        unknown = self._unknown_hooks(plugin, name)
-        if unknown:
+        problems = hook_problems(self.pm, plugin)
+        if problems:
+            unknown = any("matches no hook spec" in p for p in problems)
             known = ", ".join(sorted(h for h in dir(self.pm.hook) if h.startswith("hjepa_")))
-            raise PluginError(
-                f"plugin '{name}' ({dist} {version}) implements {', '.join(unknown)}, which matches no hook "
-                f"spec{suggest(unknown[0], dir(self.pm.hook))}; known hooks: {known}"
-            )
+            raise PluginError(f"{where}: " + "; ".join(problems) + (f"; known hooks: {known}" if unknown else ""))
         try:
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin '{name}' ({dist} {version}) is invalid: {exc}") from exc
+            raise PluginError(f"{where} is invalid: {exc}") from exc
+        except ValueError as exc:  # pluggy: the same object under another name, or a blocked name
+            raise PluginError(f"{where} cannot be registered: {exc}") from exc
         self._info[name] = _PluginInfo(name, dist, version, builtin)
         self._collect(plugin, name)
-
-    def _unknown_hooks(self, plugin: Any, name: str) -> list[str]:
-        unknown = []
-        for attr in dir(plugin):
-            try:
-                opts = self.pm.parse_hookimpl_opts(plugin, attr)
-            except Exception:
-                opts = None
-            if opts is not None:
-                hook_name = opts.get("specname") or attr
-                caller = getattr(self.pm.hook, hook_name, None)
-                if caller is None or not caller.has_spec():
-                    unknown.append(hook_name)
-        return unknown
 
     def _collect(self, plugin: Any, plugin_name: str) -> None:
         info = self._info[plugin_name]
@@ -225,7 +249,7 @@ class Registry:
     def _add_component(
         self, kind: str, name: str, factory: Callable[..., Any], params: type | None, summary: str, info: _PluginInfo
     ) -> None:
-        where = f"plugin '{info.name}' ({info.distribution} {info.version})"
+        where = f"plugin '{info.name}' ({info.distribution} {info.version})".replace(" )", ")")
         if not isinstance(name, str) or not name:
             raise PluginError(f"{where} registered a {kind} without a name")
         if not callable(factory):
@@ -234,20 +258,46 @@ class Registry:
             raise PluginError(f"{where}: params of {kind} '{name}' must be an attrs class, got {params!r}")
         existing = self.components[kind].get(name)
         if existing is not None:
-            raise PluginError(
-                f"two {kind}s are named '{name}': one from plugin {existing.origin}, one from {where}; "
-                "uninstall one or rename its component"
+            # One installed, one passed in-process: most likely the same plugin given both ways.
+            both_routes = (existing.distribution == "<in-process>") != (info.distribution == "<in-process>")
+            advice = (
+                "if it is the installed plugin passed again with plugins=[...], leave it out there (installed plugins "
+                "are loaded already); otherwise rename one of the components" if both_routes
+                else "uninstall one or rename its component"
             )
+            raise PluginError(f"two {kind}s are named '{name}': one from plugin {existing.origin}, one from {where}; {advice}")
+        summary = summary or (factory.__doc__ or "").strip().split("\n")[0]
+        params = params or _EmptyParams
+        self._check_documented(kind, name, summary, params, where)
         self.components[kind][name] = Component(
             kind=kind,
             name=name,
             factory=factory,
-            params=params or _EmptyParams,
-            summary=summary or (factory.__doc__ or "").strip().split("\n")[0],
+            params=params,
+            summary=summary,
             plugin=info.name,
             distribution=info.distribution,
             version=info.version,
         )
+
+    def _check_documented(self, kind: str, name: str, summary: str, params: type, where: str) -> None:
+        """A component without a summary, or with parameters without help: a warning (an error when strict)."""
+        gaps = []
+        if not summary.strip():
+            gaps.append("no summary (pass summary=\"one line\" to register, or give the factory a docstring)")
+        undocumented = _undocumented(params)
+        if undocumented:
+            gaps.append(
+                f"parameters without a help text: {', '.join(undocumented)} (declare each with "
+                "hjepa_kit.params.param(default, help=\"...\"))"
+            )
+        if not gaps:
+            return
+        message = f"{where}: {kind} '{name}' has {' and '.join(gaps)}; `hjepa plugins` and the docs show these to users"
+        if self.strict:
+            raise PluginError(message + " [strict mode]")
+        self.problems.append(message)
+        warnings.warn(message, PluginWarning, stacklevel=2)
 
     # --- lookup -----------------------------------------------------------------------------
 
@@ -288,7 +338,7 @@ class Registry:
         hint = f"; '{name}' is a {' and '.join(other_kinds)}, not a {kind}" if other_kinds else ""
         return f"{key}unknown {kind} {name!r}{suggest(name, available)}{hint}; available: {listing}"
 
-    def resolve(self, config: Any, source: str = "<config>") -> dict[str, tuple[Component, Any]]:
+    def resolve(self, config: Any, source: str = "<config>") -> Resolved:
         """Check every component the configuration selects and structure its parameters.
 
         Args:
@@ -296,13 +346,14 @@ class Registry:
             source: the file name used in messages.
 
         Returns:
-            key path (``model.encoder``) -> (component, parameter instance).
+            key path (``model.encoder``) -> (component, parameter instance), remembering ``source``
+            so that a build error names the file too.
 
         Raises:
             ConfigError: listing every problem (unknown names, bad parameters) at once.
         """
         problems: list[str] = []
-        resolved: dict[str, tuple[Component, Any]] = {}
+        resolved = Resolved(source=source)
         for kind, path, spec in config.component_specs():
             component = self.components[kind].get(spec.name)
             if component is None:
@@ -318,6 +369,59 @@ class Registry:
     def plugin_info(self) -> list[dict[str, Any]]:
         """Every loaded plugin with its distribution and version."""
         return [attrs.asdict(info) for info in self._info.values()]
+
+
+def hook_problems(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
+    """What is wrong with ``plugin``'s ``@hookimpl`` functions, one sentence each (empty: nothing).
+
+    A function may match no hook spec (a misspelt name), or ask for an argument its hook does not
+    pass; each sentence names the hook, the nearest hook or argument name and the hook's real
+    arguments, where pluggy would say ``Plugin '140078286500880' for hook ...``.
+    """
+    problems = []
+    hooks = [h for h in dir(pm.hook) if h.startswith("hjepa_")]
+    for attr in dir(plugin):
+        try:
+            opts = pm.parse_hookimpl_opts(plugin, attr)
+        except Exception:
+            opts = None
+        if opts is None:
+            continue
+        hook_name = opts.get("specname") or attr
+        caller = getattr(pm.hook, hook_name, None)
+        if caller is None or not caller.has_spec():
+            problems.append(f"{hook_name} matches no hook spec{suggest(hook_name, hooks)}")
+            continue
+        allowed = tuple(caller.spec.argnames)
+        asked = _required_arguments(getattr(plugin, attr))
+        if asked is None:
+            continue
+        extra = [a for a in asked if a not in allowed]
+        if extra:
+            problems.append(
+                f"{hook_name}({', '.join(asked)}) asks for {', '.join(repr(a) for a in extra)}, which "
+                f"{hook_name} does not pass{suggest(extra[0], allowed)}; its arguments are {', '.join(allowed)} "
+                "(take any of them, by these names)"
+            )
+    return problems
+
+
+def _required_arguments(function: Any) -> list[str] | None:
+    """The arguments pluggy passes by name: those without a default (``self`` excluded on a bound method)."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in signature.parameters.values() if p.kind in kinds and p.default is inspect.Parameter.empty]
+    if names and names[0] == "self" and not inspect.ismethod(function):  # a function defined in a class body
+        names = names[1:]
+    return names
+
+
+def _undocumented(params: type) -> list[str]:
+    """Fields of a parameter class without a help text."""
+    return [f.name for f in attrs.fields(params) if f.init and not str((f.metadata or {}).get("help") or "").strip()]
 
 
 def _canonical(name: str) -> str:

@@ -42,7 +42,9 @@ def open_run_log(log_dir: Path, console: bool) -> list[logging.Handler]:
     """Attach ``<log_dir>/training.log`` (and, with ``console``, stderr) to the package's logger.
 
     On a terminal the console leaves out the interval lines: the progress bar shows those figures,
-    and the console keeps the epoch summaries and warnings.
+    and the console keeps the epoch summaries and warnings. The console also leaves out the
+    :class:`~hjepa_kit.errors.UserError` that ends a run: it is raised to the caller, who reports
+    it (``hjepa train`` prints it once); ``training.log`` keeps it.
 
     Returns:
         The handlers attached, for :func:`close_run_log`.
@@ -56,10 +58,17 @@ def open_run_log(log_dir: Path, console: bool) -> list[logging.Handler]:
         stream.setFormatter(logging.Formatter("%(message)s"))
         if sys.stderr.isatty():
             stream.addFilter(lambda record: not getattr(record, "interval", False))
+        stream.addFilter(_not_a_user_error)
         handlers.append(stream)
     for handler in handlers:
         log.addHandler(handler)
     return handlers
+
+
+def _not_a_user_error(record: logging.LogRecord) -> bool:
+    """False for the record of a UserError ending the run (``log.error("%s", exc)``)."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (record.levelno >= logging.ERROR and len(args) == 1 and isinstance(args[0], UserError))
 
 
 def close_run_log(handlers: list[logging.Handler]) -> None:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from . import hookspecs
 from .contracts import KINDS, BuildContext, EncoderOutput, EvalResult, FeatureSet, ImageData, LossOutput, Masks
-from .registry import ENTRY_POINT_GROUP, Component, Registry
+from .registry import ENTRY_POINT_GROUP, Component, Registry, hook_problems
 
 __all__ = [
     "check_component",
@@ -88,7 +88,8 @@ def registry_with(*plugins: Any, entry_points: bool = True, strict: bool = True)
         plugins: plugin modules or objects with ``@hookimpl`` functions.
         entry_points: also load the installed plugins of the ``hjepa_kit`` entry-point group
             (the built-ins among them).
-        strict: a third-party plugin that fails to import is an error, not a warning.
+        strict: a third-party plugin that fails to import, or a component registered without a
+            summary or a parameter's help text, is an error, not a warning.
 
     Returns:
         A :class:`~hjepa_kit.registry.Registry`; pass it to :func:`check_component` or to
@@ -576,10 +577,13 @@ def _check_dataset_extras(check: _Check, dataset: Any, split: str, data: ImageDa
 def _check_callback(check: _Check, callback: Any, ctx: BuildContext, options: Mapping[str, Any]) -> Any:
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
+    problems = hook_problems(manager, callback)
+    if problems:
+        check.fail("its hook implementations do not match the hook specs: " + "; ".join(problems))
     try:
-        manager.register(callback)
+        manager.register(callback, name=check.label)
         manager.check_pending()
-    except pluggy.PluginValidationError as exc:
+    except (pluggy.PluginValidationError, ValueError) as exc:
         check.fail(f"its hook implementations do not match the hook specs: {exc}")
     implemented = [h for h in LIFECYCLE_HOOKS if any(i.plugin is callback for i in getattr(manager.hook, h).get_hookimpls())]
     check.that(bool(implemented), f"it implements no lifecycle hook (@hookimpl methods named {', '.join(LIFECYCLE_HOOKS)})")

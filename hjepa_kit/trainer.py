@@ -30,9 +30,10 @@ from .config import RunConfig, dump_config, load_config
 from .contracts import Masks
 from .data import build_train_loader, estimate_bytes
 from .distributed import (
-    DistInfo, all_agree, no_sync, parameters_match, rescale_position, setup_distributed, teardown_distributed, wrap_ddp,
+    DistInfo, any_rank, no_sync, parameters_match, rescale_position, setup_distributed, teardown_distributed, wrap_ddp,
 )
-from .errors import TrainingStopped, UserError
+from .errors import CollapseDetected, TrainingStopped, UserError
+from .health import HealthMonitor, collapse_problem
 from .heap import HeapTrimmer
 from .memory import check_memory_budget, estimate_peak_memory
 from .online import OnlineEvaluation, feature_stats, new_best
@@ -126,6 +127,19 @@ class Trainer:
         self._ddp_encoder: Any = None
         self._ddp_predictor: Any = None
         self._online: OnlineEvaluation | None = None
+        self.stop_reason: str | None = None
+        self.healthy_checkpoint: Path | None = None
+        self.health = HealthMonitor(0)
+        self._health_widths: dict[str, int] = {}
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the run after the current optimizer step (for callbacks: a time budget, early stopping).
+
+        The run ends with status ``stopped``, logs ``reason`` and writes ``final.pth`` as usual.
+        Under DDP every rank stops at the same step (a request on any rank stops all of them).
+        """
+        if self.stop_reason is None:
+            self.stop_reason = reason
 
     @property
     def rank(self) -> int:
@@ -191,6 +205,7 @@ class Trainer:
         self.schedules = Schedules.from_training(cfg.training, self.steps_per_epoch)
         self.mask_generator = torch.Generator()
         self.heap = HeapTrimmer(cfg.training.release_memory_every_steps)
+        self.health = HealthMonitor(cfg.logging.health_samples)
         self._check_memory()  # eager: it runs the model on one image
         self.compiled = should_compile(cfg.training.compile, self.device, key="training.compile",
                                        large_enough=self.total_steps >= AUTO_TRAIN_MIN_STEPS)
@@ -269,6 +284,7 @@ class Trainer:
         self.best = dict(state.get("best", {}))
         self.last_metrics = dict(state.get("metrics", {}))
         restore_rng_state(state["rng"])
+        self.healthy_checkpoint = Path(target)
         log.info("resumed from %s at epoch %d, step %d", target, self.epoch, self.step)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -309,6 +325,10 @@ class Trainer:
             )
         except KeyboardInterrupt:
             status = "interrupted"
+            raise
+        except CollapseDetected as exc:
+            status = "collapsed"
+            log.error("%s", exc)
             raise
         except Exception as exc:
             if isinstance(exc, UserError):
@@ -377,8 +397,13 @@ class Trainer:
                         sums[key] = sums.get(key, 0.0) + value
                     count += 1
                     self._after_step(step_metrics, window)
-                    if all_agree(interrupt.signal is not None, self.dist, self.device):
+                    interrupted, stop = any_rank(interrupt.signal is not None, self.stop_reason is not None,
+                                                 info=self.dist, device=self.device)
+                    if interrupted:
                         return "interrupted"
+                    if stop:
+                        log.info("stopping at step %d: %s", self.step, self.stop_reason or "another rank asked to stop")
+                        return "stopped"
                     if self.step >= self.total_steps:
                         break
                     if self.batch_in_epoch + accumulation > len(self.loader):
@@ -408,6 +433,10 @@ class Trainer:
             with torch.no_grad():
                 target_out = self.model.target_encoder(images, return_blocks=tuple(self.model.predictor.target_blocks))
                 targets = [t.detach() for t in self.model.predictor.make_targets(target_out, masks)]
+                if self.health.enabled:
+                    pooled = self.model.pooled(target_out)
+                    self._health_widths = {k: int(v.shape[1]) for k, v in pooled.items()}
+                    self.health.add(pooled)
             sync = (micro_index + 1) % accumulation == 0
             with no_sync((self._ddp_encoder, self._ddp_predictor), not sync):
                 predictions, context = self.model.predict(images, masks, self._ddp_encoder, self._ddp_predictor)
@@ -432,10 +461,32 @@ class Trainer:
         raise TrainingStopped(
             f"training stopped at epoch {self.epoch + 1}, step {self.step + 1}: the {what} is {value}"
             + (f" ({detail})" if detail else "")
-            + f"; {kept}. Try the plan's fallbacks: a lower learning rate (e.g. --set training.lr={self.config.training.lr / 5:.2g}), "
-            "a higher EMA momentum (--set training.ema_momentum=[0.999,1.0]), or the variance regulariser "
-            f"(--set loss.params.variance_weight=1.0), then --resume {last or 'auto'}"
+            + f"; {kept}. Try one of:\n" + self._fallbacks(last)
         )
+
+    def _fallbacks(self, checkpoint: Path | None) -> str:
+        """The usual remedies for divergence and collapse, as commands that resume from ``checkpoint``."""
+        resume = f" --resume {checkpoint}" if checkpoint else ""
+        base = f"hjepa train --config {self.log_dir / 'config.yaml'}"  # the resolved configuration of this run
+        lr = self.config.training.lr / 5
+        return "\n".join(f"  {base} --set {change}{resume}" for change in (
+            f"training.lr={lr:.2g}",
+            "training.ema_momentum=[0.999,1.0]",
+            "loss.params.sigreg_weight=0.05 --set loss.params.regularise=pooled",
+        ))
+
+    def _check_collapse(self, reason: str | None) -> None:
+        """Answer a collapse as ``training.on_collapse`` says: a warning, or a stop that keeps the last healthy checkpoint."""
+        if reason is None:
+            return
+        last = self.healthy_checkpoint
+        kept = (f"the last healthy checkpoint is {last} (it is kept: latest.pth is not overwritten)" if last
+                else "no healthy checkpoint was written (the collapse came in the first epoch)")
+        message = (f"representation collapse at epoch {self.epoch + (0 if self.batch_in_epoch == 0 else 1)}, step {self.step}: "
+                   f"{reason}; {kept}. Try one of:\n" + self._fallbacks(last))
+        if self.config.training.on_collapse == "stop":
+            raise CollapseDetected(message + "\n(training.on_collapse=stop; set it to warn to train on)")
+        log.warning("%s", message)
 
     def _optimizer_step(self) -> dict[str, float]:
         cfg = self.config
@@ -462,8 +513,12 @@ class Trainer:
     def _after_step(self, metrics: dict[str, float], window: LogWindow) -> None:
         cfg = self.config
         if self.last_target_tokens is not None:
-            metrics.update(feature_stats(self.last_target_tokens, cfg.logging, self.step))
+            metrics.update(feature_stats(self.last_target_tokens, cfg.logging, self.step,
+                                         warn=cfg.training.on_collapse == "warn"))
             self.last_target_tokens = None
+            if metrics.get("features/collapse_warning") and cfg.training.on_collapse == "stop":
+                self._check_collapse(f"the target tokens' std is {metrics['features/std']:.4g} and their effective rank "
+                                     f"{metrics['features/effective_rank']:.1f} (thresholds logging.collapse_*)")
         metrics["images_per_s"] = window.images_per_s()
         remaining = self.total_steps - self.step
         metrics["eta_s"] = remaining * window.seconds_per_step()
@@ -481,15 +536,17 @@ class Trainer:
     def _end_epoch(self, metrics: dict[str, float]) -> None:
         cfg = self.config
         ev = cfg.evaluation
+        metrics.update(self.health.rankme())
         if ev.online is not None and ev.online_every_epochs and self.epoch % ev.online_every_epochs == 0 and self.dist.is_main:
             metrics.update(self.online_evaluation())
         self.last_metrics = dict(metrics)
-        summary = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("loss", "online/")))
+        self._check_collapse(collapse_problem(metrics, self._health_widths, cfg.logging.collapse_rank_fraction))
+        summary = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("loss", "online/", "health/")))
         log.info("epoch %d/%d done: %s", self.epoch, cfg.training.epochs, summary)
-        self.save("latest.pth", "latest")
+        self.healthy_checkpoint = self.save("latest.pth", "latest")
         if self.epoch % cfg.checkpoint.every_epochs == 0:
             self.save(f"checkpoint_epoch_{self.epoch}.pth", "periodic")
-        best = new_best(self.best, metrics, cfg.checkpoint.best_metric, self.epoch)
+        best = new_best(self.best, metrics, cfg.checkpoint.best_metric, self.epoch, cfg.evaluation.representation)
         if best is not None:
             self.best = best
             self.save("best_model.pth", "best")

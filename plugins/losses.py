@@ -19,7 +19,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -30,6 +30,7 @@ from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, LossOutput
 from hjepa_kit.errors import ConfigError
 from hjepa_kit.params import param
+from hjepa_kit.plugins.sigreg import SIGReg
 
 __all__ = [
     "SmoothL1Params",
@@ -59,6 +60,28 @@ def _std_target() -> Any:
     return param(1.0, help="Per-dimension standard deviation the variance hinge asks of the context tokens.", gt=0.0)
 
 
+def _sigreg_weight() -> Any:
+    return param(
+        0.0,
+        help="Weight of SIGReg (LeJEPA's isotropic-Gaussian test over random 1-D projections) on the context "
+        "embeddings (0 = off; LeJEPA's lambda = 0.05 is a weight of about 0.05).",
+        ge=0.0,
+    )
+
+
+def _sigreg_slices() -> Any:
+    return param(256, help="Random directions SIGReg draws per step.", ge=1)
+
+
+def _regularise() -> Any:
+    return param(
+        "tokens",
+        help="What the regularisers see: `tokens` (every context token is a sample) or `pooled` (each image's "
+        "context tokens averaged: one sample per image, as LeJEPA and VICReg use image embeddings).",
+        choices=("tokens", "pooled"),
+    )
+
+
 @attrs.frozen(kw_only=True)
 class SmoothL1Params:
     """Parameters of the ``smooth_l1`` loss."""
@@ -67,6 +90,9 @@ class SmoothL1Params:
     variance_weight: float = _variance_weight()
     covariance_weight: float = _covariance_weight()
     std_target: float = _std_target()
+    sigreg_weight: float = _sigreg_weight()
+    sigreg_slices: int = _sigreg_slices()
+    regularise: Literal["tokens", "pooled"] = _regularise()
 
 
 @attrs.frozen(kw_only=True)
@@ -76,6 +102,9 @@ class MSEParams:
     variance_weight: float = _variance_weight()
     covariance_weight: float = _covariance_weight()
     std_target: float = _std_target()
+    sigreg_weight: float = _sigreg_weight()
+    sigreg_slices: int = _sigreg_slices()
+    regularise: Literal["tokens", "pooled"] = _regularise()
 
 
 def _as_rows(features: Tensor) -> Tensor:
@@ -151,12 +180,26 @@ class PredictionLoss(nn.Module):
         variance_weight: float = 0.0,
         covariance_weight: float = 0.0,
         std_target: float = 1.0,
+        sigreg_weight: float = 0.0,
+        sigreg_slices: int = 256,
+        regularise: str = "tokens",
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        if regularise not in ("tokens", "pooled"):
+            raise ValueError(f"regularise must be 'tokens' or 'pooled', got {regularise!r}")
         self.level_weights = tuple(float(w) for w in level_weights)
         self.variance_weight = float(variance_weight)
         self.covariance_weight = float(covariance_weight)
         self.std_target = float(std_target)
+        self.sigreg_weight = float(sigreg_weight)
+        self.regularise = regularise
+        self.sigreg = SIGReg(num_slices=sigreg_slices, seed=seed) if self.sigreg_weight > 0 else None
+
+    @property
+    def regularised(self) -> bool:
+        """Whether any regulariser is on (the loss then needs the context tokens)."""
+        return self.variance_weight > 0 or self.covariance_weight > 0 or self.sigreg_weight > 0
 
     def element_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Mean element-wise loss of one level (scalar)."""
@@ -193,18 +236,22 @@ class PredictionLoss(nn.Module):
             value = self.element_loss(prediction.float(), target.detach().float())
             terms[f"level{level}"] = value
             parts.append(weight * value)
-        if self.variance_weight > 0 or self.covariance_weight > 0:
+        if self.regularised:
             if context is None:
                 raise ValueError(
-                    f"variance_weight={self.variance_weight} / covariance_weight={self.covariance_weight} "
-                    "regularise the context tokens, but no context was given"
+                    f"variance_weight={self.variance_weight}, covariance_weight={self.covariance_weight} and "
+                    f"sigreg_weight={self.sigreg_weight} regularise the context tokens, but no context was given"
                 )
+            embeddings = context.float().mean(dim=1) if self.regularise == "pooled" else context
             if self.variance_weight > 0:
-                terms["variance"] = variance_loss(context, self.std_target)
+                terms["variance"] = variance_loss(embeddings, self.std_target)
                 parts.append(self.variance_weight * terms["variance"])
             if self.covariance_weight > 0:
-                terms["covariance"] = covariance_loss(context)
+                terms["covariance"] = covariance_loss(embeddings)
                 parts.append(self.covariance_weight * terms["covariance"])
+            if self.sigreg is not None:
+                terms["sigreg"] = self.sigreg(embeddings)
+                parts.append(self.sigreg_weight * terms["sigreg"])
         total = torch.stack(parts).sum()
         return LossOutput(total=total, terms=terms)
 
@@ -279,6 +326,13 @@ def _level_weights(ctx: BuildContext) -> tuple[float, ...]:
     return weights
 
 
+def _regulariser(params: SmoothL1Params | MSEParams) -> dict[str, Any]:
+    return dict(
+        variance_weight=params.variance_weight, covariance_weight=params.covariance_weight, std_target=params.std_target,
+        sigreg_weight=params.sigreg_weight, sigreg_slices=params.sigreg_slices, regularise=params.regularise,
+    )
+
+
 def build_smooth_l1(params: SmoothL1Params, ctx: BuildContext) -> SmoothL1PredictionLoss:
     """Build the ``smooth_l1`` loss with the predictor's level weights from ``ctx``.
 
@@ -288,9 +342,7 @@ def build_smooth_l1(params: SmoothL1Params, ctx: BuildContext) -> SmoothL1Predic
     return SmoothL1PredictionLoss(
         _level_weights(ctx),
         beta=params.beta,
-        variance_weight=params.variance_weight,
-        covariance_weight=params.covariance_weight,
-        std_target=params.std_target,
+        **_regulariser(params),
     )
 
 
@@ -302,9 +354,7 @@ def build_mse(params: MSEParams, ctx: BuildContext) -> MSEPredictionLoss:
     """
     return MSEPredictionLoss(
         _level_weights(ctx),
-        variance_weight=params.variance_weight,
-        covariance_weight=params.covariance_weight,
-        std_target=params.std_target,
+        **_regulariser(params),
     )
 
 

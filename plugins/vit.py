@@ -16,12 +16,16 @@ adds what a JEPA encoder needs:
 
 Weights use timm's ViT initialisation (truncated normal, std 0.02) with ``fix_init``, which divides
 each block's output projections by ``sqrt(2 * layer)`` as I-JEPA does.
+
+``export_timm()`` (``hjepa export``) hands the encoder over as a plain timm ``VisionTransformer``
+(same parameter names, the sine-cosine table as its ``pos_embed``) whose pooled output is the
+``encoder`` representation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import attrs
 import torch
@@ -30,17 +34,28 @@ from torch import Tensor, nn
 
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, EncoderOutput
-from hjepa_kit.errors import ConfigError
+from hjepa_kit.errors import ConfigError, PluginError
 from hjepa_kit.hookspecs import Register
 from hjepa_kit.params import param
 
-__all__ = ["VitParams", "VitEncoder", "VARIANTS", "build_vit", "sincos_pos_embed_2d"]
+if TYPE_CHECKING:
+    from hjepa_kit.exporting import TimmExport
+
+__all__ = ["VitParams", "VitEncoder", "VARIANTS", "TIMM_ARCHITECTURES", "build_vit", "sincos_pos_embed_2d"]
 
 #: name -> (embed_dim, depth, num_heads, summary)
 VARIANTS: dict[str, tuple[int, int, int, str]] = {
     "vit_tiny": (192, 12, 3, "ViT-Tiny (192 wide, 12 deep, 3 heads), timm"),
     "vit_small": (384, 12, 6, "ViT-Small (384 wide, 12 deep, 6 heads), timm"),
     "vit_base": (768, 12, 12, "ViT-Base (768 wide, 12 deep, 12 heads), timm"),
+}
+
+#: variant -> the timm architecture of the same width, depth and heads (``hjepa export``); the image
+#: and patch size of the name are overridden by ``img_size`` / ``patch_size``.
+TIMM_ARCHITECTURES: dict[str, str] = {
+    "vit_tiny": "vit_tiny_patch16_224",
+    "vit_small": "vit_small_patch16_224",
+    "vit_base": "vit_base_patch16_224",
 }
 
 
@@ -158,6 +173,35 @@ class VitEncoder(nn.Module):
         """Number ``N`` of patches of the grid."""
         return self.grid_size[0] * self.grid_size[1]
 
+    def export_timm(self) -> TimmExport:
+        """This encoder as a plain timm ``VisionTransformer`` whose output is the ``encoder`` representation.
+
+        Parameter names are already timm's (``patch_embed.*``, ``blocks.N.*``, ``norm.*``); the
+        fixed sine-cosine table becomes timm's (learnable) ``pos_embed``. ``class_token=False``
+        with ``global_pool="avg"`` averages the patch tokens, and ``fc_norm=False`` keeps the final
+        norm on each token before the average, as :meth:`HJEPA.features` does (timm's default for
+        ``avg`` would norm after averaging).
+
+        Raises:
+            PluginError: the width, depth and heads are not those of a variant with a timm twin.
+        """
+        from hjepa_kit.exporting import TimmExport
+
+        variant = next((name for name, (dim, depth, heads, _) in VARIANTS.items()
+                        if (dim, depth, heads) == (self.embed_dim, self.depth, self.num_heads)), None)
+        if variant not in TIMM_ARCHITECTURES:
+            raise PluginError(
+                f"a ViT of width {self.embed_dim}, depth {self.depth} and {self.num_heads} heads has no timm architecture "
+                f"here; known: {', '.join(TIMM_ARCHITECTURES)}"
+            )
+        state = {name: tensor.detach().clone() for name, tensor in self.state_dict().items()}
+        state["pos_embed"] = self.pos_embed.detach().float().clone()
+        model_args = {
+            "img_size": self.image_size, "patch_size": self.patch_size, "in_chans": self.in_chans,
+            "class_token": False, "global_pool": "avg", "fc_norm": False, "num_classes": 0,
+        }
+        return TimmExport(architecture=TIMM_ARCHITECTURES[variant], model_args=model_args, state_dict=state)
+
     def set_fused_attention(self, enabled: bool) -> None:
         """Switch every block between fused SDPA attention and the plain attention math."""
         for block in self.blocks:
@@ -201,10 +245,11 @@ class VitEncoder(nn.Module):
         slice at a time; slices of a few thousand tokens keep every block's activations
         (``(tokens, 4 D)`` after the MLP's first layer) in the CPU's cache, where the element-wise
         work (norms, GELU, residual adds, softmax) runs several times faster than from memory.
-        A GPU wants the whole batch.
+        A GPU wants the whole batch, and so does a trace for export (ONNX): traced slices would
+        fix the batch size of the exported graph.
         """
         batch = images.shape[0]
-        if not self.inference_chunk_tokens or torch.is_grad_enabled() or images.device.type != "cpu":
+        if not self.inference_chunk_tokens or torch.is_grad_enabled() or images.device.type != "cpu" or _tracing():
             return batch
         return max(1, self.inference_chunk_tokens // max(tokens_per_image, 1))
 
@@ -252,6 +297,12 @@ def _encoder_output(tokens: Tensor, blocks: dict[int, Tensor]) -> EncoderOutput:
     tensor work and returns the tensors to this eager call.
     """
     return EncoderOutput(tokens=tokens, blocks=blocks)
+
+
+def _tracing() -> bool:
+    """Whether the forward is being traced for export (ONNX, torch.export), where the batch is symbolic."""
+    exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or (exporting is not None and exporting()))
 
 
 def _fused(choice: bool | str, device: torch.device) -> bool:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 
+import attrs
 import yaml
 
 from conftest import run_cli, tiny_config
+from hjepa_kit import hookimpl
+from hjepa_kit.cli import main
+from hjepa_kit.errors import ConfigError
+from hjepa_kit.params import param
+from hjepa_kit.testing import hjepa_plugins  # noqa: F401 (a fixture)
 
 BUILTINS = {
     "encoder": {"vit_tiny", "vit_small", "vit_base"},
@@ -114,3 +121,79 @@ def test_third_party_components_selected_from_yaml(plugin_site, tmp_path):
     resolved = yaml.safe_load((tmp_path / "results" / "logs" / "tiny" / "config.yaml").read_text())
     assert resolved["model"]["encoder"]["name"] == "tiny_convnet"
     assert resolved["model"]["encoder"]["params"]["layers"] == 3
+
+
+# --- a plugin written from the docs: validate, train, list ------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class BlockParams:
+    """Parameters of ``blocks``."""
+
+    num_targets: int = param(4, help="Target blocks.", ge=1)
+    target_len: int = param(4, help="Patches per target block.", ge=1)
+    min_context: int = param(4, help="Fewest context patches.", ge=1)
+
+
+def build_blocks(params, ctx):
+    """Refuses blocks that cannot fit the encoder's grid, as a plugin author writes it: no file, no key path."""
+    rows, cols = ctx.grid_size
+    targets = params.num_targets * params.target_len
+    if targets + params.min_context > rows * cols:
+        raise ConfigError(f"{targets} target + {params.min_context} context patches cannot fit a {rows}x{cols} patch grid")
+    return lambda batch_size, generator: None
+
+
+class BlocksPlugin:
+    @hookimpl
+    def hjepa_register_maskers(self, register):
+        register("blocks", build_blocks, params=BlockParams, summary="Blocks that must fit the patch grid")
+
+
+def _blocks_run(tmp_path, **params) -> str:
+    config = tiny_config(tmp_path, callbacks=[])
+    config["data"]["dataset"]["params"]["image_size"] = 32  # 4-pixel patches: an 8x8 grid
+    config["model"]["masker"] = {"name": "blocks", "params": params}
+    path = tmp_path / "lab.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_validate_runs_the_build_time_checks_that_train_runs(hjepa_plugins, tmp_path, capsys):
+    hjepa_plugins.add(BlocksPlugin(), name="lab", distribution="lab-plugins", version="1.0")
+    expected = "model.masker (blocks): 60 target + 26 context patches cannot fit a 8x8 patch grid"
+    path = _blocks_run(tmp_path, num_targets=15, target_len=4, min_context=26)
+    assert main(["config", "validate", "--config", path]) == 2
+    assert capsys.readouterr().err == f"hjepa config: error: {path}: {expected}\n"
+    assert main(["train", "--config", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count(expected) == 1 and f"hjepa train: error: {path}: {expected}\n" in err  # once, with the file
+    fits = _blocks_run(tmp_path, num_targets=2)
+    assert main(["config", "validate", "--config", fits]) == 0
+    assert capsys.readouterr().out == f"{fits}: valid (10 components checked)\n"
+
+
+class LongNamesPlugin:
+    @hookimpl
+    def hjepa_register_maskers(self, register):
+        register("a_masker_with_a_rather_long_name", build_blocks, params=BlockParams, summary="Long name")
+
+    @hookimpl
+    def hjepa_register_evaluators(self, register):
+        register("terse", lambda params, ctx: None)  # neither summary nor docstring
+
+
+def test_plugins_columns_fit_long_names_and_each_warning_is_printed_once(hjepa_plugins, capsys):
+    hjepa_plugins.add(LongNamesPlugin(), name="a_lab_plugin_with_a_long_name", distribution="lab-plugins", version="1.0")
+    assert main(["plugins"]) == 0
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line.startswith("  ")]
+    assert len(rows) > 10
+    columns = set()
+    for line in rows:
+        name, origin = re.split(r"\s{2,}", line.strip())[:2]
+        columns.add((line.index(name), line.index(origin, len(name) + 2)))
+    assert columns == {(2, 2 + len("a_masker_with_a_rather_long_name") + 2)}
+    summaries = {line.index(re.split(r"\s{2,}", line.strip())[2]) for line in rows if len(re.split(r"\s{2,}", line.strip())) > 2}
+    assert len(summaries) == 1  # the summaries start in one column too
+    assert err.count("evaluator 'terse' has no summary") == 1

@@ -142,7 +142,8 @@ def test_generated_reference_covers_every_key_component_and_command(registry):
         for row in describe(component.params):
             assert row.name in plugins
     cli = docgen.cli_reference_markdown()
-    for command in ("hjepa train", "hjepa evaluate", "hjepa plugins", "hjepa config show", "hjepa config validate"):
+    for command in ("hjepa train", "hjepa evaluate", "hjepa export", "hjepa embed", "hjepa plugins", "hjepa config show",
+                    "hjepa config validate"):
         assert f"`{command}`" in cli, command
     assert "--eval-type" in cli and "--resume" in cli
 

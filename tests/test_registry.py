@@ -11,7 +11,8 @@ from hjepa_kit import hookimpl
 from hjepa_kit.config import load_config
 from hjepa_kit.errors import ConfigError, PluginError
 from hjepa_kit.params import param
-from hjepa_kit.registry import Registry
+from hjepa_kit.registry import PluginWarning, Registry
+from hjepa_kit.testing import hjepa_plugins  # noqa: F401 (a fixture)
 
 
 @attrs.frozen(kw_only=True)
@@ -21,6 +22,7 @@ class ToyParams:
 
 
 def _factory(params, ctx):
+    """A toy component."""
     return ("built", params)
 
 
@@ -114,7 +116,7 @@ def test_factory_failure_names_component_and_plugin():
     class P:
         @hookimpl
         def hjepa_register_encoders(self, register):
-            register("fragile", broken, params=ToyParams)
+            register("fragile", broken, params=ToyParams, summary="Raises when built")
 
     registry = Registry(entry_points=False, plugins=[P()])
     with pytest.raises(PluginError, match=r"encoder 'fragile' from plugin P.* failed to build: RuntimeError: boom"):
@@ -187,3 +189,117 @@ def test_lifecycle_hooks_reach_in_process_plugins():
     registry = Registry(entry_points=False, plugins=[Watcher()])
     registry.hook.hjepa_fit_end(trainer=None, status="completed")
     assert seen == ["completed"]
+
+
+# --- one plugin, two routes ------------------------------------------------------------------------
+
+
+def _module_plugin(name: str = "lab_plugin") -> types.ModuleType:
+    """A module plugin with one component and one lifecycle hook that counts its calls."""
+    module = types.ModuleType(name)
+    module.calls = []
+
+    @hookimpl
+    def hjepa_register_maskers(register):
+        register("lab_masker", _factory, params=ToyParams, summary="A lab's masker")
+
+    @hookimpl
+    def hjepa_fit_end(trainer, status):
+        module.calls.append(status)
+
+    module.hjepa_register_maskers = hjepa_register_maskers
+    module.hjepa_fit_end = hjepa_fit_end
+    return module
+
+
+def test_a_plugin_added_twice_is_registered_once_until_both_additions_are_undone():
+    module = _module_plugin()
+    registry = Registry(entry_points=False, plugins=[module, module])
+    assert registry.names("masker") == ["lab_masker"]
+    assert registry.add_plugin(module) == "lab_plugin"
+    registry.hook.hjepa_fit_end(trainer=None, status="completed")
+    assert module.calls == ["completed"]  # not once per addition
+    registry.remove_plugin(module)
+    registry.remove_plugin(module)
+    assert registry.pm.is_registered(module)
+    registry.remove_plugin(module)
+    assert not registry.pm.is_registered(module)
+
+
+def test_an_installed_plugin_passed_in_process_too_is_registered_once(hjepa_plugins):
+    module = _module_plugin()
+    hjepa_plugins.add(module, name="lab", distribution="lab-plugins", version="1.0")
+    registry = Registry(plugins=[module])
+    component = registry.get("masker", "lab_masker")
+    assert (component.plugin, component.distribution) == ("lab", "lab-plugins")
+    registry.remove_plugin(module)  # what a run does with its plugins=[...] when it ends
+    registry.hook.hjepa_fit_end(trainer=None, status="completed")
+    assert module.calls == ["completed"]  # the installed registration stays, and runs once
+
+
+def test_the_same_component_installed_and_passed_as_another_object_names_both_routes(hjepa_plugins):
+    hjepa_plugins.add(_module_plugin(), name="lab", distribution="lab-plugins", version="1.0")
+
+    class LabPlugin:
+        @hookimpl
+        def hjepa_register_maskers(self, register):
+            register("lab_masker", _factory, params=ToyParams, summary="A lab's masker")
+
+    with pytest.raises(PluginError) as info:
+        Registry(plugins=[LabPlugin()])
+    message = str(info.value)
+    assert "two maskers are named 'lab_masker': one from plugin lab (lab-plugins 1.0), one from plugin 'LabPlugin@" in message
+    assert "leave it out there (installed plugins are loaded already)" in message
+
+
+# --- hook arguments and documentation ---------------------------------------------------------------
+
+
+def test_a_hook_argument_the_hook_does_not_pass_names_plugin_hook_and_its_arguments():
+    class StepPrinter:
+        @hookimpl
+        def hjepa_step_end(self, trainer, stepp):
+            pass
+
+    module = types.ModuleType("lab_hooks")
+
+    @hookimpl
+    def hjepa_fit_end(trainer, state):
+        pass
+
+    module.hjepa_fit_end = hjepa_fit_end
+    with pytest.raises(PluginError) as info:
+        Registry(entry_points=False, plugins=[StepPrinter()])
+    message = str(info.value)
+    assert message.startswith("plugin 'StepPrinter@")
+    assert ("hjepa_step_end(trainer, stepp) asks for 'stepp', which hjepa_step_end does not pass "
+            "(did you mean 'step'?); its arguments are trainer, step, metrics") in message
+    assert "Plugin '" not in message and "hookimpl definition" not in message  # pluggy's wording
+    with pytest.raises(PluginError, match=r"^plugin 'lab_hooks' \(<in-process>\): hjepa_fit_end\(trainer, state\) asks for "
+                                          r"'state'.*\(did you mean 'status'\?\); its arguments are trainer, status"):
+        Registry(entry_points=False, plugins=[module])
+
+
+@attrs.frozen(kw_only=True)
+class HalfDocumented:
+    ratio: float = param(0.5, help="A ratio.")
+    size: int = attrs.field(default=4)
+    mode: str = param("a", help=" ")
+
+
+class Undocumented:
+    @hookimpl
+    def hjepa_register_maskers(self, register):
+        register("quiet_masker", lambda params, ctx: None, params=HalfDocumented)
+
+
+def test_a_component_without_summary_or_help_texts_warns_and_is_an_error_when_strict():
+    with pytest.warns(PluginWarning) as record:
+        registry = Registry(entry_points=False, plugins=[Undocumented()], strict=False)
+    message = str(record[0].message)
+    assert "masker 'quiet_masker' has no summary" in message
+    assert "parameters without a help text: size, mode" in message
+    assert message.startswith("plugin 'Undocumented@")
+    assert registry.names("masker") == ["quiet_masker"] and registry.problems == [message]
+    with pytest.raises(PluginError, match=r"masker 'quiet_masker' has no summary .* \[strict mode\]"):
+        Registry(entry_points=False, plugins=[Undocumented()], strict=True)

@@ -263,7 +263,8 @@ def broken_registry() -> Registry:
         ("evaluator", "text_figures", "figure 'knn/top1' is 'high', not a number"),
         ("dataset", "float_images", "images must be uint8 (N, C, H, W)"),
         ("callback", "silent", "it implements no lifecycle hook"),
-        ("callback", "misnamed", "do not match the hook specs"),
+        ("callback", "misnamed", "do not match the hook specs: hjepa_step_end(trainer, step, metric) asks for 'metric', "
+                                 "which hjepa_step_end does not pass (did you mean 'metrics'?)"),
     ],
 )
 def test_broken_components_fail_the_check(kind, name, expected, broken_registry):
