@@ -103,6 +103,22 @@ def _compile_switch(help: str) -> Any:
 
 
 @attrs.frozen(kw_only=True)
+class EarlyStoppingConfig:
+    """Stop when a figure logged per epoch has not improved for ``patience`` epochs."""
+
+    metric: str = param(
+        "auto",
+        help="The figure watched: `auto`, `knn`, `rankme`, `loss` or any figure's name, as checkpoint.best_metric.",
+    )
+    mode: Literal["auto", "max", "min"] = param(
+        "auto", help="Whether larger or smaller is better; auto: smaller for figures named *loss*, larger otherwise.",
+        choices=("auto", "max", "min"),
+    )
+    patience: int = param(5, help="Epochs without an improvement of at least min_delta before the run stops.", ge=1)
+    min_delta: float = param(0.0, help="The smallest change that counts as an improvement.", ge=0.0)
+
+
+@attrs.frozen(kw_only=True)
 class TrainingConfig:
     """Optimisation: schedules, accumulation, precision, threads."""
 
@@ -122,6 +138,9 @@ class TrainingConfig:
         "auto", help="Autocast dtype: bf16 where the device supports it fast (auto), or fp32."
     )
     threads: int | None = param(None, help="Intra-op threads; null: the physical cores available to this process.", ge=1)
+    early_stopping: EarlyStoppingConfig | None = param(
+        None, help="Stop early when a figure stops improving (metric, mode, patience, min_delta); null: never."
+    )
     on_collapse: Literal["warn", "stop"] = param(
         "warn",
         help="When the collapse monitor fires (logging.collapse_*): `warn` logs the fallbacks and goes on; `stop` ends "

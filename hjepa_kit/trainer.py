@@ -43,6 +43,7 @@ from .runlog import LogWindow, close_run_log, log_interval, open_run_log, prepar
 from .runtime import autocast_dtype, peak_rss_mb, resolve_device, restore_rng_state, rng_state, seed_everything
 from .schedules import Schedules
 from .signals import Interrupt
+from .stopping import EarlyStopping
 from .threads import configure_threads
 
 __all__ = ["Trainer", "TrainResult"]
@@ -129,6 +130,7 @@ class Trainer:
         self._online: OnlineEvaluation | None = None
         self.stop_reason: str | None = None
         self.healthy_checkpoint: Path | None = None
+        self.early_stopping: EarlyStopping | None = None
         self.health = HealthMonitor(0)
         self._health_widths: dict[str, int] = {}
 
@@ -206,6 +208,8 @@ class Trainer:
         self.mask_generator = torch.Generator()
         self.heap = HeapTrimmer(cfg.training.release_memory_every_steps)
         self.health = HealthMonitor(cfg.logging.health_samples)
+        stopping = cfg.training.early_stopping
+        self.early_stopping = EarlyStopping(stopping, cfg.evaluation.representation) if stopping else None
         self._check_memory()  # eager: it runs the model on one image
         self.compiled = should_compile(cfg.training.compile, self.device, key="training.compile",
                                        large_enough=self.total_steps >= AUTO_TRAIN_MIN_STEPS)
@@ -257,6 +261,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "rng": rng_state(),
             "best": dict(self.best),
+            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else {},
             "metrics": dict(self.last_metrics),
         }
 
@@ -285,6 +290,8 @@ class Trainer:
         self.last_metrics = dict(state.get("metrics", {}))
         restore_rng_state(state["rng"])
         self.healthy_checkpoint = Path(target)
+        if self.early_stopping is not None:
+            self.early_stopping.load_state_dict(state.get("early_stopping") or {})
         log.info("resumed from %s at epoch %d, step %d", target, self.epoch, self.step)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -372,8 +379,15 @@ class Trainer:
         metrics_path = self.log_dir / "metrics.jsonl"
         self._metrics_file = open(metrics_path, "a", encoding="utf-8")
         try:
+            if self.early_stopping is not None and self.early_stopping.exhausted and self.epoch < cfg.training.epochs:
+                # A resumed run that had stopped early: its patience is still used up.
+                self.request_stop(self.early_stopping.reason() + " (resumed after the stop: raise the patience "
+                                  "or set training.early_stopping to null to train on)")
             while self.epoch < cfg.training.epochs:
                 if self.step >= self.total_steps:
+                    return "stopped"
+                if any_rank(self.stop_reason is not None, info=self.dist, device=self.device)[0]:
+                    log.info("stopping at step %d: %s", self.step, self.stop_reason or "another rank asked to stop")
                     return "stopped"
                 self.loader.set_epoch(self.epoch)
                 skip = self.batch_in_epoch
@@ -543,6 +557,8 @@ class Trainer:
         self._check_collapse(collapse_problem(metrics, self._health_widths, cfg.logging.collapse_rank_fraction))
         summary = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("loss", "online/", "health/")))
         log.info("epoch %d/%d done: %s", self.epoch, cfg.training.epochs, summary)
+        if self.early_stopping is not None and self.dist.is_main and self.early_stopping.update(metrics, self.epoch):
+            self.request_stop(self.early_stopping.reason())
         self.healthy_checkpoint = self.save("latest.pth", "latest")
         if self.epoch % cfg.checkpoint.every_epochs == 0:
             self.save(f"checkpoint_epoch_{self.epoch}.pth", "periodic")

@@ -243,6 +243,16 @@ class PredictionLoss(nn.Module):
                     f"sigreg_weight={self.sigreg_weight} regularise the context tokens, but no context was given"
                 )
             embeddings = context.float().mean(dim=1) if self.regularise == "pooled" else context
+            if embeddings.reshape(-1, embeddings.shape[-1]).shape[0] < 2:
+                # One image pooled (a memory estimate, a batch of 1): no spread to measure; the terms
+                # are zero but stay in the graph so that backward() sees the same parameters.
+                zero = embeddings.float().sum() * 0.0
+                for name, weight in (("variance", self.variance_weight), ("covariance", self.covariance_weight),
+                                     ("sigreg", self.sigreg_weight)):
+                    if weight > 0:
+                        terms[name] = zero
+                total = torch.stack(parts).sum() + zero
+                return LossOutput(total=total, terms=terms)
             if self.variance_weight > 0:
                 terms["variance"] = variance_loss(embeddings, self.std_target)
                 parts.append(self.variance_weight * terms["variance"])

@@ -96,3 +96,12 @@ def test_prediction_loss_adds_sigreg_on_pooled_or_token_embeddings() -> None:
     assert out_tokens.terms["sigreg"].item() == pytest.approx(expected_tokens.item(), rel=1e-6)
     with pytest.raises(ValueError, match="no context"):
         pooled(predictions, targets)
+
+
+def test_pooled_regularisers_of_a_single_image_are_zero_and_keep_the_graph() -> None:
+    loss = SmoothL1PredictionLoss((1.0,), variance_weight=1.0, sigreg_weight=0.5, regularise="pooled")
+    context = torch.randn(1, 5, 8, requires_grad=True)
+    out = loss([torch.randn(1, 2, 3, 8)], [torch.randn(1, 2, 3, 8)], context)
+    assert out.terms["sigreg"].item() == 0.0 and out.terms["variance"].item() == 0.0
+    out.total.backward()
+    assert context.grad is not None
