@@ -6,7 +6,7 @@
 #   CONFIG=configs/cifar10_native32.yaml ./run_training.sh
 #
 # Steps: create .venv and install hjepa-kit if needed; check Python, RAM and disk; run a 10-step
-# smoke run on the embedded synthetic set; print (or start) the full command.
+# smoke run on the embedded real digits; print (or start) the full command.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -49,10 +49,10 @@ say "available RAM: ${mem_gb} GB, free disk: ${disk_gb} GB, physical cores: ${co
 awk -v m="$mem_gb" 'BEGIN {exit !(m < 8)}' && say "WARNING: less than 8 GB RAM available; use configs/cpu_cifar10_fallback.yaml"
 awk -v d="$disk_gb" 'BEGIN {exit !(d < 10)}' && say "WARNING: less than 10 GB of free disk"
 
-# 4. Smoke run: 10 steps on the embedded synthetic set, in a temporary folder.
+# 4. Smoke run: 10 steps of the quickstart on the embedded digits, in a temporary folder.
 smoke=$(mktemp -d)
 trap 'rm -rf "$smoke"' EXIT
-say "smoke run (10 steps on synthetic data)..."
+say "smoke run (10 steps on the embedded digits)..."
 .venv/bin/hjepa train --config configs/quickstart.yaml --output-dir "$smoke" --name smoke \
   --set training.max_steps=10 --set training.epochs=1 --set logging.interval_steps=5 \
   --set evaluation.online_every_epochs=0 --set 'callbacks=[]' > "$smoke/out.txt" 2>&1 \

@@ -486,7 +486,7 @@ class Trainer:
         return "\n".join(f"  {base} --set {change}{resume}" for change in (
             f"training.lr={lr:.2g}",
             "training.ema_momentum=[0.999,1.0]",
-            "loss.params.sigreg_weight=0.05 --set loss.params.regularise=pooled",
+            "loss.params.sigreg_weight=0.05",
         ))
 
     def _check_collapse(self, reason: str | None) -> None:
@@ -554,7 +554,8 @@ class Trainer:
         if ev.online is not None and ev.online_every_epochs and self.epoch % ev.online_every_epochs == 0 and self.dist.is_main:
             metrics.update(self.online_evaluation())
         self.last_metrics = dict(metrics)
-        self._check_collapse(collapse_problem(metrics, self._health_widths, cfg.logging.collapse_rank_fraction))
+        self._check_collapse(collapse_problem(metrics, self._health_widths, cfg.logging.collapse_rank_fraction,
+                                              cfg.evaluation.representation))
         summary = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("loss", "online/", "health/")))
         log.info("epoch %d/%d done: %s", self.epoch, cfg.training.epochs, summary)
         if self.early_stopping is not None and self.dist.is_main and self.early_stopping.update(metrics, self.epoch):

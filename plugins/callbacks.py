@@ -60,7 +60,7 @@ class TensorBoardCallback:
         if self.writer is None:
             return
         for key, value in metrics.items():
-            if key.startswith("online/"):
+            if key.startswith(("online/", "health/")):
                 self.writer.add_scalar(key, value, trainer.step)
         self.writer.add_scalar("epoch/loss", metrics.get("loss", float("nan")), epoch)
         self.writer.flush()

@@ -5,15 +5,21 @@ every element of the level's ``(B, M, T, D)`` tensor, and sum the levels with th
 per-level weights (read from ``ctx.level_weights``: the predictor owns them, so they are never
 configured twice). Targets are treated as constants (stop-gradient), as in I-JEPA.
 
-An optional VICReg-style regulariser on the context encoder's tokens is the training plan's
-fallback against representation collapse. It is off by default (both weights 0.0) and then costs
-nothing and adds no terms.
+Optional regularisers keep the representation from collapsing: VICReg's variance and covariance
+terms, and LeJEPA's SIGReg (:mod:`hjepa_kit.plugins.sigreg`), on the context encoder's tokens
+(``regularise: tokens``, every token a sample) or on each image's pooled context (``pooled``).
+All are off by default (weights 0.0) and then cost nothing and add no terms. Measured on real
+digits (docs/quality.md): on tokens they prevent the collapse; on pooled embeddings both end below
+the untrained network, because nothing ties a pooled context embedding to its image except the
+regulariser, which a content-free spread then satisfies.
 
 References:
     Assran et al., "Self-Supervised Learning from Images with a Joint-Embedding Predictive
     Architecture" (I-JEPA), CVPR 2023, https://arxiv.org/abs/2301.08243
     Bardes, Ponce, LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
     Self-Supervised Learning", ICLR 2022, https://arxiv.org/abs/2105.04906
+    Balestriero, LeCun, "LeJEPA: Provable and Scalable Self-Supervised Learning Without the
+    Heuristics", 2025, https://arxiv.org/abs/2511.08544
 """
 
 from __future__ import annotations
@@ -70,7 +76,9 @@ def _sigreg_weight() -> Any:
 
 
 def _sigreg_slices() -> Any:
-    return param(256, help="Random directions SIGReg draws per step.", ge=1)
+    return param(
+        128, help="Random directions SIGReg draws per step (cost linear in it: 128 adds about 7% to a native-32 step).", ge=1
+    )
 
 
 def _regularise() -> Any:
@@ -181,7 +189,7 @@ class PredictionLoss(nn.Module):
         covariance_weight: float = 0.0,
         std_target: float = 1.0,
         sigreg_weight: float = 0.0,
-        sigreg_slices: int = 256,
+        sigreg_slices: int = 128,
         regularise: str = "tokens",
         seed: int = 0,
     ) -> None:
@@ -374,11 +382,11 @@ def hjepa_register_losses(register) -> None:  # noqa: ANN001 - the core's Regist
         "smooth_l1",
         build_smooth_l1,
         params=SmoothL1Params,
-        summary="I-JEPA's smooth L1 over hierarchy levels, optional VICReg variance/covariance regulariser.",
+        summary="I-JEPA's smooth L1 over hierarchy levels, optional SIGReg or VICReg regulariser.",
     )
     register(
         "mse",
         build_mse,
         params=MSEParams,
-        summary="Mean squared error over hierarchy levels, optional VICReg variance/covariance regulariser.",
+        summary="Mean squared error over hierarchy levels, optional SIGReg or VICReg regulariser.",
     )

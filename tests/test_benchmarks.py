@@ -76,6 +76,26 @@ def test_evaluate_times_features_and_evaluators(tmp_path: Path) -> None:
     assert result["features_plus_evaluators_s"] <= result["total_s"]
 
 
+def test_quality_reports_learning_against_its_own_baselines(tmp_path: Path) -> None:
+    result = run_benchmark(
+        "quality.py", "--config", str(CONFIG), "--datasets", "digits", "--seeds", "0", "1", "--budget-min", "0.05",
+        "--curve", "0.02", "--set", "training.epochs=1", "--set", "data.batch_size=32", "--json", str(tmp_path / "q.json"),
+    )
+    digits = result["summary"]["digits"]
+    assert set(digits["final"]) == {"encoder", "level0", "level1"}
+    for rep, figures in digits["final"].items():
+        for metric in ("knn", "linear"):
+            assert figures[metric]["n"] == 2 and 0.0 <= figures[metric]["min"] <= figures[metric]["max"] <= 1.0
+        assert 1.0 <= figures["rankme"]["mean"] <= figures["width"] == 192
+        # Minute 0 is the same run's random initialisation, measured before its first step.
+        assert set(digits["curve"][rep]) >= {"0.0", "0.02"} and digits["random_init_knn"][rep]["n"] == 2
+    # Raw pixels separate the digits well: the baseline is real, not a placeholder.
+    assert digits["pixels"]["knn"]["mean"] > 0.9 and digits["pixels"]["linear"]["mean"] > 0.9
+    for run in result["runs"]:
+        assert run["status"] in ("completed", "stopped") and run["steps"] >= 1
+        assert run["curve"][0]["minute"] == 0.0 and run["curve"][0]["step"] == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_throughput_on_the_gpu_uses_bf16_and_fused_attention(tmp_path: Path) -> None:
     result = run_benchmark(

@@ -28,9 +28,12 @@ def test_the_monitor_keeps_the_last_rows_and_measures_their_rank() -> None:
 
 def test_collapse_problem_names_the_representation_and_threshold() -> None:
     widths = {"encoder": 192, "level0": 192}
-    assert collapse_problem({"health/rankme/encoder": 50.0, "loss": 0.1}, widths, 0.05) is None
-    reason = collapse_problem({"health/rankme/encoder": 50.0, "health/rankme/level0": 2.0}, widths, 0.05)
+    assert collapse_problem({"health/rankme/encoder": 50.0, "loss": 0.1}, widths, 0.05, "encoder") is None
+    figures = {"health/rankme/encoder": 50.0, "health/rankme/level0": 2.0}
+    reason = collapse_problem(figures, widths, 0.05, "level0")
     assert "'level0'" in reason and "2.0 of 192" in reason and "9.6" in reason
+    # Only the evaluated representation counts.
+    assert collapse_problem(figures, widths, 0.05, "encoder") is None
 
 
 def test_select_metric() -> None:
