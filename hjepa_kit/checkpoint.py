@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .outputs import fsync_path
 
 __all__ = [
     "FORMAT", "save_checkpoint", "load_checkpoint", "load_training_state", "find_latest", "resume_target",
@@ -49,26 +50,13 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> P
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise CheckpointError(f"{path}: writing the checkpoint failed: {exc.strerror or exc}") from None
         raise
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

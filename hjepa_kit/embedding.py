@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .data import choose_in_memory, eval_transform, iter_eval_batches
 from .errors import DataError, UserError
+from .images import decode_square
 from .outputs import atomic_file, check_new_file
 from .pretrained import Pretrained, check_representation_name, load_pretrained
 from .runtime import autocast_dtype, resolve_device
@@ -83,7 +84,8 @@ def find_images(folder: str | os.PathLike[str], extensions: Sequence[str] = IMAG
 def decode_image(path: Path, size: int, channels: int = 3) -> Tensor:
     """Decode an image file to ``(C, size, size)`` uint8: shorter side resized to ``size`` (bilinear), centre crop.
 
-    This is how the built-in ``image_folder`` dataset decodes, so folder images are seen as in training.
+    The built-in ``image_folder`` dataset decodes with the same
+    :func:`~hjepa_kit.images.decode_square`, so folder images are seen as in training.
 
     Raises:
         DataError: the file cannot be read or decoded, naming it.
@@ -94,16 +96,7 @@ def decode_image(path: Path, size: int, channels: int = 3) -> Tensor:
     if mode is None:
         raise UserError(f"--images: the model takes {channels}-channel images; only 1 (grey) and 3 (RGB) can be decoded from files")
     try:
-        with Image.open(path) as image:
-            image.draft(mode, (size, size))  # JPEG: decode at a reduced scale when much larger (fast)
-            image = image.convert(mode)
-            width, height = image.size
-            scale = size / min(width, height)
-            new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-            if (new_w, new_h) != (width, height):
-                image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-            left, top = (new_w - size) // 2, (new_h - size) // 2
-            array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        array = decode_square(path, size, mode)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot be read as an image ({exc})") from None
     if array.ndim == 2:
@@ -154,7 +147,40 @@ def embed_images(
     plugins: Iterable[Any] = (),
     progress: bool = False,
 ) -> EmbedResult:
-    """See :func:`hjepa_kit.embed`."""
+    """Write the features of every image of a folder or a dataset.
+
+    This is the library's ``hjepa_kit.embed`` and the command ``hjepa embed``.
+
+    Args:
+        checkpoint: a checkpoint written by :func:`~hjepa_kit.api.train`.
+        out: a ``.npy`` file (the ``(N, D)`` float32 features) or ``.npz`` (``features``, ``labels``,
+            ``classes``, ``representation``, and ``paths`` + ``skipped`` for a folder or ``split`` +
+            ``index`` + ``dataset`` for a dataset). It must not exist unless ``force``.
+        images: a folder of image files, searched recursively; each is decoded to the model's
+            image size (shorter side, centre crop). Its label is its top-level subfolder's index
+            in ``classes`` (``-1`` directly in the folder).
+        dataset: instead of ``images``, a dataset component (``cifar10``, ``image_folder`` ...); the
+            run's own dataset keeps the run's parameters, another starts from its defaults.
+        data_path: the dataset folder (sets ``data.dataset.params.root``).
+        splits: the dataset's splits to embed, in order (default: all it has).
+        representation: ``encoder`` or a hierarchy level (``level0``, ``level1`` ...).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: images per batch (default: the run's ``data.eval_batch_size``).
+        precision: ``fp32`` (default, exact), ``bf16`` or ``auto`` (bf16 where it is fast).
+        skip_bad: skip images that cannot be read (listed in the result) instead of failing.
+        force: replace ``out`` when it exists.
+        overrides: ``KEY=VALUE`` overrides applied to the checkpoint's configuration.
+        plugins: extra plugins whose components the configuration names.
+        progress: report progress on stderr.
+
+    Returns:
+        An :class:`~hjepa_kit.embedding.EmbedResult`: path, count, feature width, skipped files.
+
+    Raises:
+        hjepa_kit.errors.UserError: a foreign checkpoint, an unknown representation or split, an
+            unreadable image (without ``skip_bad``; the message names the file), an existing or
+            unwritable ``out``. Nothing is written when it fails.
+    """
     out = Path(out)
     if (images is None) == (dataset is None):
         raise UserError("hjepa embed: give exactly one of --images FOLDER or --dataset NAME")

@@ -118,7 +118,37 @@ def export_checkpoint(
     verify: bool = True,
     plugins: Iterable[Any] = (),
 ) -> ExportResult:
-    """See :func:`hjepa_kit.export`."""
+    """Export a checkpoint's target encoder for use without hjepa-kit.
+
+    This is the library's ``hjepa_kit.export`` and the command ``hjepa export``.
+
+    The folder ``out`` receives ``config.json`` (architecture, representation and pooling,
+    preprocessing, the exact timm call, the check's result) and, per format, ``model.safetensors``
+    (``timm``: loadable by plain ``timm.create_model``) or ``model.onnx`` (``onnx``: images
+    ``(B, C, S, S)`` -> features ``(B, D)``, dynamic batch). See the "Use your encoder" page.
+
+    Args:
+        checkpoint: a checkpoint written by :func:`~hjepa_kit.api.train`.
+        out: the export folder; it must not exist unless ``force``.
+        formats: ``timm`` and/or ``onnx``. ONNX needs the ``onnx`` and ``onnxscript`` packages
+            (``pip install 'hjepa-kit[export]'``).
+        representation: what the exported model returns: ``encoder`` (the target encoder's final
+            tokens, averaged; the only one timm can hold) or, for ONNX only, a hierarchy level
+            (``level0``, ``level1`` ...).
+        force: replace ``out`` when it holds an earlier export (never another folder).
+        verify: load each export back (timm; ONNX with onnxruntime when installed) and require its
+            features on a probe batch to match hjepa-kit's within
+            :data:`~hjepa_kit.exporting.TOLERANCE`.
+        plugins: extra plugins whose components the checkpoint's configuration names.
+
+    Returns:
+        An :class:`~hjepa_kit.exporting.ExportResult`: the folder, the written files, the config.
+
+    Raises:
+        hjepa_kit.errors.UserError: the checkpoint is not ours, the format or representation is
+            unknown or not exportable in that format, ``out`` exists or cannot be written. Nothing
+            is left under ``out`` when it fails.
+    """
     formats = _check_formats(formats)
     out = Path(out)
     check_new_folder(out, force=force, replaceable=_is_export)

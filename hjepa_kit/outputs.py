@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import OutputError
 
-__all__ = ["atomic_folder", "atomic_file", "check_new_folder", "check_new_file"]
+__all__ = ["atomic_folder", "atomic_file", "check_new_folder", "check_new_file", "fsync_path"]
 
 
 def _writable_parent(out: Path) -> Path:
@@ -35,7 +35,8 @@ def _usual_mode(path: Path, folder: bool) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~umask)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or folder's data (a folder: its entries, e.g. a rename) to disk; best effort, never raises."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -98,7 +99,7 @@ def atomic_folder(
         for item in tmp.iterdir():
             if item.is_file():
                 _usual_mode(item, folder=False)  # some writers (safetensors) create their files 0600
-            _fsync(item)
+            fsync_path(item)
         if out.exists():
             old = parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
             os.replace(out, old)
@@ -106,7 +107,7 @@ def atomic_folder(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-        _fsync(parent)
+        fsync_path(parent)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
@@ -148,9 +149,9 @@ def atomic_file(out: str | os.PathLike[str], *, force: bool = False, option: str
     tmp = Path(name)
     try:
         yield tmp
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, out)
-        _fsync(parent)
+        fsync_path(parent)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):

@@ -38,6 +38,7 @@ from torch import Tensor
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, ImageData
 from hjepa_kit.errors import DataError
+from hjepa_kit.images import decode_square
 from hjepa_kit.params import param
 from hjepa_kit.threads import physical_cores
 
@@ -617,17 +618,7 @@ def decode_image(path: Path, size: int) -> Tensor:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger (fast)
-            image = image.convert("RGB")
-            width, height = image.size
-            scale = size / min(width, height)
-            new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-            if (new_w, new_h) != (width, height):
-                image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-            left, top = (new_w - size) // 2, (new_h - size) // 2
-            image = image.crop((left, top, left + size, top + size))
-            array = np.asarray(image, dtype=np.uint8)
+        array = decode_square(path, size, "RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot be decoded as an image ({exc}); remove or replace the file") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

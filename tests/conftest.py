@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny run configurations and third-party plugin packages installed for a test."""
+"""Shared fixtures: tiny run configurations, a trained tiny checkpoint and third-party plugin packages installed for a test."""
 
 from __future__ import annotations
 
@@ -58,6 +58,18 @@ def merge_sections(config: dict, **sections) -> dict:
 def tiny(tmp_path):
     """Build a tiny run configuration mapping: ``tiny(training={"epochs": 1})``."""
     return lambda **sections: tiny_config(tmp_path, **sections)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """The final checkpoint of a one-epoch tiny run, trained once for all the tests that read one.
+
+    16 px synthetic images (48 labelled test images), ViT-Tiny with 4 px patches, 2 hierarchy levels.
+    """
+    import hjepa_kit
+
+    root = tmp_path_factory.mktemp("tinyrun")
+    return hjepa_kit.train(tiny_config(root, training={"epochs": 1}), console=False).checkpoints["final"]
 
 
 def pip_install_target(target: Path, *packages: Path) -> None:

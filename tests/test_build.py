@@ -5,12 +5,12 @@ from __future__ import annotations
 import attrs
 import pytest
 
+from grid_masker import BlockParams, build_blocks
 from hjepa_kit import hookimpl
 from hjepa_kit.build import build_component, check_build
 from hjepa_kit.config import load_config
 from hjepa_kit.contracts import BuildContext
 from hjepa_kit.errors import ConfigError, PluginError
-from hjepa_kit.params import param
 from hjepa_kit.registry import Component, Registry, Resolved
 from hjepa_kit.testing import hjepa_plugins  # noqa: F401 (a fixture)
 
@@ -63,24 +63,6 @@ def test_several_problems_of_one_factory_are_each_located():
 # --- check_build --------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
-class FittedParams:
-    """Parameters of ``fitted``."""
-
-    num_targets: int = param(4, help="Target blocks.", ge=1)
-    target_len: int = param(4, help="Patches per target block.", ge=1)
-    min_context: int = param(4, help="Fewest context patches.", ge=1)
-
-
-def build_fitted(params, ctx):
-    """A masker whose blocks must fit the encoder's grid (it is never called here)."""
-    rows, cols = ctx.grid_size
-    needed = params.num_targets * params.target_len
-    if needed + params.min_context > rows * cols:
-        raise ConfigError(f"{needed} target + {params.min_context} context patches do not fit a {rows}x{cols} grid")
-    return lambda batch_size, generator: None
-
-
 class MisnamedCallback:
     @hookimpl
     def hjepa_step_end(self, trainer, stepp):
@@ -90,7 +72,7 @@ class MisnamedCallback:
 class LabPlugin:
     @hookimpl
     def hjepa_register_maskers(self, register):
-        register("fitted", build_fitted, params=FittedParams, summary="Blocks that must fit the grid")
+        register("fitted", build_blocks, params=BlockParams, summary="Blocks that must fit the grid")
 
     @hookimpl
     def hjepa_register_callbacks(self, register):
@@ -109,7 +91,7 @@ def test_check_build_runs_the_masker_check_on_the_encoders_grid(hjepa_plugins, t
     too_many = _masker_config(tiny)  # 16-pixel images, 4-pixel patches: a 4x4 grid; 4 x 4 + 4 > 16
     with pytest.raises(ConfigError) as info:
         check_build(registry.resolve(too_many, "run.yaml"), too_many)
-    assert str(info.value) == "run.yaml: model.masker (fitted): 16 target + 4 context patches do not fit a 4x4 grid"
+    assert str(info.value) == "run.yaml: model.masker (fitted): 16 target + 4 context patches cannot fit a 4x4 patch grid"
     fits = _masker_config(tiny, num_targets=2)
     assert check_build(registry.resolve(fits, "run.yaml"), fits) == []
 

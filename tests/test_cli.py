@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import re
 
-import attrs
 import yaml
 
 from conftest import run_cli, tiny_config
+from grid_masker import BlockParams, build_blocks
 from hjepa_kit import hookimpl
 from hjepa_kit.cli import main
-from hjepa_kit.errors import ConfigError
-from hjepa_kit.params import param
 from hjepa_kit.testing import hjepa_plugins  # noqa: F401 (a fixture)
 
 BUILTINS = {
@@ -124,24 +122,6 @@ def test_third_party_components_selected_from_yaml(plugin_site, tmp_path):
 
 
 # --- a plugin written from the docs: validate, train, list ------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class BlockParams:
-    """Parameters of ``blocks``."""
-
-    num_targets: int = param(4, help="Target blocks.", ge=1)
-    target_len: int = param(4, help="Patches per target block.", ge=1)
-    min_context: int = param(4, help="Fewest context patches.", ge=1)
-
-
-def build_blocks(params, ctx):
-    """Refuses blocks that cannot fit the encoder's grid, as a plugin author writes it: no file, no key path."""
-    rows, cols = ctx.grid_size
-    targets = params.num_targets * params.target_len
-    if targets + params.min_context > rows * cols:
-        raise ConfigError(f"{targets} target + {params.min_context} context patches cannot fit a {rows}x{cols} patch grid")
-    return lambda batch_size, generator: None
 
 
 class BlocksPlugin:

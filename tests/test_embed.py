@@ -17,15 +17,6 @@ PIL = pytest.importorskip("PIL.Image")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A one-epoch tiny run on 16 px synthetic images (48 labelled test images)."""
-    from conftest import tiny_config
-
-    root = tmp_path_factory.mktemp("embedrun")
-    return hjepa_kit.train(tiny_config(root, training={"epochs": 1}), console=False).checkpoints["final"]
-
-
-@pytest.fixture(scope="module")
 def evaluated(checkpoint):
     """The run's test split and every representation's features of it, extracted as `hjepa evaluate` does."""
     pretrained = load_pretrained(checkpoint)

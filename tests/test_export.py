@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,15 +16,6 @@ from hjepa_kit.exporting import TOLERANCE, TimmExport
 from hjepa_kit.pretrained import load_pretrained
 
 timm = pytest.importorskip("timm")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A one-epoch tiny run (16 px synthetic images, ViT-Tiny with 4 px patches, 2 hierarchy levels)."""
-    from conftest import tiny_config
-
-    root = tmp_path_factory.mktemp("exportrun")
-    return hjepa_kit.train(tiny_config(root, training={"epochs": 1}), console=False).checkpoints["final"]
 
 
 @pytest.fixture(scope="module")
