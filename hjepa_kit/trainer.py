@@ -486,7 +486,7 @@ class Trainer:
         return "\n".join(f"  {base} --set {change}{resume}" for change in (
             f"training.lr={lr:.2g}",
             "training.ema_momentum=[0.999,1.0]",
-            "loss.params.sigreg_weight=0.05",
+            "loss.params.variance_weight=1.0 --set loss.params.covariance_weight=0.04",
         ))
 
     def _check_collapse(self, reason: str | None) -> None:
