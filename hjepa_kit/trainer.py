@@ -447,7 +447,9 @@ class Trainer:
             with torch.no_grad():
                 target_out = self.model.target_encoder(images, return_blocks=tuple(self.model.predictor.target_blocks))
                 targets = [t.detach() for t in self.model.predictor.make_targets(target_out, masks)]
-                if self.health.enabled:
+                # Only the epoch's last micro-batches feed the RankMe measured at its end.
+                usable = len(self.loader) // accumulation * accumulation
+                if self.health.enabled and (usable - micro_index) * images.shape[0] <= self.health.samples + images.shape[0]:
                     pooled = self.model.pooled(target_out)
                     self._health_widths = {k: int(v.shape[1]) for k, v in pooled.items()}
                     self.health.add(pooled)
