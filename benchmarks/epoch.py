@@ -35,7 +35,7 @@ import torch
 
 import hjepa_kit
 from hjepa_kit import hookimpl
-from hjepa_kit.trainer import Trainer
+from hjepa_kit.training.trainer import Trainer
 from throughput import RecordingMasker, benchmark_overrides, mean_flops_per_image, peak_shapes
 
 

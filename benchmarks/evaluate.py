@@ -1,6 +1,6 @@
 """Evaluation of 50,000 + 10,000 images end to end: features once, then k-NN and the linear probe.
 
-Runs :func:`hjepa_kit.evaluation.run_evaluation` (what ``hjepa evaluate`` runs) on a checkpoint:
+Runs :func:`hjepa_kit.evaluation.run.run_evaluation` (what ``hjepa evaluate`` runs) on a checkpoint:
 by default one written here from the configuration's freshly built model (untrained weights;
 the cost of extracting features does not depend on the weights, that of the probe a little), with
 a synthetic labelled dataset of CIFAR's shape (``--train`` / ``--test`` images of 32 x 32,
@@ -28,9 +28,9 @@ import _machine  # first: imports hjepa_kit before torch (OMP_WAIT_POLICY)
 import torch
 
 import hjepa_kit
-from hjepa_kit.checkpoint import load_checkpoint, save_checkpoint
-from hjepa_kit.evaluation import run_evaluation
-from hjepa_kit.trainer import Trainer
+from hjepa_kit.training.checkpoint import load_checkpoint, save_checkpoint
+from hjepa_kit.evaluation.run import run_evaluation
+from hjepa_kit.training.trainer import Trainer
 from throughput import benchmark_overrides, prepare
 
 

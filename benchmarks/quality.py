@@ -37,10 +37,10 @@ import torch
 import hjepa_kit
 from hjepa_kit.api import _source
 from hjepa_kit.config import ComponentSpec, load_config
-from hjepa_kit.data import iter_eval_batches
-from hjepa_kit.features import extract_features, feature_sets
-from hjepa_kit.metrics import effective_rank
-from hjepa_kit.trainer import Trainer
+from hjepa_kit.data.loader import iter_eval_batches
+from hjepa_kit.evaluation.features import extract_features, feature_sets
+from hjepa_kit.evaluation.metrics import effective_rank
+from hjepa_kit.training.trainer import Trainer
 
 DATASETS = {
     "digits": {"name": "digits", "params": {}},

@@ -47,10 +47,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import hjepa_kit
-from hjepa_kit.compiling import AUTO_TRAIN_MIN_STEPS, should_compile
+from hjepa_kit.training.compiling import AUTO_TRAIN_MIN_STEPS, should_compile
 from hjepa_kit.contracts import Masks
 from hjepa_kit.runtime import resolve_device
-from hjepa_kit.trainer import Trainer
+from hjepa_kit.training.trainer import Trainer
 
 PHASES = ("data", "masking", "target forward", "context forward", "predictor fwd+bwd", "context backward", "optimizer", "EMA")
 

@@ -72,8 +72,8 @@ _LAZY = {
     "evaluate": ".api",
     "export": ".api",
     "embed": ".api",
-    "Trainer": ".trainer",
-    "TrainResult": ".trainer",
+    "Trainer": ".training.trainer",
+    "TrainResult": ".training.trainer",
     "Registry": ".registry",
     "BuildContext": ".contracts",
     "Masks": ".contracts",
@@ -98,7 +98,7 @@ if TYPE_CHECKING:
     from .errors import CheckpointError, ConfigError, DataError, OutputError, PluginError, UserError
     from .params import param
     from .registry import Registry
-    from .trainer import Trainer, TrainResult
+    from .training.trainer import Trainer, TrainResult
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
 """The library entry points: :func:`train`, :func:`evaluate`, :func:`export` and :func:`embed`.
 
-:func:`export` and :func:`embed` are :func:`hjepa_kit.exporting.export_checkpoint` and
-:func:`hjepa_kit.embedding.embed_images` themselves, under their library names.
+:func:`export` and :func:`embed` are :func:`hjepa_kit.evaluation.exporting.export_checkpoint` and
+:func:`hjepa_kit.evaluation.embedding.embed_images` themselves, under their library names.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .config import RunConfig, load_config
-from .embedding import embed_images as embed
-from .exporting import export_checkpoint as export
-from .trainer import Trainer, TrainResult
+from .evaluation.embedding import embed_images as embed
+from .evaluation.exporting import export_checkpoint as export
+from .training.trainer import Trainer, TrainResult
 
 __all__ = ["train", "evaluate", "export", "embed"]
 
@@ -39,7 +39,7 @@ def train(
         console: echo the log to stderr.
 
     Returns:
-        A :class:`~hjepa_kit.trainer.TrainResult`: status, folders, checkpoint paths, final metrics.
+        A :class:`~hjepa_kit.training.trainer.TrainResult`: status, folders, checkpoint paths, final metrics.
 
     Raises:
         hjepa_kit.errors.UserError: for any mistake in the configuration, data or plugins.
@@ -79,7 +79,7 @@ def evaluate(
         ``{"metrics": {name: value}, "paths": {file: path}, "timings": {stage: seconds}, "artifacts": {...},
         "features_compiled": bool}`` (whether feature extraction ran compiled, see ``evaluation.compile``).
     """
-    from .evaluation import run_evaluation
+    from .evaluation.run import run_evaluation
 
     return run_evaluation(
         checkpoint, dataset=dataset, data_path=data_path, eval_types=eval_types, device=device,

@@ -98,7 +98,7 @@ class ModelConfig:
 
 
 def _compile_switch(help: str) -> Any:
-    """A ``true`` / ``false`` / ``auto`` (default) switch of ``torch.compile`` (see :mod:`hjepa_kit.compiling`)."""
+    """A ``true`` / ``false`` / ``auto`` (default) switch of ``torch.compile`` (see :mod:`hjepa_kit.training.compiling`)."""
     return param("auto", help=help, choices=("auto", True, False))
 
 

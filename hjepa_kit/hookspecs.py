@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from .training.trainer import Trainer
 
 PROJECT = "hjepa_kit"
 
@@ -131,7 +131,7 @@ def hjepa_fit_start(trainer: Trainer) -> None:
     """Called once before the first step (also when resuming).
 
     Args:
-        trainer: the running :class:`~hjepa_kit.trainer.Trainer` (``config``, ``log_dir``,
+        trainer: the running :class:`~hjepa_kit.training.trainer.Trainer` (``config``, ``log_dir``,
             ``checkpoint_dir``, ``model``, ``step``, ``epoch``, ``steps_per_epoch``, ``total_steps``,
             ``device``, ``rank``, ``world_size``).
     """

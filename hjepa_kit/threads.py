@@ -9,7 +9,7 @@ sees the host's cores, loader worker processes beside the compute threads). So:
   container's CPU quota);
 * inter-op threads are set to 1: eager PyTorch runs one operator at a time, a second pool only
   competes with the first;
-* in-RAM datasets need no loader worker processes (see :mod:`hjepa_kit.data`).
+* in-RAM datasets need no loader worker processes (see :mod:`hjepa_kit.data.loader`).
 
 On a machine shared with other jobs (a CI runner, a workstation in use, several runs side by side),
 set one thread: ``training.threads: 1`` in the configuration, or ``HJEPA_THREADS=1`` in the

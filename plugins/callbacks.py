@@ -16,7 +16,7 @@ import attrs
 
 from hjepa_kit import hookimpl
 from hjepa_kit.params import param
-from hjepa_kit.runlog import format_duration
+from hjepa_kit.training.runlog import format_duration
 
 
 @attrs.frozen(kw_only=True)

@@ -2,7 +2,7 @@
 
 Every dataset hands a split to the core as one ``(N, 3, H, W)`` uint8 tensor in RAM
 (:class:`~hjepa_kit.contracts.ImageData`); the core augments it a batch at a time
-(:mod:`hjepa_kit.data`). Beside the :class:`~hjepa_kit.contracts.Dataset` contract each dataset
+(:mod:`hjepa_kit.data.loader`). Beside the :class:`~hjepa_kit.contracts.Dataset` contract each dataset
 offers ``estimate_bytes(split)`` (decoded size, without decoding) and, where streaming makes
 sense (STL-10, image folders), ``open_stream(split)``: a map-style torch dataset of
 ``(uint8 (3, H, W), label)`` for data too big for RAM.
@@ -38,7 +38,7 @@ from torch import Tensor
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, ImageData
 from hjepa_kit.errors import DataError
-from hjepa_kit.images import decode_square
+from hjepa_kit.data.images import decode_square
 from hjepa_kit.params import param
 from hjepa_kit.threads import physical_cores
 

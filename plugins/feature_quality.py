@@ -37,7 +37,7 @@ import attrs
 
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet
-from hjepa_kit.metrics import (
+from hjepa_kit.evaluation.metrics import (
     COLLAPSE_RANK_FRACTION,
     COLLAPSE_VARIANCE,
     collapse_verdict,

@@ -23,7 +23,7 @@ from torch import Tensor
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet
 from hjepa_kit.errors import UserError
-from hjepa_kit.metrics import topk_correct
+from hjepa_kit.evaluation.metrics import topk_correct
 from hjepa_kit.params import param
 
 __all__ = ["KnnParams", "knn_classify", "knn_scores", "select_features", "faiss_threads", "build_knn"]

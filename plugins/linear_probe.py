@@ -35,7 +35,7 @@ from torch import Tensor
 
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet
-from hjepa_kit.metrics import topk_accuracy
+from hjepa_kit.evaluation.metrics import topk_accuracy
 from hjepa_kit.params import param
 from hjepa_kit.plugins.knn import select_features
 

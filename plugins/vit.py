@@ -39,7 +39,7 @@ from hjepa_kit.hookspecs import Register
 from hjepa_kit.params import param
 
 if TYPE_CHECKING:
-    from hjepa_kit.exporting import TimmExport
+    from hjepa_kit.evaluation.exporting import TimmExport
 
 __all__ = ["VitParams", "VitEncoder", "VARIANTS", "TIMM_ARCHITECTURES", "build_vit", "sincos_pos_embed_2d"]
 
@@ -185,7 +185,7 @@ class VitEncoder(nn.Module):
         Raises:
             PluginError: the width, depth and heads are not those of a variant with a timm twin.
         """
-        from hjepa_kit.exporting import TimmExport
+        from hjepa_kit.evaluation.exporting import TimmExport
 
         variant = next((name for name, (dim, depth, heads, _) in VARIANTS.items()
                         if (dim, depth, heads) == (self.embed_dim, self.depth, self.num_heads)), None)

@@ -25,7 +25,7 @@ from legacy import fill, shrink  # noqa: E402
 def main(workdir: str) -> None:
     import hjepa_kit
     from conftest import tiny_config
-    from hjepa_kit.pretrained import load_pretrained
+    from hjepa_kit.evaluation.pretrained import load_pretrained
 
     root = Path(workdir)
     final = hjepa_kit.train(tiny_config(root, training={"epochs": 1}, callbacks=[]), console=False).checkpoints["final"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hjepa_kit.heap import malloc_trim
+from hjepa_kit.training.heap import malloc_trim
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "quickstart.yaml"

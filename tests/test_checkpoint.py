@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from hjepa_kit.checkpoint import FORMAT, find_latest, load_checkpoint, save_checkpoint
+from hjepa_kit.training.checkpoint import FORMAT, find_latest, load_checkpoint, save_checkpoint
 from hjepa_kit.errors import CheckpointError
 
 

@@ -9,9 +9,9 @@ import torch
 
 import hjepa_kit
 from conftest import tiny_config
-from hjepa_kit import compiling
+from hjepa_kit.training import compiling
 from hjepa_kit.build import build_model
-from hjepa_kit.compiling import FeatureFunction, should_compile
+from hjepa_kit.training.compiling import FeatureFunction, should_compile
 from hjepa_kit.contracts import BuildContext
 from hjepa_kit.registry import Registry
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from hjepa_kit.config import AugmentationConfig, DataConfig
 from hjepa_kit.contracts import ImageData
-from hjepa_kit.data import (
+from hjepa_kit.data.loader import (
     BatchAugment,
     InMemoryTrainLoader,
     StreamingTrainLoader,

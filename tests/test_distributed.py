@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from conftest import tiny_config
-from hjepa_kit.checkpoint import load_checkpoint
+from hjepa_kit.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is unavailable")
 

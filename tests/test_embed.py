@@ -10,8 +10,8 @@ import torch
 
 import hjepa_kit
 from hjepa_kit.cli import main
-from hjepa_kit.features import extract_features
-from hjepa_kit.pretrained import load_pretrained
+from hjepa_kit.evaluation.features import extract_features
+from hjepa_kit.evaluation.pretrained import load_pretrained
 
 PIL = pytest.importorskip("PIL.Image")
 

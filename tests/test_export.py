@@ -10,10 +10,10 @@ import torch
 
 import hjepa_kit
 from hjepa_kit.cli import main
-from hjepa_kit.data import eval_transform
+from hjepa_kit.data.loader import eval_transform
 from hjepa_kit.errors import OutputError, PluginError, UserError
-from hjepa_kit.exporting import TOLERANCE, TimmExport
-from hjepa_kit.pretrained import load_pretrained
+from hjepa_kit.evaluation.exporting import TOLERANCE, TimmExport
+from hjepa_kit.evaluation.pretrained import load_pretrained
 
 timm = pytest.importorskip("timm")
 
@@ -148,7 +148,7 @@ def test_an_unwritable_place_is_a_clear_error(checkpoint, tmp_path, capsys):
 
 
 def test_a_failure_halfway_leaves_nothing(checkpoint, tmp_path, monkeypatch):
-    import hjepa_kit.exporting as exporting
+    import hjepa_kit.evaluation.exporting as exporting
 
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -192,7 +192,7 @@ def test_onnx_of_an_encoder_that_encodes_in_slices_still_takes_any_batch(checkpo
     """ViT encodes large no-grad batches a slice at a time on the CPU; a traced graph must not bake the slices in."""
     pytest.importorskip("onnxscript")
     onnxruntime = pytest.importorskip("onnxruntime")
-    import hjepa_kit.exporting as exporting
+    import hjepa_kit.evaluation.exporting as exporting
 
     def slicing(*args, **kwargs):
         pretrained = load_pretrained(*args, **kwargs)

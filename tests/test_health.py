@@ -10,7 +10,7 @@ import torch
 
 import hjepa_kit
 from hjepa_kit.errors import CollapseDetected
-from hjepa_kit.health import HealthMonitor, collapse_problem, select_metric
+from hjepa_kit.training.health import HealthMonitor, collapse_problem, select_metric
 
 
 def test_the_monitor_keeps_the_last_rows_and_measures_their_rank() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import hjepa_kit
-from hjepa_kit import heap
+from hjepa_kit.training import heap
 from hjepa_kit.errors import ConfigError
 
 glibc = pytest.mark.skipif(

@@ -14,7 +14,7 @@ import torch
 
 import hjepa_kit
 from conftest import tiny_config
-from hjepa_kit.pretrained import load_pretrained
+from hjepa_kit.evaluation.pretrained import load_pretrained
 from legacy import fill
 
 FIXTURE = Path(__file__).parent / "data" / "legacy_checkpoint.pt"

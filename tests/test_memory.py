@@ -9,7 +9,7 @@ import hjepa_kit
 from conftest import tiny_config
 from hjepa_kit.build import build_model
 from hjepa_kit.contracts import BuildContext
-from hjepa_kit.memory import RUNTIME_BYTES, activation_bytes, estimate_peak_memory, saved_activation_bytes
+from hjepa_kit.training.memory import RUNTIME_BYTES, activation_bytes, estimate_peak_memory, saved_activation_bytes
 from hjepa_kit.registry import Registry
 
 

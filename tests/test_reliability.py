@@ -35,7 +35,7 @@ from PIL import Image
 import hjepa_kit
 from conftest import merge_sections, tiny_config
 from datafiles import write_cifar10
-from hjepa_kit.checkpoint import FORMAT, find_latest, load_checkpoint, save_checkpoint
+from hjepa_kit.training.checkpoint import FORMAT, find_latest, load_checkpoint, save_checkpoint
 from hjepa_kit.cli import main
 from hjepa_kit.errors import CheckpointError
 from hjepa_kit.testing import PluginSandbox

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hjepa_kit.report import MaskExamples, plan_grades, read_metrics_log, to_jsonable, write_report, write_tensorboard
+from hjepa_kit.evaluation.report import MaskExamples, plan_grades, read_metrics_log, to_jsonable, write_report, write_tensorboard
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -180,5 +180,5 @@ def test_write_tensorboard_adds_scalars_images_and_embedding(tmp_path):
 
 
 def test_importing_the_report_does_not_import_matplotlib():
-    code = "import sys, hjepa_kit.report; assert 'matplotlib' not in sys.modules; assert 'tensorboard' not in sys.modules"
+    code = "import sys, hjepa_kit.evaluation.report; assert 'matplotlib' not in sys.modules; assert 'tensorboard' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

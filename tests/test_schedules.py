@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hjepa_kit.schedules import Schedules
+from hjepa_kit.training.schedules import Schedules
 
 
 def make(**kw):

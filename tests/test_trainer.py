@@ -13,7 +13,7 @@ import yaml
 
 import hjepa_kit
 from hjepa_kit import hookimpl
-from hjepa_kit.checkpoint import load_checkpoint
+from hjepa_kit.training.checkpoint import load_checkpoint
 from hjepa_kit.contracts import LossOutput
 from hjepa_kit.errors import CheckpointError, TrainingStopped, UserError
 from hjepa_kit.model import HJEPA

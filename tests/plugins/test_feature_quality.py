@@ -1,4 +1,4 @@
-"""Feature-quality math (hjepa_kit.metrics) and the ``feature_quality`` / ``hierarchy`` evaluators."""
+"""Feature-quality math (hjepa_kit.evaluation.metrics) and the ``feature_quality`` / ``hierarchy`` evaluators."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hjepa_kit.contracts import BuildContext, FeatureSet
-from hjepa_kit.metrics import (
+from hjepa_kit.evaluation.metrics import (
     collapse_verdict,
     dims_holding_variance,
     effective_rank,

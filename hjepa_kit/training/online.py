@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from .build import Resolved, build_named
-from .config import LoggingConfig, RunConfig
-from .contracts import BuildContext, Dataset, ImageData
+from ..build import Resolved, build_named
+from ..config import LoggingConfig, RunConfig
+from ..contracts import BuildContext, Dataset, ImageData
 from .health import select_metric
-from .features import check_representation, extract_features, feature_sets, subset
-from .metrics import effective_rank
-from .registry import Registry
+from ..evaluation.features import check_representation, extract_features, feature_sets, subset
+from ..evaluation.metrics import effective_rank
+from ..registry import Registry
 
 __all__ = ["OnlineEvaluation", "feature_stats", "new_best"]
 
@@ -111,7 +111,7 @@ def new_best(
 ) -> dict[str, Any] | None:
     """The new best record (``metric``, ``value``, ``epoch``) where ``metrics`` beat ``best``, else None.
 
-    ``criterion`` is ``checkpoint.best_metric``, resolved by :func:`~hjepa_kit.health.select_metric`:
+    ``criterion`` is ``checkpoint.best_metric``, resolved by :func:`~hjepa_kit.training.health.select_metric`:
     ``auto`` uses the first online k-NN top-1 figure where there is one, else the label-free RankMe
     of ``representation``'s pooled embeddings, else the loss. A change of metric always makes a new best.
     """

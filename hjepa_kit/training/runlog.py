@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["LogWindow", "format_duration", "prepare_output_folder", "open_run_log", "close_run_log", "log_interval"]
 

@@ -20,31 +20,31 @@ from typing import Any
 import attrs
 import torch
 
-from . import __version__
-from .build import Built, build_dataset, build_model, build_named, make_context
+from .. import __version__
+from ..build import Built, build_dataset, build_model, build_named, make_context
 from .checkpoint import (
     find_latest, load_checkpoint, load_training_state, remove_stale_temporaries, resume_target, save_checkpoint,
 )
 from .compiling import AUTO_TRAIN_MIN_STEPS, compile_for_training, eager, should_compile
-from .config import RunConfig, dump_config, load_config
-from .contracts import Masks
-from .data import build_train_loader, estimate_bytes
+from ..config import RunConfig, dump_config, load_config
+from ..contracts import Masks
+from ..data.loader import build_train_loader, estimate_bytes
 from .distributed import (
     DistInfo, any_rank, no_sync, parameters_match, rescale_position, setup_distributed, teardown_distributed, wrap_ddp,
 )
-from .errors import CollapseDetected, TrainingStopped, UserError
+from ..errors import CollapseDetected, TrainingStopped, UserError
 from .health import HealthMonitor, collapse_problem
 from .heap import HeapTrimmer
 from .memory import check_memory_budget, estimate_peak_memory
 from .online import OnlineEvaluation, feature_stats, new_best
 from .optim import gradient_norm, make_optimizer, set_schedule
-from .registry import Registry
+from ..registry import Registry
 from .runlog import LogWindow, close_run_log, log_interval, open_run_log, prepare_output_folder
-from .runtime import autocast_dtype, peak_rss_mb, resolve_device, restore_rng_state, rng_state, seed_everything
+from ..runtime import autocast_dtype, peak_rss_mb, resolve_device, restore_rng_state, rng_state, seed_everything
 from .schedules import Schedules
 from .signals import Interrupt
 from .stopping import EarlyStopping
-from .threads import configure_threads
+from ..threads import configure_threads
 
 __all__ = ["Trainer", "TrainResult"]
 

@@ -48,9 +48,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import AugmentationConfig, DataConfig
-from .contracts import Dataset, ImageData
-from .errors import DataError
+from ..config import AugmentationConfig, DataConfig
+from ..contracts import Dataset, ImageData
+from ..errors import DataError
 
 __all__ = [
     "BatchAugment",

@@ -19,7 +19,7 @@ import attrs
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = [
     "DistInfo", "setup_distributed", "teardown_distributed", "wrap_ddp", "no_sync", "all_agree", "any_rank", "parameters_match",

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import choose_in_memory, eval_transform, iter_eval_batches
-from .errors import DataError, UserError
-from .images import decode_square
+from ..data.loader import choose_in_memory, eval_transform, iter_eval_batches
+from ..errors import DataError, UserError
+from ..data.images import decode_square
 from .outputs import atomic_file, check_new_file
 from .pretrained import Pretrained, check_representation_name, load_pretrained
-from .runtime import autocast_dtype, resolve_device
-from .threads import configure_threads, physical_cores
+from ..runtime import autocast_dtype, resolve_device
+from ..threads import configure_threads, physical_cores
 
 __all__ = ["IMAGE_EXTENSIONS", "EmbedResult", "embed_images", "find_images", "decode_image"]
 
@@ -85,7 +85,7 @@ def decode_image(path: Path, size: int, channels: int = 3) -> Tensor:
     """Decode an image file to ``(C, size, size)`` uint8: shorter side resized to ``size`` (bilinear), centre crop.
 
     The built-in ``image_folder`` dataset decodes with the same
-    :func:`~hjepa_kit.images.decode_square`, so folder images are seen as in training.
+    :func:`~hjepa_kit.data.images.decode_square`, so folder images are seen as in training.
 
     Raises:
         DataError: the file cannot be read or decoded, naming it.
@@ -174,7 +174,7 @@ def embed_images(
         progress: report progress on stderr.
 
     Returns:
-        An :class:`~hjepa_kit.embedding.EmbedResult`: path, count, feature width, skipped files.
+        An :class:`~hjepa_kit.evaluation.embedding.EmbedResult`: path, count, feature width, skipped files.
 
     Raises:
         hjepa_kit.errors.UserError: a foreign checkpoint, an unknown representation or split, an

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 if TYPE_CHECKING:
-    from .config import TrainingConfig
+    from ..config import TrainingConfig
 
 __all__ = ["Schedules"]
 

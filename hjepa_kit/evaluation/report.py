@@ -65,7 +65,7 @@ class ThresholdRule:
 
     Attributes:
         pattern: regular expression a figure name must match in full.
-        thresholds: key of :data:`~hjepa_kit.metrics.PLAN_THRESHOLDS`.
+        thresholds: key of :data:`~hjepa_kit.evaluation.metrics.PLAN_THRESHOLDS`.
         label: the plan's name of the check.
         summary: whether the figure also appears in the report's summary table (the plan's own
             checks); per-level figures are graded only in their evaluator's table.

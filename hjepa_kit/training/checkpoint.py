@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .outputs import fsync_path
+from ..errors import CheckpointError
+from ..evaluation.outputs import fsync_path
 
 __all__ = [
     "FORMAT", "save_checkpoint", "load_checkpoint", "load_training_state", "find_latest", "resume_target",

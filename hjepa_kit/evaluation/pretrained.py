@@ -16,13 +16,13 @@ from typing import Any
 import attrs
 import torch
 
-from .build import build_dataset, build_model
-from .checkpoint import load_checkpoint
-from .config import RunConfig, load_config
-from .contracts import BuildContext, Dataset
-from .errors import CheckpointError, UserError
-from .model import HJEPA
-from .registry import Component, Registry
+from ..build import build_dataset, build_model
+from ..training.checkpoint import load_checkpoint
+from ..config import RunConfig, load_config
+from ..contracts import BuildContext, Dataset
+from ..errors import CheckpointError, UserError
+from ..model import HJEPA
+from ..registry import Component, Registry
 
 __all__ = ["Pretrained", "load_pretrained", "check_representation_name"]
 

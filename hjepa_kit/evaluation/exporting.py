@@ -26,8 +26,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from . import __version__
-from .errors import PluginError, UserError
+from .. import __version__
+from ..errors import PluginError, UserError
 from .outputs import atomic_folder, check_new_folder
 from .pretrained import Pretrained, check_representation_name, load_pretrained
 
@@ -138,11 +138,11 @@ def export_checkpoint(
         force: replace ``out`` when it holds an earlier export (never another folder).
         verify: load each export back (timm; ONNX with onnxruntime when installed) and require its
             features on a probe batch to match hjepa-kit's within
-            :data:`~hjepa_kit.exporting.TOLERANCE`.
+            :data:`~hjepa_kit.evaluation.exporting.TOLERANCE`.
         plugins: extra plugins whose components the checkpoint's configuration names.
 
     Returns:
-        An :class:`~hjepa_kit.exporting.ExportResult`: the folder, the written files, the config.
+        An :class:`~hjepa_kit.evaluation.exporting.ExportResult`: the folder, the written files, the config.
 
     Raises:
         hjepa_kit.errors.UserError: the checkpoint is not ours, the format or representation is
@@ -210,13 +210,13 @@ def _timm_spec(pretrained: Pretrained) -> TimmExport:
     if not callable(exporter):
         raise UserError(
             f"encoder '{pretrained.encoder_name}' from plugin {component.origin} cannot be exported for timm: it offers no "
-            "export_timm() (see hjepa_kit.exporting.TimmExport); use --format onnx, or `hjepa embed` for features"
+            "export_timm() (see hjepa_kit.evaluation.exporting.TimmExport); use --format onnx, or `hjepa embed` for features"
         )
     spec = exporter()
     if not isinstance(spec, TimmExport):
         raise PluginError(
             f"encoder '{pretrained.encoder_name}' from plugin {component.origin}: export_timm() returned "
-            f"{type(spec).__name__}, expected hjepa_kit.exporting.TimmExport"
+            f"{type(spec).__name__}, expected hjepa_kit.evaluation.exporting.TimmExport"
         )
     return spec
 

@@ -15,8 +15,8 @@ import attrs
 import torch
 from torch import nn
 
-from .contracts import Masks
-from .errors import TrainingStopped
+from ..contracts import Masks
+from ..errors import TrainingStopped
 
 __all__ = ["MemoryEstimate", "saved_activation_bytes", "activation_bytes", "estimate_peak_memory", "check_memory_budget"]
 

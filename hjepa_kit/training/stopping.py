@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .config import EarlyStoppingConfig
+from ..config import EarlyStoppingConfig
 from .health import select_metric
 
 __all__ = ["EarlyStopping"]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputError
+from ..errors import OutputError
 
 __all__ = ["atomic_folder", "atomic_file", "check_new_folder", "check_new_file", "fsync_path"]
 

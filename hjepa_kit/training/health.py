@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from .metrics import effective_rank
+from ..evaluation.metrics import effective_rank
 
 __all__ = ["HealthMonitor", "collapse_problem", "select_metric", "HEALTH_PREFIX"]
 

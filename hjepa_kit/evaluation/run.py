@@ -12,16 +12,16 @@ from typing import Any
 
 import torch
 
-from .build import build_dataset, build_model
-from .checkpoint import load_checkpoint
-from .config import ComponentSpec, load_config
-from .contracts import BuildContext, ImageData
-from .errors import CheckpointError, UserError
-from .compiling import AUTO_EVAL_MIN_IMAGES, FeatureFunction, should_compile
+from ..build import build_dataset, build_model
+from ..training.checkpoint import load_checkpoint
+from ..config import ComponentSpec, load_config
+from ..contracts import BuildContext, ImageData
+from ..errors import CheckpointError, UserError
+from ..training.compiling import AUTO_EVAL_MIN_IMAGES, FeatureFunction, should_compile
 from .features import check_representation, extract_features, feature_sets
-from .registry import Registry
-from .runtime import autocast_dtype, resolve_device
-from .threads import configure_threads
+from ..registry import Registry
+from ..runtime import autocast_dtype, resolve_device
+from ..threads import configure_threads
 
 __all__ = ["run_evaluation", "EVAL_TYPE_EVALUATORS"]
 
@@ -123,7 +123,7 @@ def run_evaluation(
     artifacts: dict[str, dict[str, Any]] = {}
     for spec in eval_specs:
         component = registry.get("evaluator", spec.name)
-        from .params import structure
+        from ..params import structure
 
         problems: list[str] = []
         params = structure(component.params, spec.params, f"evaluation.evaluators[{spec.name}].params", problems)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig
+from ..config import RunConfig
 
 __all__ = ["make_optimizer", "set_schedule", "gradient_norm"]
 

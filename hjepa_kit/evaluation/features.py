@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .contracts import FeatureSet, ImageData
-from .errors import ConfigError
-from .data import iter_eval_batches
-from .model import HJEPA
+from ..contracts import FeatureSet, ImageData
+from ..errors import ConfigError
+from ..data.loader import iter_eval_batches
+from ..model import HJEPA
 
 __all__ = ["extract_features", "feature_sets", "subset", "check_representation"]
 
@@ -32,7 +32,7 @@ def extract_features(
 
     The target encoder runs once per batch; the predictor's per-level features come from the
     same forward pass. ``features`` replaces ``model.features`` (e.g. a compiled
-    :class:`~hjepa_kit.compiling.FeatureFunction` of the same model).
+    :class:`~hjepa_kit.training.compiling.FeatureFunction` of the same model).
     """
     encode = features or model.features
     was_training = model.training

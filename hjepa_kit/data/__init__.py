@@ -1,0 +1,1 @@
+"""Data: images into batches (loading, augmentation, normalisation) and image decoding."""

@@ -1,0 +1,1 @@
+"""Evaluation: frozen features, metrics, the report, export and embedding of trained models."""

@@ -1,0 +1,1 @@
+"""Training: the loop, its checkpoints, schedules, health checks and the machinery under it."""
