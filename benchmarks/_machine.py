@@ -1,9 +1,10 @@
 """What every benchmark records beside its figures: the machine, its load, memory, and timers.
 
 Shared by ``throughput.py``, ``epoch.py`` and ``evaluate.py`` (run as ``python benchmarks/X.py``,
-so this module is imported as ``_machine``). It imports :mod:`hjepa_kit` before :mod:`torch`:
-that sets ``OMP_WAIT_POLICY=PASSIVE`` while OpenMP can still read it (spinning OpenMP threads
-collapse throughput 5-15x as soon as another process shares a core).
+so this module is imported as ``_machine``). It applies :func:`hjepa_kit.process.apply_cpu_defaults`
+before it imports :mod:`torch`, as the ``hjepa`` command does: ``OMP_WAIT_POLICY=PASSIVE`` must be set
+while OpenMP can still read it (spinning OpenMP threads collapse throughput 5-15x as soon as another
+process shares a core).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hjepa_kit  # noqa: F401  (before torch: OMP_WAIT_POLICY)
-import torch
+from hjepa_kit.process import apply_cpu_defaults
+
+apply_cpu_defaults()  # before torch loads, as the hjepa command does
+
+import torch  # noqa: E402
 
 from hjepa_kit.runtime import cpu_has_fast_bf16, peak_rss_mb
 from hjepa_kit.threads import physical_cores

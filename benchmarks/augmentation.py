@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from hjepa_kit.config import AugmentationConfig, DataConfig
-from hjepa_kit.data.loader import BatchAugment, build_train_loader
+from hjepa_kit.data.augment import BatchAugment
+from hjepa_kit.data.loader import build_train_loader
 from hjepa_kit.threads import configure_threads, physical_cores
 
 

@@ -55,8 +55,8 @@ class EpochProbe:
 
     @hookimpl
     def hjepa_fit_start(self, trainer: Any) -> None:
-        trainer.masker = RecordingMasker(trainer.masker)  # the masks drawn, for the FLOPs per image
-        trainer.masker.recording = True
+        masker = trainer.train_step.masker = RecordingMasker(trainer.train_step.masker)  # the masks drawn, for the FLOPs per image
+        masker.recording = True
         self.fit_start = time.perf_counter()
         self.rss.append((0, 0.0, _machine.rss_mb()))
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         result = trainer.fit()
         total_s = time.perf_counter() - started
         # The arithmetic of the masks this epoch drew, and the machine's matmul peak, in this run.
-        gflop_per_image = mean_flops_per_image(trainer, trainer.masker.seen, next(iter(trainer.loader))[0]) / 1e9
+        gflop_per_image = mean_flops_per_image(trainer, trainer.train_step.masker.seen, next(iter(trainer.loader))[0]) / 1e9
         step_dtype = trainer.amp_dtype or torch.float32
         peak = _machine.matmul_peak_gflops(trainer.device, step_dtype, peak_shapes(trainer, batch))
     info = _machine.machine(trainer.device)

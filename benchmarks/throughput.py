@@ -4,8 +4,8 @@ In one process, on synthetic uint8 data of the configuration's shape (CIFAR's 32
 resized to the configuration's ``data.image_size`` by the training augmentation, as the real run
 does; no dataset is needed), this measures:
 
-* the **H-JEPA step** as users run it: the trainer's own ``_micro_step`` (``accumulation_steps``
-  times, each with a batch from the trainer's own loader) and ``_optimizer_step`` (schedules,
+* the **H-JEPA step** as users run it: the trainer's own ``TrainStep.micro`` (``accumulation_steps``
+  times, each with a batch from the trainer's own loader) and ``TrainStep.update`` (schedules,
   gradient clipping, AdamW, EMA update): images/s;
 * the **split of a step** into data, masking, target forward, context forward, predictor
   (forward + loss + backward), context backward, optimizer and EMA, from an instrumented replica
@@ -128,7 +128,7 @@ def build_trainer(args: argparse.Namespace, output_dir: str) -> Trainer:
     trainer = Trainer(hjepa_kit.load_config(args.config, overrides), console=False)
     prepare(trainer)
     args.compile = trainer.compiled
-    trainer.masker = RecordingMasker(trainer.masker)
+    trainer.train_step.masker = RecordingMasker(trainer.train_step.masker)
     trainer.model.train()
     return trainer
 
@@ -180,12 +180,14 @@ class HJEPABench:
         t = self.trainer
         for _ in range(self.accumulation):
             images = next(self.batches)
-            t._micro_step(images, self.micro, self.accumulation)
+            # the micro-batch's place in an epoch, as the trainer's loop passes it (the health monitor
+            # pools the features of the epoch's last micro-batches only)
+            t.train_step.micro(images, epoch=t.epoch, micro_index=self.micro % len(t.loader), usable=len(t.loader), step=t.step)
             self.micro += 1
         t._optimizer_step()
 
     def phased_step(self, watch: _machine.Stopwatch) -> None:
-        """The same step, timed phase by phase (``Trainer._micro_step`` / ``_optimizer_step`` unrolled).
+        """The same step, timed phase by phase (``TrainStep.micro`` / ``TrainStep.update`` unrolled).
 
         The backward pass is split at the context tokens: the predictor and loss backpropagate to
         a detached copy of them, then the context encoder backpropagates that gradient. The
@@ -199,14 +201,11 @@ class HJEPABench:
             watch.start()
             images = next(self.batches)
             watch.lap("data")
-            t.mask_generator.manual_seed((cfg.seed * 1_000_003 + t.epoch * 100_003 + self.micro) % (2**63))
-            masks = t.masker(images.shape[0], t.mask_generator).to(t.device)
+            masks = t.train_step.masks(images.shape[0], t.epoch, self.micro)
             images = images.to(t.device, non_blocking=True)
             watch.lap("masking")
             with torch.autocast(t.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                with torch.no_grad():
-                    target_out = model.target_encoder(images, return_blocks=tuple(model.predictor.target_blocks))
-                    targets = [x.detach() for x in model.predictor.make_targets(target_out, masks)]
+                _, targets = model.targets(images, masks)
                 watch.lap("target forward")
                 context = model.context_encoder(images, indices=masks.context).tokens
                 watch.lap("context forward")
@@ -246,11 +245,8 @@ def step_flops_per_image(t: Trainer, images: torch.Tensor, masks: Masks) -> floa
     images = images[:count].to(t.device)
     with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
         with torch.autocast(t.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            with torch.no_grad():
-                target_out = model.target_encoder(images, return_blocks=tuple(model.predictor.target_blocks))
-                targets = model.predictor.make_targets(target_out, masks)
-            predictions, context = model.predict(images, masks)
-            out = t.loss_fn(predictions, targets, context)
+            step = model.forward_step(images, masks)
+            out = t.loss_fn(step.predictions, step.targets, step.context)
         out.total.backward()
     t.optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops() / count
@@ -385,9 +381,9 @@ def measure(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
     rss_after_hjepa = []
     peak_detail: dict[str, Any] = {}
     for round_index in range(rounds):
-        trainer.masker.recording = True
+        trainer.train_step.masker.recording = True
         wall, cpu = timed_steps(hjepa.step, per_round, device)
-        trainer.masker.recording = False
+        trainer.train_step.masker.recording = False
         results["hjepa_wall"].append(wall / per_round)
         results["hjepa_cpu"].append(cpu / per_round)
         rss_after_hjepa.append(_machine.rss_mb())
@@ -414,7 +410,7 @@ def measure(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
         )
 
     # FLOPs of the masks the timed steps drew (counted on 2-image slices; FLOPs are linear in the batch).
-    seen = trainer.masker.seen
+    seen = trainer.train_step.masker.seen
     gflop_per_image = mean_flops_per_image(trainer, seen, next(hjepa.batches)) / 1e9
     num_patches = encoder.num_patches
     context_fraction = sum(m.context.shape[1] for m in seen) / len(seen) / num_patches

@@ -14,20 +14,7 @@ Plugins implement hooks marked with :data:`hookimpl` (see :mod:`hjepa_kit.hooksp
 
 from __future__ import annotations
 
-import os as _os
-import sys as _sys
 from typing import TYPE_CHECKING, Any
-
-if "torch" not in _sys.modules:
-    # OpenMP threads that spin while waiting collapse throughput 5-15x as soon as another process
-    # shares a core (measured on 2 cores: 15 vs 87 images/s); passive waiting costs little when
-    # the machine is idle. Set OMP_WAIT_POLICY=ACTIVE to opt out. It must be set before torch loads.
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# oneDNN keeps every CPU kernel it built (one per matrix shape) in a cache of 1,024 by default. The
-# masks change the shapes every step, so a run fills it for hundreds of steps: at 224/16 the
-# resident memory rose 1.9 -> 2.5 GB over an epoch with 1,024 and stayed at 1.9 GB with 64, at the
-# same speed (docs/performance.md). Read when oneDNN builds its first kernel; set it to opt out.
-_os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
 from .hookspecs import hookimpl
 

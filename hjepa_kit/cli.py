@@ -17,11 +17,12 @@ from typing import Any
 
 from . import __version__
 from .errors import UserError
+from .process import apply_cpu_defaults
+from .evaluation.selection import EVAL_TYPES
 
 __all__ = ["main", "build_parser"]
 
 DEFAULT_CONFIG = "configs/quickstart.yaml"
-EVAL_TYPES = ("all", "linear_probe", "knn", "feature_quality", "hierarchy")
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -257,6 +258,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``hjepa``; returns the exit status."""
+    apply_cpu_defaults()  # before torch loads (the commands import it lazily)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -27,6 +27,7 @@ __all__ = [
     "LossOutput",
     "ImageData",
     "FeatureSet",
+    "Grade",
     "EvalResult",
     "Encoder",
     "Masker",
@@ -168,6 +169,41 @@ class FeatureSet:
     num_classes: int
 
 
+def _thresholds(values: Sequence[float]) -> tuple[float, float, float]:
+    out = tuple(float(v) for v in values)
+    if len(out) != 3 or not out[0] <= out[1] <= out[2]:
+        raise ValueError(f"Grade thresholds must be three increasing numbers (minimum, good, excellent), got {values!r}")
+    return out  # type: ignore[return-value]
+
+
+@attrs.frozen(kw_only=True)
+class Grade:
+    """How the report grades one figure: the name of the check and its three thresholds.
+
+    A figure reaches a grade when its value is strictly above that grade's threshold (``> 50%``):
+    below the first it is ``below minimum``, then ``minimum``, ``good``, ``excellent`` (see
+    :func:`hjepa_kit.evaluation.metrics.grade`). A non-finite value grades ``below minimum``.
+
+    Attributes:
+        label: the name of the check in the report (``"k-NN accuracy (k=20)"``).
+        thresholds: ``(minimum, good, excellent)``, increasing.
+        percent: show the thresholds as percentages (for accuracies in ``[0, 1]``): ``> 50%``.
+        unit: text written after each threshold, e.g. ``"D"`` for a fraction of the feature width:
+            ``> 0.25 D``.
+        unit_value: what one ``unit`` is worth; the absolute threshold is added in parentheses:
+            ``> 0.25 D (48)`` for ``unit_value=192``.
+        summary: also list the figure in the report's summary table at the top (a headline check);
+            ``False``: graded only in its evaluator's own table (e.g. per-level figures).
+    """
+
+    label: str
+    thresholds: tuple[float, float, float] = attrs.field(converter=_thresholds)
+    percent: bool = False
+    unit: str = ""
+    unit_value: float | None = None
+    summary: bool = True
+
+
 @attrs.frozen
 class EvalResult:
     """What an evaluator may return when it has more than scalar figures.
@@ -177,11 +213,17 @@ class EvalResult:
             report table and TensorBoard.
         artifacts: name -> data for figures and the report: arrays (``confusion_matrix``,
             ``singular_values``; numpy arrays, tensors or nested lists), strings (``verdict``,
-            ``note``) or small mappings. A ``classes`` list names the confusion matrix's rows.
+            ``note``) or small mappings. A ``classes`` list names the confusion matrix's rows. A
+            ``level_accuracy`` mapping, series -> ``{"values": {representation: accuracy},
+            "minimum": threshold or None}``, is drawn as grouped bars with a dashed line at each
+            series' minimum (``figures/level_accuracy.png``).
+        grades: figure name -> the :class:`Grade` the report gives it; figures without one are
+            shown ungraded. A name that is not among ``metrics`` is ignored.
     """
 
     metrics: Mapping[str, float]
     artifacts: Mapping[str, Any] = attrs.field(factory=dict)
+    grades: Mapping[str, Grade] = attrs.field(factory=dict)
 
 
 @runtime_checkable
@@ -360,7 +402,7 @@ class Evaluator(Protocol):
     An evaluator is any callable, typically a closure over its parameters returned by the
     factory::
 
-        figures = evaluator(features, default)   # {"mine/top1": 0.61} or EvalResult(metrics=..., artifacts=...)
+        figures = evaluator(features, default)   # {"mine/top1": 0.61} or EvalResult(metrics=..., artifacts=..., grades=...)
 
     **Representations.** ``features`` maps a representation name to a :class:`FeatureSet`:
     ``encoder`` (the target encoder's patch tokens, average-pooled, ``(N, D)``) and one entry per
@@ -381,6 +423,11 @@ class Evaluator(Protocol):
     A figure whose last part contains ``top1``, ``top5`` (any ``top<k>``) or ``acc`` is read as an
     accuracy in [0, 1] and shown as a percentage. Artifacts are filed under the evaluator's
     registered name (``results.json``: ``artifacts.<name>``).
+
+    **Grades.** An :class:`EvalResult` may grade its own figures: ``grades`` maps a figure name to
+    a :class:`Grade` (the check's label and its minimum / good / excellent thresholds). The report
+    shows every grade it is given, in the evaluator's table and, unless ``summary=False``, in the
+    summary table at the top; it knows no figure name of its own.
     """
 
     def __call__(self, features: Mapping[str, FeatureSet], default: str) -> dict[str, float] | EvalResult:
@@ -393,7 +440,7 @@ class Evaluator(Protocol):
             default: the name of the representation to evaluate unless told otherwise.
 
         Returns:
-            Figure name -> number, or an :class:`EvalResult` carrying the figures and artifacts for
-            the report (a ``confusion_matrix``, ``singular_values``, a ``verdict`` ...).
+            Figure name -> number, or an :class:`EvalResult` carrying the figures, artifacts for
+            the report (a ``confusion_matrix``, ``singular_values``, a ``verdict`` ...) and grades.
         """
         ...

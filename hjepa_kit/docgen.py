@@ -11,23 +11,33 @@ as ``<!-- generated: config-reference -->`` in the pages with their output:
 
 The tables read the attrs parameter classes through :func:`hjepa_kit.params.describe`, the
 registered components through :class:`hjepa_kit.registry.Registry`, and the command line through
-:func:`hjepa_kit.cli.build_parser`. This module imports no built-in plugin: the plugin reference
-lists whatever the registry finds through the ``hjepa_kit`` entry-point group.
+:func:`hjepa_kit.cli.build_parser`. The Markdown building blocks (escaping, code spans, tables, the
+parameter table of a class) are in :mod:`hjepa_kit.doctables`. This module imports no built-in
+plugin: the plugin reference lists whatever the registry finds through the ``hjepa_kit``
+entry-point group.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from . import hookspecs
 from .contracts import KINDS
+from .doctables import (
+    code_span,
+    escape_cell,
+    first_paragraph,
+    markdown_table,
+    params_table_markdown,
+    strip_roles,
+    yaml_value,
+)
 from .params import describe
 
 __all__ = [
@@ -55,95 +65,6 @@ KIND_KEYS: dict[str, str] = {
     "evaluator": "evaluation.evaluators[i], evaluation.online",
     "callback": "callbacks[i]",
 }
-
-_CODE_SPAN = re.compile(r"(`+)(.+?)\1")
-
-
-def escape_cell(text: str) -> str:
-    """Make ``text`` safe inside a Markdown table cell; code spans are kept as they are.
-
-    Outside code spans, ``|`` would end the cell, ``<name>`` would be read as an HTML tag and
-    ``*`` could start emphasis, so they are escaped.
-    """
-    out = []
-    position = 0
-    for match in _CODE_SPAN.finditer(text):
-        out.append(_escape_plain(text[position : match.start()]))
-        out.append(match.group(0))
-        position = match.end()
-    out.append(_escape_plain(text[position:]))
-    return "".join(out).replace("\n", " ")
-
-
-def _escape_plain(text: str) -> str:
-    return (
-        text.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("|", "&#124;")
-        .replace("*", "\\*")
-    )
-
-
-def _code(text: str) -> str:
-    """``text`` as an inline code span (any backticks inside are handled)."""
-    fence = "``" if "`" in text else "`"
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
-def _yaml_value(value: Any) -> str:
-    """A default value as it would be written in YAML (flow style): ``null``, ``true``, ``[0.3, 1.0]``."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
-    header = list(header)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def params_table_markdown(
-    cls: type, prefix: str = "", cells: Callable[[str], tuple[str, str] | None] | None = None
-) -> str:
-    """The parameter table of an attrs parameter class: key, type, default, allowed values, help.
-
-    Args:
-        cls: an attrs class whose fields are declared with :func:`hjepa_kit.params.param`.
-        prefix: prepended to every key (``model.encoder.params.``).
-        cells: field name -> ``(type cell, default cell)`` to show instead of the generated ones,
-            or ``None`` to keep them (used for sub-sections and component selections).
-
-    Returns:
-        A Markdown table, or a sentence saying the class has no parameters.
-    """
-    rows = describe(cls)
-    if not rows:
-        return "*No parameters.*"
-    table_rows = []
-    for row in rows:
-        type_cell = _code(row.type)
-        default_cell = "*required*" if row.required else _code(_yaml_value(row.default))
-        override = cells(row.name) if cells else None
-        if override is not None:
-            type_cell, default_cell = override
-        table_rows.append(
-            (
-                _code(prefix + row.name),
-                type_cell,
-                default_cell,
-                escape_cell(row.allowed) if row.allowed else "",
-                escape_cell(row.help),
-            )
-        )
-    return _table(("Key", "Type", "Default", "Allowed", "Description"), table_rows)
-
-
-def _first_paragraph(obj: Any) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.split("\n\n")[0].replace("\n", " ").strip()
-
 
 def config_sections() -> list[tuple[str, type]]:
     """Every section of a run configuration as ``(key path, attrs class)``, depth first.
@@ -190,11 +111,11 @@ def config_reference_markdown() -> str:
             if tp is ComponentSpec or (inner == [ComponentSpec] and get_origin(tp) is not list):
                 kind = "[component](#component-selection)" + (" or `null`" if inner else "")
                 default = defaults[name]
-                shown = "`null`" if default is None else _code(_spec_text(default))
+                shown = "`null`" if default is None else code_span(_spec_text(default))
                 return kind, shown
             if get_origin(tp) is list and get_args(tp) == (ComponentSpec,):
                 items = ", ".join(_spec_text(item) for item in defaults[name])
-                return "list of [components](#component-selection)", _code(f"[{items}]")
+                return "list of [components](#component-selection)", code_span(f"[{items}]")
             if attrs.has(tp):
                 key = f"{path}.{name}" if path else name
                 return f"[section](#{_section_anchor(key)})", "see below"
@@ -204,9 +125,9 @@ def config_reference_markdown() -> str:
 
     parts = []
     for path, cls in config_sections():
-        title = "Top level" if not path else _code(path)
+        title = "Top level" if not path else code_span(path)
         parts.append(f"### {title} {{#{_section_anchor(path)}}}\n")
-        parts.append(f"{_strip_roles(_first_paragraph(cls))} (`{cls.__module__}.{cls.__name__}`)\n")
+        parts.append(f"{strip_roles(first_paragraph(cls))} (`{cls.__module__}.{cls.__name__}`)\n")
         parts.append(params_table_markdown(cls, prefix=f"{path}." if path else "", cells=cells_for(cls, path)))
         parts.append("")
     parts.append(f"### Component selection {{#component-selection}}\n")
@@ -231,22 +152,8 @@ def _spec_text(spec: Any) -> str:
     """A component selection's default written as YAML: ``vit_tiny`` or ``{name: vit_tiny, params: {...}}``."""
     if not spec.get("params"):
         return str(spec["name"])
-    params = ", ".join(f"{k}: {_yaml_value(v)}" for k, v in spec["params"].items())
+    params = ", ".join(f"{k}: {yaml_value(v)}" for k, v in spec["params"].items())
     return f"{{name: {spec['name']}, params: {{{params}}}}}"
-
-
-_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|attr|data|mod|exc|obj):`~?([^`]+)`")
-
-
-def _strip_roles(text: str) -> str:
-    """Turn Sphinx roles (``:class:`~a.b.C```) into plain code spans (`` `C` ``)."""
-
-    def replace(match: re.Match[str]) -> str:
-        target = match.group(1)
-        shown = target.rsplit(".", 1)[-1] if match.group(0).split("`")[1].startswith("~") else target
-        return f"`{shown}`"
-
-    return _ROLE.sub(replace, text)
 
 
 def builtin_components(registry: Any = None) -> list[Any]:
@@ -323,7 +230,7 @@ def component_summary_markdown(registry: Any = None) -> str:
         if names:
             links = ", ".join(f"[`{n}`](plugins.md#{_anchor(kind, n)})" for n in names)
             rows.append((kind, f"`{KIND_KEYS[kind].split(',')[0]}`", links))
-    return _table(("Kind", "Selected at", "Built-in components"), rows)
+    return markdown_table(("Kind", "Selected at", "Built-in components"), rows)
 
 
 def _plural(kind: str) -> str:
@@ -360,12 +267,12 @@ def hook_summary_markdown() -> str:
         rows.append(
             (
                 f"[`{name}`](#hjepa_kit.hookspecs.{name})",
-                _code(f"({signature})"),
+                code_span(f"({signature})"),
                 group,
-                escape_cell(_strip_roles(_first_paragraph(function))),
+                escape_cell(strip_roles(first_paragraph(function))),
             )
         )
-    return _table(("Hook", "Arguments", "Group", "When / what"), rows)
+    return markdown_table(("Hook", "Arguments", "Group", "When / what"), rows)
 
 
 def _option_row(action: argparse.Action) -> tuple[str, str, str, str]:
@@ -373,23 +280,23 @@ def _option_row(action: argparse.Action) -> tuple[str, str, str, str]:
     if action.nargs == 0:
         value = ""
     elif action.choices:
-        value = " \\| ".join(_code(str(c)) for c in action.choices)
+        value = " \\| ".join(code_span(str(c)) for c in action.choices)
     else:
-        value = _code(action.metavar or action.dest.upper())
+        value = code_span(action.metavar or action.dest.upper())
         if action.nargs in ("+", "*"):
             value += " ..."
     default = action.default
     if default in (None, False, argparse.SUPPRESS) or default == []:
         shown = ""
     else:
-        shown = _code(" ".join(default) if isinstance(default, list) else str(default))
+        shown = code_span(" ".join(default) if isinstance(default, list) else str(default))
     help_text = (action.help or "") % {"default": default, "prog": ""} if action.help else ""
     help_cell = escape_cell(help_text)
     if getattr(action, "required", False):
         help_cell = "**required**; " + help_cell
     if isinstance(action, argparse._AppendAction) and "repeatable" not in help_text:
         help_cell += " (repeatable)"
-    return _code(flags), value, shown, help_cell
+    return code_span(flags), value, shown, help_cell
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
@@ -428,7 +335,7 @@ def cli_reference_markdown(parser: argparse.ArgumentParser | None = None) -> str
             if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
         ]
         if rows:
-            parts.append(_table(("Option", "Value", "Default", "Description"), rows))
+            parts.append(markdown_table(("Option", "Value", "Default", "Description"), rows))
             parts.append("")
         for sub_name, sub_help, sub in subs:
             emit(sub, f"{name} {sub_name}", sub_help, min(level + 1, 4))

@@ -30,12 +30,10 @@ Lifecycle, in order::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import pluggy
-
-if TYPE_CHECKING:
-    from .training.trainer import Trainer
 
 PROJECT = "hjepa_kit"
 
@@ -44,6 +42,41 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 #: The callback type passed to registration hooks.
 Register = Callable[..., None]
+
+
+class TrainerView(Protocol):
+    """What a lifecycle hook may read of the running trainer (:class:`~hjepa_kit.training.trainer.Trainer` provides it).
+
+    Attributes:
+        config: the run's :class:`~hjepa_kit.config.RunConfig`.
+        log_dir, checkpoint_dir: the run's folders.
+        model: the :class:`~hjepa_kit.model.HJEPA` module being trained.
+        step, epoch: optimizer steps and epochs done.
+        steps_per_epoch, total_steps: optimizer steps per epoch and in the whole run.
+        device: where training runs.
+        last_metrics: the figures of the last step or epoch.
+        rank, world_size: this process's rank and the number of processes.
+    """
+
+    config: Any
+    log_dir: Path
+    checkpoint_dir: Path
+    model: Any
+    step: int
+    epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    device: Any
+    last_metrics: dict[str, float]
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current optimizer step with status ``stopped`` (all ranks together)."""
 
 
 # --- registration -----------------------------------------------------------------------------
@@ -127,7 +160,7 @@ def hjepa_register_callbacks(register: Register) -> None:
 
 
 @hookspec
-def hjepa_fit_start(trainer: Trainer) -> None:
+def hjepa_fit_start(trainer: TrainerView) -> None:
     """Called once before the first step (also when resuming).
 
     Args:
@@ -138,7 +171,7 @@ def hjepa_fit_start(trainer: Trainer) -> None:
 
 
 @hookspec
-def hjepa_step_end(trainer: Trainer, step: int, metrics: Mapping[str, float]) -> None:
+def hjepa_step_end(trainer: TrainerView, step: int, metrics: Mapping[str, float]) -> None:
     """Called after every optimizer step.
 
     Args:
@@ -149,7 +182,7 @@ def hjepa_step_end(trainer: Trainer, step: int, metrics: Mapping[str, float]) ->
 
 
 @hookspec
-def hjepa_epoch_end(trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
+def hjepa_epoch_end(trainer: TrainerView, epoch: int, metrics: Mapping[str, float]) -> None:
     """Called after every epoch.
 
     Args:
@@ -160,7 +193,7 @@ def hjepa_epoch_end(trainer: Trainer, epoch: int, metrics: Mapping[str, float]) 
 
 
 @hookspec
-def hjepa_checkpoint_saved(trainer: Trainer, path: str, reason: str) -> None:
+def hjepa_checkpoint_saved(trainer: TrainerView, path: str, reason: str) -> None:
     """Called after a checkpoint file was written atomically.
 
     Args:
@@ -171,7 +204,7 @@ def hjepa_checkpoint_saved(trainer: Trainer, path: str, reason: str) -> None:
 
 
 @hookspec
-def hjepa_evaluation_end(trainer: Trainer | None, results: Mapping[str, Any]) -> None:
+def hjepa_evaluation_end(trainer: TrainerView | None, results: Mapping[str, Any]) -> None:
     """Called after an evaluation (online during training, or ``hjepa evaluate``).
 
     Args:
@@ -181,7 +214,7 @@ def hjepa_evaluation_end(trainer: Trainer | None, results: Mapping[str, Any]) ->
 
 
 @hookspec
-def hjepa_fit_end(trainer: Trainer, status: str) -> None:
+def hjepa_fit_end(trainer: TrainerView, status: str) -> None:
     """Called once when the run ends, however it ends.
 
     Args:

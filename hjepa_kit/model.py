@@ -1,23 +1,44 @@
 """The H-JEPA module: context encoder, EMA target encoder and predictor, wired together.
 
-One training step (shapes for ``B`` images, ``M`` target blocks)::
+:meth:`HJEPA.forward_step` is the one place the JEPA step's forward is written (shapes for ``B``
+images, ``M`` target blocks)::
 
     target  = target_encoder(images)                 # all patches, no grad, (B, N, D)
     targets = predictor.make_targets(target, masks)  # per level (B, M, T_l, D), parameter-free
     context = context_encoder(images, masks.context) # only the context patches, (B, Nc, D)
     preds   = predictor(context.tokens, masks)       # per level, shaped like targets
+
+The trainer, the memory estimate and the benchmarks call it; the loss then takes
+``(preds, targets, context)``.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .contracts import EncoderOutput, Masks
 
-__all__ = ["HJEPA"]
+__all__ = ["HJEPA", "StepOutput"]
+
+
+class StepOutput(NamedTuple):
+    """What one JEPA forward produces: the loss's inputs and the target encoder's output.
+
+    Attributes:
+        predictions: per level, ``(B, M, T_l, D)``, with gradients.
+        targets: the same shapes, detached.
+        context: the context encoder's ``(B, Nc, D)`` tokens (the regulariser's input).
+        target: the target encoder's output over all patches (for health figures and feature statistics).
+    """
+
+    predictions: list[Tensor]
+    targets: list[Tensor]
+    context: Tensor
+    target: EncoderOutput
 
 
 class HJEPA(nn.Module):
@@ -42,11 +63,21 @@ class HJEPA(nn.Module):
         self.target_encoder.eval()  # the target encoder never uses dropout / drop-path
         return self
 
+    def forward_step(self, images: Tensor, masks: Masks, context_encoder: nn.Module | None = None,
+                     predictor: nn.Module | None = None) -> StepOutput:
+        """The JEPA step's forward: targets from the target encoder (no grad), then predictions from the context.
+
+        ``context_encoder`` / ``predictor`` may be DDP wrappers of this module's own.
+        """
+        target, targets = self.targets(images, masks)
+        predictions, context = self.predict(images, masks, context_encoder, predictor)
+        return StepOutput(predictions, targets, context, target)
+
     @torch.no_grad()
-    def encode_targets(self, images: Tensor, masks: Masks) -> list[Tensor]:
-        """Per-level targets from the target encoder (no grad)."""
+    def targets(self, images: Tensor, masks: Masks) -> tuple[EncoderOutput, list[Tensor]]:
+        """The target encoder's output over all patches and the per-level targets made from it (no grad)."""
         output = self.target_encoder(images, return_blocks=tuple(self.predictor.target_blocks))
-        return [t.detach() for t in self.predictor.make_targets(output, masks)]
+        return output, [t.detach() for t in self.predictor.make_targets(output, masks)]
 
     def predict(self, images: Tensor, masks: Masks, context_encoder: nn.Module | None = None,
                 predictor: nn.Module | None = None) -> tuple[list[Tensor], Tensor]:

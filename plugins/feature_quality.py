@@ -1,22 +1,22 @@
 """Evaluators ``feature_quality`` (collapse diagnostics) and ``hierarchy`` (per-level figures).
 
-``feature_quality`` looks at one representation's train features without labels and compares them
-with the training plan's thresholds. Metrics:
+``feature_quality`` looks at one representation's train features without labels and grades them
+against variance and rank thresholds (:data:`VARIANCE_GRADE`, :func:`rank_grade`). Metrics:
 
 | Metric | Meaning |
 |---|---|
-| ``feature_quality/variance_mean`` | mean per-dimension variance (plan: > 0.05 / 0.1 / 0.15) |
+| ``feature_quality/variance_mean`` | mean per-dimension variance (graded: > 0.05 / 0.1 / 0.15) |
 | ``feature_quality/variance_min`` | smallest per-dimension variance |
 | ``feature_quality/std_mean`` | mean per-dimension standard deviation |
 | ``feature_quality/rankme`` | RankMe effective rank: exp entropy of normalised singular values |
 | ``feature_quality/rankme_frac`` | RankMe / D |
-| ``feature_quality/energy_rank95`` | the plan's rank: principal components holding 95% of the energy |
-| ``feature_quality/energy_rank95_frac`` | energy rank / D (plan: > 0.25 / 0.5 / 0.75, i.e. 48/96/144 of 192) |
+| ``feature_quality/energy_rank95`` | energy rank: principal components holding 95% of the energy |
+| ``feature_quality/energy_rank95_frac`` | energy rank / D (graded: > 0.25 / 0.5 / 0.75, i.e. 48/96/144 of 192) |
 | ``feature_quality/dims_var99`` | coordinate dimensions holding 99% of the per-dimension variance |
 | ``feature_quality/cosine_mean`` | mean cosine similarity over all pairs of samples (1 = one direction) |
 | ``feature_quality/dim`` | feature width D |
-| ``feature_quality/collapsed`` | 1 when variance_mean < collapse_variance (the plan's 0.01), else 0 |
-| ``feature_quality/rank_collapsed`` | 1 when energy_rank95 < collapse_rank_fraction * D (plan: 10%), else 0 |
+| ``feature_quality/collapsed`` | 1 when variance_mean < collapse_variance (default 0.01), else 0 |
+| ``feature_quality/rank_collapsed`` | 1 when energy_rank95 < collapse_rank_fraction * D (default 10%), else 0 |
 
 Artifacts: ``singular_values`` (descending, of the centred features), ``verdict`` (one line).
 
@@ -24,8 +24,10 @@ Artifacts: ``singular_values`` (descending, of the centred features), ``verdict`
 representation named ``level<i>``: ``hierarchy/<name>/knn_top1`` (weighted k-NN, k = 20),
 ``hierarchy/<name>/linear_top1`` (linear probe), ``hierarchy/<name>/rankme`` and
 ``hierarchy/<name>/energy_rank95``; and linear CKA between every pair, ``hierarchy/cka/<a>-<b>``,
-on the train split. Artifacts: ``cka_matrix`` with ``cka_names``, ``levels``; when no ``level*``
-representation was extracted, the metrics are empty and the artifact ``note`` says so.
+on the train split. The per-representation accuracies are graded like ``knn/top1@20`` and
+``linear_probe/top1`` (in the ``hierarchy`` table only). Artifacts: ``cka_matrix`` with
+``cka_names``, ``levels``, ``level_accuracy`` (drawn as ``figures/level_accuracy.png``); when no
+``level*`` representation was extracted, the metrics are empty and the artifact ``note`` says so.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from collections.abc import Mapping
 import attrs
 
 from hjepa_kit import hookimpl
-from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet
+from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet, Grade
 from hjepa_kit.evaluation.metrics import (
     COLLAPSE_RANK_FRACTION,
     COLLAPSE_VARIANCE,
+    RANK_FRACTION_THRESHOLDS,
+    VARIANCE_THRESHOLDS,
     collapse_verdict,
     energy_rank_from_spectrum,
     feature_variance,
@@ -49,10 +53,12 @@ from hjepa_kit.evaluation.metrics import (
     singular_values,
 )
 from hjepa_kit.params import param
-from hjepa_kit.plugins.knn import knn_classify, select_features
-from hjepa_kit.plugins.linear_probe import linear_probe
+from hjepa_kit.plugins.knn import KNN_GRADE, knn_classify, select_features
+from hjepa_kit.plugins.linear_probe import LINEAR_PROBE_GRADE, linear_probe
 
 __all__ = [
+    "VARIANCE_GRADE",
+    "rank_grade",
     "FeatureQualityParams",
     "HierarchyParams",
     "feature_quality",
@@ -64,6 +70,14 @@ __all__ = [
 
 _LEVEL = re.compile(r"^level(\d+)$")
 
+#: The grade of ``feature_quality/variance_mean``.
+VARIANCE_GRADE = Grade(label="Feature variance", thresholds=VARIANCE_THRESHOLDS)
+
+
+def rank_grade(dim: int) -> Grade:
+    """The grade of ``feature_quality/energy_rank95_frac`` for features of width ``dim`` (``> 0.25 D (48)``)."""
+    return Grade(label="Effective rank (95% energy) / D", thresholds=RANK_FRACTION_THRESHOLDS, unit="D", unit_value=float(dim))
+
 
 @attrs.frozen(kw_only=True)
 class FeatureQualityParams:
@@ -72,11 +86,11 @@ class FeatureQualityParams:
     representation: str | None = param(None, help="Which extracted features to use (encoder, level0, ...); null = the run's default.")
     split: str = param("train", help="Which split's features to analyse.", choices=("train", "test"))
     collapse_variance: float = param(
-        COLLAPSE_VARIANCE, help="Mean per-dimension variance below this is a collapse (plan: 0.01).", ge=0.0
+        COLLAPSE_VARIANCE, help="Mean per-dimension variance below this is a collapse.", ge=0.0
     )
     collapse_rank_fraction: float = param(
         COLLAPSE_RANK_FRACTION,
-        help="A 95%-energy rank below this fraction of D is a dimensional collapse (plan: 0.1).",
+        help="A 95%-energy rank below this fraction of D is a dimensional collapse.",
         ge=0.0,
         le=1.0,
     )
@@ -108,8 +122,8 @@ def feature_quality(
     """Collapse diagnostics of ``(N, D)`` features ``x`` (see the module docstring for the names).
 
     Returns:
-        An :class:`EvalResult` with ``feature_quality/*`` metrics and the ``singular_values`` and
-        ``verdict`` artifacts.
+        An :class:`EvalResult` with ``feature_quality/*`` metrics, the ``singular_values`` and
+        ``verdict`` artifacts, and the grades of ``variance_mean`` and ``energy_rank95_frac``.
     """
     dim = int(x.shape[1])
     variance = feature_variance(x)
@@ -140,7 +154,8 @@ def feature_quality(
         "feature_quality/rank_collapsed": float(rank_collapsed),
     }
     artifacts = {"singular_values": spectrum.numpy(), "verdict": verdict}
-    return EvalResult(metrics=metrics, artifacts=artifacts)
+    grades = {"feature_quality/variance_mean": VARIANCE_GRADE, "feature_quality/energy_rank95_frac": rank_grade(dim)}
+    return EvalResult(metrics=metrics, artifacts=artifacts, grades=grades)
 
 
 def level_names(features: Mapping[str, FeatureSet]) -> list[str]:
@@ -164,6 +179,9 @@ def hierarchy(features: Mapping[str, FeatureSet], default: str, params: Hierarch
         )
     names = ([default] if params.include_default and default in features and default not in levels else []) + levels
     metrics: dict[str, float] = {}
+    grades: dict[str, Grade] = {}
+    knn_grade = attrs.evolve(KNN_GRADE, label=f"k-NN accuracy (k={params.k})", summary=False)
+    linear_grade = attrs.evolve(LINEAR_PROBE_GRADE, summary=False)
     for name in names:
         feats = features[name]
         if params.knn:
@@ -172,12 +190,14 @@ def hierarchy(features: Mapping[str, FeatureSet], default: str, params: Hierarch
                 k=(params.k,), temperature=params.temperature,
             )  # fmt: skip
             metrics[f"hierarchy/{name}/knn_top1"] = accuracy[f"top1@{params.k}"]
+            grades[f"hierarchy/{name}/knn_top1"] = knn_grade
         if params.linear_probe:
             probe = linear_probe(
                 feats.train, feats.train_labels, feats.test, feats.test_labels, feats.num_classes,
                 weight_decay=params.probe_weight_decay, max_iter=params.probe_max_iter,
             )  # fmt: skip
             metrics[f"hierarchy/{name}/linear_top1"] = probe.top1
+            grades[f"hierarchy/{name}/linear_top1"] = linear_grade
         spectrum = singular_values(feats.train)
         metrics[f"hierarchy/{name}/rankme"] = rankme_from_spectrum(spectrum)
         metrics[f"hierarchy/{name}/energy_rank95"] = float(energy_rank_from_spectrum(spectrum, 0.95))
@@ -185,7 +205,14 @@ def hierarchy(features: Mapping[str, FeatureSet], default: str, params: Hierarch
     for i, a in enumerate(names):
         for j in range(i + 1, len(names)):
             metrics[f"hierarchy/cka/{a}-{names[j]}"] = float(cka[i, j])
-    return EvalResult(metrics=metrics, artifacts={"cka_matrix": cka, "cka_names": names, "levels": levels})
+    series = (("knn top-1", "knn_top1", knn_grade), ("linear top-1", "linear_top1", linear_grade))
+    level_accuracy = {  # drawn as figures/level_accuracy.png, a dashed line at each minimum
+        label: {"values": {name: metrics[f"hierarchy/{name}/{figure}"] for name in names}, "minimum": rule.thresholds[0]}
+        for label, figure, rule in series
+        if f"hierarchy/{names[0]}/{figure}" in metrics
+    }
+    artifacts = {"cka_matrix": cka, "cka_names": names, "levels": levels, "level_accuracy": level_accuracy}
+    return EvalResult(metrics=metrics, artifacts=artifacts, grades=grades)
 
 
 def build_feature_quality(params: FeatureQualityParams, ctx: BuildContext):
@@ -198,7 +225,7 @@ def build_feature_quality(params: FeatureQualityParams, ctx: BuildContext):
             collapse_variance=params.collapse_variance,
             collapse_rank_fraction=params.collapse_rank_fraction,
         )
-        return EvalResult(metrics=result.metrics, artifacts={**result.artifacts, "representation": name})
+        return EvalResult(metrics=result.metrics, artifacts={**result.artifacts, "representation": name}, grades=result.grades)
 
     return evaluate_feature_quality
 
@@ -218,7 +245,7 @@ def hjepa_register_evaluators(register) -> None:
         "feature_quality",
         build_feature_quality,
         params=FeatureQualityParams,
-        summary="Collapse diagnostics: variance, RankMe and 95%-energy rank, cosine, plan verdict.",
+        summary="Collapse diagnostics: variance, RankMe and 95%-energy rank, cosine, collapse verdict.",
     )
     register(
         "hierarchy",

@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Literal
 
-import attrs
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
@@ -52,158 +50,17 @@ from torch import Tensor, nn
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, EncoderOutput, Masks
 from hjepa_kit.errors import ConfigError
-from hjepa_kit.params import param
+from hjepa_kit.plugins.levels import HierarchicalParams, cell_of_patch, pool_cells
+from hjepa_kit.plugins.vit import sincos_pos_embed_2d
 
 __all__ = [
     "HierarchicalParams",
     "HierarchicalPredictor",
     "build_hierarchical",
-    "sincos_pos_embed_2d",
     "pool_cells",
 ]
 
 _WHERE = "model.predictor.params"
-
-
-@attrs.frozen(kw_only=True)
-class HierarchicalParams:
-    """Parameters of the ``hierarchical`` predictor."""
-
-    num_levels: int = param(2, help="Number of hierarchy levels (level 0 is patch level).", ge=1)
-    level_weights: tuple[float, ...] | None = param(
-        None,
-        help="Loss weight of each level, one per level; unset means 0.5**level (1.0, 0.5 for two levels).",
-        ge=0.0,
-    )
-    level_blocks: tuple[int | None, ...] = param(
-        (),
-        help="Target-encoder block each level's targets come from (null = final output); empty = final output for all.",
-    )
-    pool: tuple[int, ...] | None = param(
-        None, help="Cell side in patches of each level; unset means 2**level (1, 2, 4, ...).", ge=1
-    )
-    width: int = param(96, help="Embedding width of the predictor (narrow, as in I-JEPA; half of ViT-Tiny's 192).", ge=4)
-    depth: int = param(2, help="Transformer blocks of the predictor.", ge=1)
-    num_heads: int = param(3, help="Attention heads of the predictor (width must be divisible by it).", ge=1)
-    mlp_ratio: float = param(4.0, help="Hidden width of the MLPs as a multiple of width.", gt=0.0)
-    layout: Literal["joint", "per_block"] = param(
-        "joint",
-        help="joint: all target blocks' mask tokens in one sequence after the context (cheaper); "
-        "per_block: one sequence per target block, as I-JEPA.",
-        choices=("joint", "per_block"),
-    )
-    fused_attn: bool | Literal["auto"] = param(
-        "auto",
-        help="Fused scaled-dot-product attention: auto = on for CUDA, off elsewhere (its backward is slow on CPU); "
-        "true / false force it.",
-        choices=("auto", True, False),
-    )
-    renorm_coarse: bool = param(
-        False, help="Layer-normalise the pooled coarse targets again, so every level's targets have unit scale."
-    )
-    feature_pool: Literal["max", "mean"] = param(
-        "max",
-        help="How level_features pools each level's cell map for evaluation: max over cells (differs per level) or mean.",
-        choices=("max", "mean"),
-    )
-
-    def __attrs_post_init__(self) -> None:
-        n = self.num_levels
-        if self.level_weights is not None:
-            if len(self.level_weights) != n:
-                raise ValueError(
-                    f"level_weights has {len(self.level_weights)} entries {self.level_weights} but num_levels is {n}: "
-                    "give one weight per level, or leave level_weights unset for 0.5**level"
-                )
-            if not any(w > 0 for w in self.level_weights):
-                raise ValueError(f"level_weights {self.level_weights} are all 0: at least one level must count")
-        if self.level_blocks and len(self.level_blocks) != n:
-            raise ValueError(
-                f"level_blocks has {len(self.level_blocks)} entries {self.level_blocks} but num_levels is {n}: "
-                "give one block (or null for the final output) per level, or leave it empty"
-            )
-        if self.pool is not None and len(self.pool) != n:
-            raise ValueError(
-                f"pool has {len(self.pool)} entries {self.pool} but num_levels is {n}: "
-                "give one cell side per level, or leave pool unset for 2**level"
-            )
-        if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        if self.width % 4:
-            # The 2D sin-cos position embedding gives a quarter of the width to each of
-            # sin(row), cos(row), sin(col), cos(col).
-            raise ValueError(f"width {self.width} must be a multiple of 4 (2D sin-cos position embedding)")
-
-    @property
-    def resolved_level_weights(self) -> tuple[float, ...]:
-        """``level_weights``, or ``0.5**l`` per level when unset."""
-        if self.level_weights is not None:
-            return tuple(float(w) for w in self.level_weights)
-        return tuple(0.5**level for level in range(self.num_levels))
-
-    @property
-    def resolved_pool(self) -> tuple[int, ...]:
-        """``pool``, or ``2**l`` per level when unset."""
-        return self.pool if self.pool is not None else tuple(2**level for level in range(self.num_levels))
-
-
-def sincos_pos_embed_2d(grid_size: tuple[int, int], width: int) -> Tensor:
-    """Fixed 2D sin-cos position embeddings of a row-major patch grid.
-
-    Args:
-        grid_size: ``(rows, cols)``.
-        width: embedding width, a multiple of 4.
-
-    Returns:
-        ``(rows * cols, width)`` float32; the first half encodes the row, the second the column.
-    """
-    rows, cols = grid_size
-    quarter = width // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij")
-    r_angles = r.reshape(-1, 1) * omega  # (N, W/4)
-    c_angles = c.reshape(-1, 1) * omega
-    embed = torch.cat([r_angles.sin(), r_angles.cos(), c_angles.sin(), c_angles.cos()], dim=1)
-    return embed.float()
-
-
-def _cell_kernel(grid_size: tuple[int, int], side: int) -> tuple[int, int]:
-    # A cell larger than the grid is clipped to it: the cell is then the whole image.
-    return min(side, grid_size[0]), min(side, grid_size[1])
-
-
-def pool_cells(tokens: Tensor, grid_size: tuple[int, int], side: int) -> Tensor:
-    """Average tokens over square cells of ``side`` x ``side`` patches.
-
-    Cells at the bottom/right edge of a grid that ``side`` does not divide are partial and average
-    only the patches they hold. A side larger than the grid is clipped to the grid.
-
-    Args:
-        tokens: ``(B, N, D)`` tokens of all patches, row-major over ``grid_size``.
-        grid_size: ``(rows, cols)`` with ``rows * cols == N``.
-        side: cell side in patches (1 returns ``tokens`` unchanged).
-
-    Returns:
-        ``(B, C, D)`` cell features, row-major over the ``ceil(rows/side) x ceil(cols/side)`` cells.
-    """
-    if side == 1:
-        return tokens
-    B, N, D = tokens.shape
-    rows, cols = grid_size
-    kernel = _cell_kernel(grid_size, side)
-    grid = tokens.transpose(1, 2).reshape(B, D, rows, cols)
-    # ceil_mode without padding divides each partial window by the patches it really covers.
-    cells = F.avg_pool2d(grid, kernel, stride=kernel, ceil_mode=True)
-    return cells.flatten(2).transpose(1, 2)
-
-
-def _cell_of_patch(grid_size: tuple[int, int], side: int) -> Tensor:
-    """``(N,)`` index of the cell (row-major over cells) holding each patch."""
-    rows, cols = grid_size
-    kh, kw = _cell_kernel(grid_size, side)
-    cell_cols = math.ceil(cols / kw)
-    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    return ((r // kh) * cell_cols + (c // kw)).reshape(-1)
 
 
 def _gather(tokens: Tensor, index: Tensor) -> Tensor:
@@ -285,8 +142,8 @@ class HierarchicalPredictor(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(width, embed_dim) for _ in range(params.num_levels))
 
         # Fixed tables, rebuilt from the grid: not persistent, so checkpoints hold only weights.
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(self.grid_size, width), persistent=False)
-        cells = torch.stack([_cell_of_patch(self.grid_size, side) for side in self.pool_sides])
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(width, self.grid_size)[0], persistent=False)
+        cells = torch.stack([cell_of_patch(self.grid_size, side) for side in self.pool_sides])
         self.register_buffer("cell_of_patch", cells, persistent=False)  # (L, N)
         self._init_weights()
 

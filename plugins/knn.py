@@ -7,6 +7,7 @@ with the largest vote totals are the top-1 / top-5 predictions. One search with 
 serves every ``k`` asked for, because the ``k`` nearest are a prefix of the ``k_max`` nearest.
 
 Metrics (accuracies are fractions in ``[0, 1]``): ``knn/top1@<k>`` and ``knn/top5@<k>`` per ``k``.
+The report grades ``knn/top1@20`` (when 20 is among the ``k``) with :data:`KNN_GRADE`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ import torch
 from torch import Tensor
 
 from hjepa_kit import hookimpl
-from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet
+from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet, Grade
 from hjepa_kit.errors import UserError
 from hjepa_kit.evaluation.metrics import topk_correct
 from hjepa_kit.params import param
 
-__all__ = ["KnnParams", "knn_classify", "knn_scores", "select_features", "faiss_threads", "build_knn"]
+__all__ = ["KNN_GRADE", "GRADED_K", "KnnParams", "knn_classify", "knn_scores", "select_features", "faiss_threads", "build_knn"]
+
+#: The neighbour count whose top-1 accuracy is graded.
+GRADED_K = 20
+
+#: The grade of ``knn/top1@20``: minimum / good / excellent above 40% / 50% / 60%.
+KNN_GRADE = Grade(label=f"k-NN accuracy (k={GRADED_K})", thresholds=(0.40, 0.50, 0.60), percent=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -183,9 +190,11 @@ def build_knn(params: KnnParams, ctx: BuildContext):
             temperature=params.temperature,
             batch_size=params.batch_size,
         )
+        graded = f"top1@{GRADED_K}"
         return EvalResult(
             metrics={f"knn/{key}": value for key, value in accuracy.items()},
             artifacts={"representation": name, "num_train": int(feats.train.shape[0])},
+            grades={f"knn/{graded}": KNN_GRADE} if graded in accuracy else {},
         )
 
     return evaluate_knn

@@ -19,7 +19,8 @@ held-out ``val_fraction`` (drawn with ``seed``), the one with the best held-out 
 Metrics (accuracies are fractions in ``[0, 1]``): ``linear_probe/top1``, ``linear_probe/top5``,
 ``linear_probe/weight_decay`` (the value used), ``linear_probe/val_top1`` (held-out top-1 of that
 value, when a grid was searched), ``linear_probe/train_top1``. Artifact ``confusion_matrix``:
-``(C, C)`` int64 counts of the test split, rows = true class, columns = predicted class.
+``(C, C)`` int64 counts of the test split, rows = true class, columns = predicted class. The
+report grades ``linear_probe/top1`` with :data:`LINEAR_PROBE_GRADE`.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hjepa_kit import hookimpl
-from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet
+from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet, Grade
 from hjepa_kit.evaluation.metrics import topk_accuracy
 from hjepa_kit.params import param
 from hjepa_kit.plugins.knn import select_features
 
 __all__ = [
+    "LINEAR_PROBE_GRADE",
     "LinearProbeParams",
     "LinearClassifier",
     "ProbeResult",
@@ -50,6 +52,9 @@ __all__ = [
     "confusion_matrix",
     "build_linear_probe",
 ]
+
+#: The grade of ``linear_probe/top1``: minimum / good / excellent above 50% / 60% / 70%.
+LINEAR_PROBE_GRADE = Grade(label="Linear probe accuracy", thresholds=(0.50, 0.60, 0.70), percent=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -368,7 +373,7 @@ def build_linear_probe(params: LinearProbeParams, ctx: BuildContext):
             "representation": name,
             "weight_decay_search": {str(wd): acc for wd, acc in result.val_top1.items()},
         }
-        return EvalResult(metrics=metrics, artifacts=artifacts)
+        return EvalResult(metrics=metrics, artifacts=artifacts, grades={"linear_probe/top1": LINEAR_PROBE_GRADE})
 
     return evaluate_linear_probe
 

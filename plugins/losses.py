@@ -209,6 +209,15 @@ class PredictionLoss(nn.Module):
         """Whether any regulariser is on (the loss then needs the context tokens)."""
         return self.variance_weight > 0 or self.covariance_weight > 0 or self.sigreg_weight > 0
 
+    def collapse_remedies(self) -> list[dict[str, object]]:
+        """Parameter changes a collapsed run may resume with: VICReg on the context tokens (measured in docs/quality.md)."""
+        if self.variance_weight >= 1.0 and self.regularise == "tokens":
+            return [{"variance_weight": 2 * self.variance_weight}]
+        remedy: dict[str, object] = {"variance_weight": max(1.0, self.variance_weight), "covariance_weight": max(0.04, self.covariance_weight)}
+        if self.regularise != "tokens":
+            remedy["regularise"] = "tokens"
+        return [remedy]
+
     def element_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Mean element-wise loss of one level (scalar)."""
         raise NotImplementedError

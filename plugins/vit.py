@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 import attrs
 import torch
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -91,20 +92,24 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: tuple[int, int]) -> Tensor:
     """Fixed 2D sine-cosine position embeddings ``(1, H * W, D)``, row-major.
 
     The first half of the channels encodes the row, the second half the column, each as sines and
-    cosines of the position at ``D / 4`` geometric frequencies from 1 to 1/10000.
+    cosines of the position at ``D / 4`` geometric frequencies from 1 to 1/10000: the quarters are
+    ``[sin(row), cos(row), sin(col), cos(col)]``. Built with timm's
+    ``build_sincos2d_pos_embed``, whose quarters come as ``[sin(row), sin(col), cos(row), cos(col)]``
+    and are reordered here: trained weights depend on this layout. timm computes the angles in
+    float32, so entries may differ from a float64 evaluation by a few float32 ulps. The one table
+    of the encoders and of the ``hierarchical`` predictor (which takes ``[0]``).
+
+    Raises:
+        ValueError: ``embed_dim`` is not divisible by 4.
     """
     if embed_dim % 4:
         raise ValueError(f"embed_dim must be divisible by 4 for 2D sine-cosine embeddings, got {embed_dim}")
-    quarter = embed_dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (D/4,)
-    rows, cols = grid_size
-    r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij")
-
-    def encode(pos: Tensor) -> Tensor:
-        angles = pos.reshape(-1, 1) * omega  # (N, D/4)
-        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (N, D/2)
-
-    return torch.cat([encode(r), encode(c)], dim=1).float().unsqueeze(0)
+    rows, cols = int(grid_size[0]), int(grid_size[1])
+    table = build_sincos2d_pos_embed(
+        [rows, cols], dim=embed_dim, temperature=10000.0, reverse_coord=False, interleave_sin_cos=False
+    )  # (N, D), computed in float32
+    sin_rows, sin_cols, cos_rows, cos_cols = table.chunk(4, dim=1)
+    return torch.cat([sin_rows, cos_rows, sin_cols, cos_cols], dim=1).unsqueeze(0)
 
 
 class VitEncoder(nn.Module):

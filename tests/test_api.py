@@ -48,3 +48,16 @@ def test_an_installed_plugin_passed_again_trains_and_evaluates_with_its_hooks_ca
                                  plugins=[lab], write_report=False)
     assert figures["metrics"]["mean_norm/test"] > 0
     assert lab.calls[-1] == ("evaluation_end", "evaluate") and len(lab.calls) == 3
+
+
+def test_evaluate_is_run_evaluation_with_its_public_keywords():
+    import inspect
+
+    from hjepa_kit.evaluation.run import run_evaluation
+
+    assert hjepa_kit.evaluate is run_evaluation  # one signature, documented once
+    params = inspect.signature(hjepa_kit.evaluate).parameters
+    assert list(params) == ["checkpoint", "dataset", "data_path", "eval_types", "device", "output_dir", "overrides",
+                            "plugins", "write_report"]
+    assert all(p.kind is p.KEYWORD_ONLY for name, p in params.items() if name != "checkpoint")
+    assert "write_report:" in hjepa_kit.evaluate.__doc__

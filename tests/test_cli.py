@@ -177,3 +177,21 @@ def test_plugins_columns_fit_long_names_and_each_warning_is_printed_once(hjepa_p
     summaries = {line.index(re.split(r"\s{2,}", line.strip())[2]) for line in rows if len(re.split(r"\s{2,}", line.strip())) > 2}
     assert len(summaries) == 1  # the summaries start in one column too
     assert err.count("evaluator 'terse' has no summary") == 1
+
+
+def test_eval_type_choices_have_one_source():
+    from hjepa_kit import cli
+    from hjepa_kit.evaluation.run import EVAL_TYPE_EVALUATORS
+
+    assert cli.EVAL_TYPES == ("all", *EVAL_TYPE_EVALUATORS)
+    result = run_cli("evaluate", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "all, knn, linear_probe, feature_quality, hierarchy, or any registered" in " ".join(result.stdout.split())
+
+
+def test_the_command_line_loads_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, hjepa_kit.cli; hjepa_kit.cli.build_parser(); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,15 +10,13 @@ import torch.nn.functional as F
 
 from hjepa_kit.config import AugmentationConfig, DataConfig
 from hjepa_kit.contracts import ImageData
+from hjepa_kit.data.augment import BatchAugment, eval_transform, sample_crop_boxes
 from hjepa_kit.data.loader import (
-    BatchAugment,
     InMemoryTrainLoader,
     StreamingTrainLoader,
     build_train_loader,
     choose_in_memory,
-    eval_transform,
     iter_eval_batches,
-    sample_crop_boxes,
 )
 from hjepa_kit.errors import DataError
 

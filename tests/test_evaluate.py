@@ -86,6 +86,34 @@ def test_in_process_evaluator_plugin(one_epoch_checkpoint):
     assert figures["metrics"]["mean_norm"] > 0
 
 
+def test_a_third_party_evaluator_grades_its_own_figure(one_epoch_checkpoint, tmp_path):
+    from hjepa_kit import hookimpl
+    from hjepa_kit.contracts import EvalResult, Grade
+
+    norm_grade = Grade(label="Mean feature norm", thresholds=(0.0, 1e6, 2e6))
+
+    def build(params, ctx):
+        def evaluate(features, default):
+            norm = float(features[default].test.norm(dim=1).mean())
+            return EvalResult(metrics={"norms/mean": norm}, grades={"norms/mean": norm_grade, "norms/absent": norm_grade})
+
+        return evaluate
+
+    class MeanNorm:
+        @hookimpl
+        def hjepa_register_evaluators(self, register):
+            register("mean_norm", build, summary="feature norm")
+
+    out = tmp_path / "report"
+    figures = hjepa_kit.evaluate(one_epoch_checkpoint.checkpoints["final"], eval_types=["mean_norm"], device="cpu",
+                                 plugins=[MeanNorm()], output_dir=out)
+    assert figures["grades"] == {"norms/mean": norm_grade}  # a grade without its figure is dropped
+    report = (out / "report.md").read_text()
+    summary = report.split("## Against the training plan")[1].split("\n## ")[0]
+    assert "| Mean feature norm | `norms/mean` |" in summary and "| > 0 | > 1e+06 | > 2e+06 | minimum |" in summary
+    assert json.loads((out / "results.json").read_text())["plan_grades"]["norms/mean"]["grade"] == "minimum"
+
+
 def test_the_default_representation_is_configurable(one_epoch_checkpoint):
     ckpt = one_epoch_checkpoint.checkpoints["final"]
     encoder = hjepa_kit.evaluate(ckpt, eval_types=["knn"], device="cpu", write_report=False)

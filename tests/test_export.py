@@ -10,7 +10,7 @@ import torch
 
 import hjepa_kit
 from hjepa_kit.cli import main
-from hjepa_kit.data.loader import eval_transform
+from hjepa_kit.data.augment import eval_transform
 from hjepa_kit.errors import OutputError, PluginError, UserError
 from hjepa_kit.evaluation.exporting import TOLERANCE, TimmExport
 from hjepa_kit.evaluation.pretrained import load_pretrained

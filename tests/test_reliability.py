@@ -234,6 +234,9 @@ PLUGIN_SOURCE = textwrap.dedent('''
                     levels[-1] = levels[-1] * float("nan")
             return LossOutput(total=sum(levels), terms={f"level{i}": v.detach() for i, v in enumerate(levels)})
 
+        def collapse_remedies(self):
+            return [{"after": 1000}]  # this loss's own advice, shown with the core's
+
 
     class NanGradientAfter(NanAfter):
         """A finite loss whose gradients become NaN after ``after`` calls."""
@@ -426,7 +429,8 @@ def test_a_nan_loss_from_a_plugin_stops_the_cli_run_with_advice(tmp_path, plugin
     assert "Traceback" not in err
     assert "hjepa train: error: training stopped at epoch 2, step 8: the loss is nan" in err
     assert "level1=nan" in err  # the term that went bad
-    assert "training.lr" in err and "ema_momentum" in err and "variance_weight" in err  # the fallbacks
+    assert "training.lr" in err and "ema_momentum" in err  # the core's fallbacks
+    assert "--set loss.params.after=1000 --resume" in err  # and the one the loss plugin declares
     checkpoint_dir, _ = run_dirs(tmp_path)
     assert f"the last good checkpoint is {checkpoint_dir / 'latest.pth'}" in err
     states = assert_checkpoints_intact(checkpoint_dir)
@@ -443,7 +447,7 @@ def test_nan_gradients_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, 
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "training stopped at epoch 2, step 8: the gradient norm is nan" in err
-    assert "variance_weight" in err and "Traceback" not in err
+    assert "--set loss.params.after=1000" in err and "Traceback" not in err  # the remedy the loss declares
     checkpoint_dir, _ = run_dirs(tmp_path)
     assert load_checkpoint(checkpoint_dir / "latest.pth")["step"] == STEPS_PER_EPOCH
 

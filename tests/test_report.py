@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from hjepa_kit.evaluation.report import MaskExamples, plan_grades, read_metrics_log, to_jsonable, write_report, write_tensorboard
+from hjepa_kit.contracts import Grade
+from hjepa_kit.evaluation.report import MaskExamples, grade_figures, read_metrics_log, to_jsonable, write_report
+from hjepa_kit.evaluation.tensorboard_writer import write_tensorboard
+from hjepa_kit.plugins.feature_quality import VARIANCE_GRADE, rank_grade
+from hjepa_kit.plugins.knn import KNN_GRADE
+from hjepa_kit.plugins.linear_probe import LINEAR_PROBE_GRADE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -34,6 +39,21 @@ RESULTS = {
     "hierarchy/cka/level0-level1": 0.8,
 }
 
+# The grades the built-in evaluators declare for these figures (the report knows no figure names).
+PER_LEVEL_KNN = Grade(label="k-NN accuracy (k=20)", thresholds=KNN_GRADE.thresholds, percent=True, summary=False)
+PER_LEVEL_LINEAR = Grade(label="Linear probe accuracy", thresholds=LINEAR_PROBE_GRADE.thresholds, percent=True, summary=False)
+GRADES = {
+    "knn/top1@20": KNN_GRADE,
+    "linear_probe/top1": LINEAR_PROBE_GRADE,
+    "feature_quality/variance_mean": VARIANCE_GRADE,
+    "feature_quality/energy_rank95_frac": rank_grade(192),
+    "hierarchy/encoder/knn_top1": PER_LEVEL_KNN,
+    "hierarchy/level0/knn_top1": PER_LEVEL_KNN,
+    "hierarchy/level0/linear_top1": PER_LEVEL_LINEAR,
+    "hierarchy/level1/knn_top1": PER_LEVEL_KNN,
+    "hierarchy/level1/linear_top1": PER_LEVEL_LINEAR,
+}
+
 
 def artifacts() -> dict:
     rng = np.random.default_rng(0)
@@ -41,7 +61,10 @@ def artifacts() -> dict:
     return {
         "linear_probe": {"confusion_matrix": confusion, "representation": "encoder"},
         "feature_quality": {"singular_values": torch.linspace(10, 0.1, 192, dtype=torch.float64), "verdict": "healthy (test)"},
-        "hierarchy": {"cka_matrix": np.eye(2), "cka_names": ["level0", "level1"]},
+        "hierarchy": {"cka_matrix": np.eye(2), "cka_names": ["level0", "level1"], "level_accuracy": {
+            "knn top-1": {"values": {"encoder": 0.55, "level0": 0.45, "level1": 0.35}, "minimum": 0.40},
+            "linear top-1": {"values": {"level0": 0.62, "level1": 0.52}, "minimum": 0.50},
+        }},
     }
 
 
@@ -79,7 +102,7 @@ def assert_png(path: Path) -> np.ndarray:
 def test_report_writes_json_markdown_and_figures(tmp_path):
     log = write_metrics_log(tmp_path / "logs")
     written = write_report(
-        tmp_path / "eval", RESULTS, artifacts(), checkpoint="ckpt/best_model.pth", config={"name": "tiny", "seed": 0},
+        tmp_path / "eval", RESULTS, artifacts(), grades=GRADES, checkpoint="ckpt/best_model.pth", config={"name": "tiny", "seed": 0},
         timings={"features_s": 1.5, "knn_faiss_s": 0.25}, training_log=log, mask_examples=mask_examples(),
     )
     assert set(written) == {"results_json", "report_md", "loss_curves", "singular_values", "level_accuracy",
@@ -131,7 +154,8 @@ def test_loss_curves_follow_the_metrics_file(tmp_path):
 
 
 def test_missing_training_metrics_are_tolerated(tmp_path):
-    written = write_report(tmp_path / "eval", {"knn/top1@20": 0.3}, {}, training_log=tmp_path / "nowhere" / "training.log")
+    written = write_report(tmp_path / "eval", {"knn/top1@20": 0.3}, {}, grades={"knn/top1@20": KNN_GRADE},
+                           training_log=tmp_path / "nowhere" / "training.log")
     assert set(written) == {"results_json", "report_md"}
     markdown = written["report_md"].read_text()
     assert "No loss curves" in markdown
@@ -145,11 +169,49 @@ def test_mask_examples_accept_the_attrs_form(tmp_path):
     assert_png(written["mask_examples"])
 
 
-def test_plan_grades_only_graded_figures():
-    grades = plan_grades({"knn/top1@20": 0.61, "knn/top1@10": 0.9, "linear_probe/top1": 0.5, "other": 1.0})
+def test_only_figures_with_a_declared_grade_are_graded():
+    results = {"knn/top1@20": 0.61, "knn/top1@10": 0.9, "linear_probe/top1": 0.5, "other": 1.0}
+    grades = grade_figures(results, GRADES)
     assert set(grades) == {"knn/top1@20", "linear_probe/top1"}
     assert grades["knn/top1@20"]["grade"] == "excellent"
-    assert grades["linear_probe/top1"]["grade"] == "below minimum"  # the plan says "> 50%"
+    assert grades["linear_probe/top1"]["grade"] == "below minimum"  # a grade needs "> 50%"
+    assert grades["knn/top1@20"]["thresholds"] == [0.40, 0.50, 0.60] and grades["knn/top1@20"]["check"] == "k-NN accuracy (k=20)"
+
+
+def test_a_third_party_evaluators_grade_is_shown(tmp_path):
+    grades = {
+        "mine/score": Grade(label="My score", thresholds=(0.5, 0.6, 0.8)),
+        "mine/width_frac": Grade(label="Used width", thresholds=(0.1, 0.2, 0.3), unit="W", unit_value=50, summary=False),
+    }
+    results = {"mine/score": 0.7, "mine/width_frac": 0.05, "mine/ungraded": 3.0}
+    written = write_report(tmp_path, results, {"mine": {"verdict": "fine"}}, grades=grades)
+    markdown = written["report_md"].read_text()
+    summary = markdown.split("## Against the training plan")[1].split("\n## ")[0]
+    assert "| My score | `mine/score` | 0.7 | > 0.5 | > 0.6 | > 0.8 | good |" in summary
+    assert "mine/width_frac" not in summary  # summary=False: graded in its own table only
+    assert "| `mine/score` | 0.7 | > 0.5 | > 0.6 | > 0.8 | good |" in markdown
+    assert "| `mine/width_frac` | 0.05 | > 0.1 W (5) | > 0.2 W (10) | > 0.3 W (15) | below minimum |" in markdown
+    assert "| `mine/ungraded` | 3 |  |  |  |  |" in markdown
+    document = json.loads(written["results_json"].read_text())
+    assert document["plan_grades"]["mine/score"] == {"check": "My score", "value": 0.7, "thresholds": [0.5, 0.6, 0.8], "grade": "good"}
+    assert "mine/ungraded" not in document["plan_grades"]
+
+
+def test_a_grade_needs_three_increasing_thresholds():
+    with pytest.raises(ValueError, match="three increasing"):
+        Grade(label="x", thresholds=(0.5, 0.4, 0.6))
+    with pytest.raises(ValueError, match="three increasing"):
+        Grade(label="x", thresholds=(0.5, 0.6))
+
+
+def test_the_report_modules_name_no_built_in_evaluator():
+    import hjepa_kit.evaluation as package
+
+    folder = Path(package.__file__).parent
+    for module in ("report.py", "figures.py", "tensorboard_writer.py", "metrics.py"):
+        source = (folder / module).read_text()
+        for name in ("knn", "linear_probe", "feature_quality", "hierarchy"):
+            assert name not in source, f"{module} names {name}"
 
 
 def test_to_jsonable_handles_arrays_tensors_and_non_finite_numbers():
@@ -160,7 +222,7 @@ def test_to_jsonable_handles_arrays_tensors_and_non_finite_numbers():
 
 
 def test_write_tensorboard_adds_scalars_images_and_embedding(tmp_path):
-    written = write_report(tmp_path / "eval", RESULTS, artifacts())
+    written = write_report(tmp_path / "eval", RESULTS, artifacts(), grades=GRADES)
     features = torch.randn(60, 8)
     labels = torch.arange(60) % 3
     log_dir = write_tensorboard(tmp_path / "tb", RESULTS, written, (features, labels), step=7, max_embeddings=50)
@@ -180,5 +242,6 @@ def test_write_tensorboard_adds_scalars_images_and_embedding(tmp_path):
 
 
 def test_importing_the_report_does_not_import_matplotlib():
-    code = "import sys, hjepa_kit.evaluation.report; assert 'matplotlib' not in sys.modules; assert 'tensorboard' not in sys.modules"
+    code = ("import sys, hjepa_kit.evaluation.report, hjepa_kit.evaluation.figures, hjepa_kit.evaluation.tensorboard_writer; "
+            "assert 'matplotlib' not in sys.modules; assert 'tensorboard' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import attrs
@@ -310,3 +312,28 @@ def test_registry_with_does_not_add_an_installed_plugin_twice(registry):
     vit = sys.modules["hjepa_kit.plugins.vit"]  # loaded by the entry points
     again = registry_with(vit)
     assert again.components["encoder"]["vit_tiny"].plugin == "vit"
+
+
+# --- importing the helpers ---------------------------------------------------------------------
+
+
+def test_importing_the_helpers_does_not_import_pytest():
+    """pytest is a test extra: only the hjepa_plugins fixture needs it, loaded when asked for."""
+    code = "import hjepa_kit.testing, sys; assert 'pytest' not in sys.modules, 'hjepa_kit.testing imported pytest'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_pytest_plugins_in_a_conftest_provides_the_fixture(tmp_path):
+    """The route docs/writing-a-plugin.md shows: ``pytest_plugins = ["hjepa_kit.testing"]`` in conftest.py."""
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["hjepa_kit.testing"]\n')
+    (tmp_path / "test_uses_the_fixture.py").write_text(textwrap.dedent("""
+        from hjepa_kit.testing import PluginSandbox
+
+        def test_it(hjepa_plugins):
+            assert isinstance(hjepa_plugins, PluginSandbox) and hjepa_plugins.plugins == []
+    """))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -87,14 +87,43 @@ def test_bad_environment_variable_is_a_config_error(monkeypatch, value):
         threads.configure_threads(None)
 
 
-def _environment_after_import(env: dict[str, str]) -> dict[str, str]:
-    code = "import json, os, hjepa_kit; print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'ONEDNN_PRIMITIVE_CACHE_CAPACITY')}))"
+CPU_VARS = ("OMP_WAIT_POLICY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+
+
+def _environment_after(code: str, env: dict[str, str]) -> dict[str, str]:
+    """The CPU variables as ``code`` leaves them, run in a fresh interpreter with ``env``."""
+    code += "\nimport json, os; print(json.dumps({k: os.environ.get(k) for k in %r}))" % (CPU_VARS,)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_import_sets_passive_waiting_and_a_small_onednn_cache_unless_the_user_did():
-    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")}
-    assert _environment_after_import(base) == {"OMP_WAIT_POLICY": "PASSIVE", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
-    mine = {**base, "OMP_WAIT_POLICY": "ACTIVE", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}
-    assert _environment_after_import(mine) == {"OMP_WAIT_POLICY": "ACTIVE", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}
+def _without_cpu_vars() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in CPU_VARS}
+
+
+def test_importing_the_library_changes_no_environment_variable():
+    code = "import os; before = dict(os.environ); import hjepa_kit, hjepa_kit.api, hjepa_kit.training.trainer; assert dict(os.environ) == before"
+    assert _environment_after(code, _without_cpu_vars()) == {k: None for k in CPU_VARS}
+
+
+def test_the_cli_sets_passive_waiting_and_a_small_onednn_cache_before_torch_loads():
+    code = ("import sys; from hjepa_kit.cli import main; assert 'torch' not in sys.modules\n"
+            "import os; main(['plugins']); assert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'")
+    assert _environment_after(code, _without_cpu_vars()) == {"OMP_WAIT_POLICY": "PASSIVE", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
+
+
+def test_the_users_values_win_over_the_cli_and_trainer_defaults():
+    mine = {**_without_cpu_vars(), "OMP_WAIT_POLICY": "ACTIVE", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}
+    code = "from hjepa_kit.cli import main; main(['plugins'])"
+    assert _environment_after(code, mine) == {"OMP_WAIT_POLICY": "ACTIVE", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}
+
+
+def test_a_trainer_applies_the_defaults_when_a_run_is_set_up(tmp_path):
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import tiny_config
+from hjepa_kit.training.trainer import Trainer
+Trainer(tiny_config(__import__("pathlib").Path({str(tmp_path)!r})), console=False)
+"""
+    assert _environment_after(code, _without_cpu_vars()) == {"OMP_WAIT_POLICY": "PASSIVE", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}

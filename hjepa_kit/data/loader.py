@@ -14,14 +14,7 @@ The training step sees ``(B, 3, S, S)`` float32 images, already augmented. How t
 ``data.in_memory: auto`` picks RAM when the dataset's decoded size is at most
 ``data.memory_limit_mb`` (``always`` / ``never`` override it).
 
-Augmentation: a per-sample random resized crop (the I-JEPA scale range, sampled as torchvision's
-``RandomResizedCrop`` does, with its centre-crop fallback) and a per-sample horizontal flip. The
-crop and resize are one separable resampling per sample, done as two batched matrix products
-(``W_y @ X @ W_x^T``) with bilinear weights (antialiased when shrinking, as torchvision's
-``antialias=True``). Measured on a shared 2-core AMD EPYC (``benchmarks/augmentation.py``) it is
-3-4x faster than ``F.grid_sample`` at 32->224 and 1-3x at 32->32: one thread augments about 30,000
-images/s at 32->32 and 1,500 images/s at 32->224, hundreds of times a training step's rate. It
-runs on the device of its input, so a trainer may move uint8 batches to the GPU and augment there.
+Augmentation and the evaluation transform are in :mod:`hjepa_kit.data.augment`.
 
 Order and randomness: each epoch's order is a permutation drawn from ``(seed, epoch)``, the same on
 every rank; rank ``r`` of ``W`` takes every ``W``-th index from position ``r``. Each batch's
@@ -39,7 +32,6 @@ Optional dataset extras read here (beyond :class:`~hjepa_kit.contracts.Dataset`)
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -48,16 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import AugmentationConfig, DataConfig
+from ..config import DataConfig
 from ..contracts import Dataset, ImageData
 from ..errors import DataError
+from .augment import BatchAugment, eval_transform
+from .augment import CropParams, resample_weights, sample_crop_boxes  # noqa: F401 (importable from here as before)
 
 __all__ = [
-    "BatchAugment",
-    "CropParams",
-    "sample_crop_boxes",
-    "resample_weights",
-    "eval_transform",
     "iter_eval_batches",
     "estimate_bytes",
     "choose_in_memory",
@@ -67,225 +56,12 @@ __all__ = [
     "build_train_loader",
 ]
 
-#: torchvision's RandomResizedCrop tries this many random boxes before the centre-crop fallback.
-CROP_TRIES = 10
-
 # Domain-separation tags so the order and the augmentation draw from unrelated streams.
 _ORDER_TAG = 0x0DE5
 _AUGMENT_TAG = 0xA065
 
 
-# --- augmentation -----------------------------------------------------------------------------
-
-
-class CropParams:
-    """The random draws of one augmented batch.
-
-    Attributes:
-        boxes: ``(B, 4)`` int64 crop boxes ``(top, left, height, width)`` in input pixels.
-        flips: ``(B,)`` bool, ``True`` where the sample is flipped horizontally.
-    """
-
-    __slots__ = ("boxes", "flips")
-
-    def __init__(self, boxes: Tensor, flips: Tensor) -> None:
-        self.boxes = boxes
-        self.flips = flips
-
-
-def sample_crop_boxes(
-    batch_size: int,
-    height: int,
-    width: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    generator: torch.Generator,
-) -> Tensor:
-    """Draw one random resized crop box per sample, as torchvision's ``RandomResizedCrop``.
-
-    For each sample, up to :data:`CROP_TRIES` candidates are drawn with an area fraction uniform in
-    ``scale`` and a log-uniform aspect ratio in ``ratio``; the first candidate that fits is kept,
-    at a uniform position. A sample with no fitting candidate gets the centre crop of the largest
-    box whose ratio is within ``ratio``. All candidates are drawn at once (no Python loop per
-    sample), so the number of draws from ``generator`` is fixed.
-
-    Returns:
-        ``(B, 4)`` int64 boxes ``(top, left, height, width)`` on the generator's device.
-    """
-    device = generator.device
-    area = float(height * width)
-    draws = torch.rand((batch_size, CROP_TRIES, 2), generator=generator, device=device, dtype=torch.float64)
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * draws[..., 0])
-    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_low + (log_high - log_low) * draws[..., 1])
-    # torch.round rounds half to even, like Python's round() that torchvision uses.
-    w = torch.round(torch.sqrt(target_area * aspect))
-    h = torch.round(torch.sqrt(target_area / aspect))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first fitting try
-    found = fits.any(dim=1)
-    w = w.gather(1, first).squeeze(1)
-    h = h.gather(1, first).squeeze(1)
-
-    fallback_h, fallback_w = _centre_crop_size(height, width, ratio)
-    w = torch.where(found, w, torch.full_like(w, fallback_w))
-    h = torch.where(found, h, torch.full_like(h, fallback_h))
-    position = torch.rand((batch_size, 2), generator=generator, device=device, dtype=torch.float64)
-    top = torch.where(found, torch.floor(position[:, 0] * (height - h + 1)), torch.div(height - h, 2, rounding_mode="floor"))
-    left = torch.where(found, torch.floor(position[:, 1] * (width - w + 1)), torch.div(width - w, 2, rounding_mode="floor"))
-    return torch.stack([top, left, h, w], dim=1).to(torch.int64)
-
-
-def _centre_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
-    """The largest box of the image whose aspect ratio is clamped into ``ratio`` (the fallback)."""
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        return int(round(width / min(ratio))), width
-    if in_ratio > max(ratio):
-        return height, int(round(height * max(ratio)))
-    return height, width
-
-
-def resample_weights(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tensor | None = None) -> Tensor:
-    """Per-sample 1-D resampling matrices for "crop ``[start, start + length)`` and resize".
-
-    Output pixel ``k`` reads the input around its centre ``start + (k + 0.5) * length / out_size``
-    with a triangle (bilinear) kernel, widened by the shrink factor when shrinking (antialiasing,
-    as PIL and torchvision's ``antialias=True``); rows are normalised, so pixels near the border
-    behave as clamped. For upscaling this equals ``F.interpolate(mode="bilinear",
-    align_corners=False)``.
-
-    Args:
-        start: ``(B,)`` first input pixel of each crop.
-        length: ``(B,)`` crop length in input pixels.
-        in_size: input length in pixels.
-        out_size: output length in pixels.
-        flip: ``(B,)`` bool, reverse the output of these samples.
-
-    Returns:
-        ``(B, out_size, in_size)`` float32 weights on the device of ``start``.
-    """
-    device = start.device
-    start = start.to(torch.float32)
-    step = length.to(torch.float32) / out_size
-    k = torch.arange(out_size, device=device, dtype=torch.float32) + 0.5
-    k = k.expand(start.shape[0], out_size)
-    if flip is not None:
-        k = torch.where(flip[:, None], out_size - k, k)
-    centre = start[:, None] + k * step[:, None]  # (B, out) in continuous input coordinates
-    source = torch.arange(in_size, device=device, dtype=torch.float32) + 0.5  # input pixel centres
-    support = step.clamp(min=1.0)[:, None, None]
-    weights = (1.0 - (source - centre[:, :, None]).abs() / support).clamp_(min=0.0)
-    return weights / weights.sum(dim=-1, keepdim=True).clamp_(min=1e-12)
-
-
-def _normalised_float(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 ``(B, C, H, W)`` -> float32 ``(x / 255 - mean) / std`` per channel, one pass."""
-    if images.dtype != torch.uint8:
-        raise TypeError(f"expected uint8 images (B, C, H, W), got dtype {images.dtype}")
-    if images.ndim != 4 or images.shape[1] != len(mean):
-        raise ValueError(f"expected images (B, {len(mean)}, H, W), got shape {tuple(images.shape)}")
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(1, -1, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=images.device).view(1, -1, 1, 1)
-    # In place on the fresh float copy: 20x faster on CPU than a broadcasting addcmul.
-    return images.to(torch.float32).mul_(scale).add_(shift)
-
-
-def _resample(images: Tensor, weights_y: Tensor, weights_x: Tensor) -> Tensor:
-    """``(B, C, H, W)`` -> ``(B, C, S, S)``: ``W_y @ X @ W_x^T`` per sample and channel.
-
-    Two plain batched products: rows per (sample, channel), then columns with the channels folded
-    into the rows, which writes the output in place (no broadcast copies of the output).
-    """
-    batch, channels, height, width = images.shape
-    size = weights_y.shape[1]
-    rows = torch.bmm(weights_y.repeat_interleave(channels, dim=0), images.reshape(batch * channels, height, width))
-    out = torch.bmm(rows.view(batch, channels * size, width), weights_x.transpose(1, 2))
-    return out.view(batch, channels, size, weights_x.shape[1])
-
-
-class BatchAugment:
-    """I-JEPA training augmentation for a whole uint8 batch at once.
-
-    Each image gets its own random resized crop (scale and ratio from
-    :class:`~hjepa_kit.config.AugmentationConfig`) resized to ``output_size``, its own horizontal
-    flip with probability 0.5 (when ``hflip``), and is normalised with ``mean`` / ``std``.
-    Normalisation is applied before resampling (cheaper at the input size; exact, because the
-    resampling weights of every output pixel sum to one).
-
-    Example::
-
-        augment = BatchAugment(config.data.augmentation, output_size=32)
-        images = augment(uint8_batch, torch.Generator().manual_seed(0))  # (B, 3, 32, 32) float32
-    """
-
-    def __init__(self, config: AugmentationConfig, output_size: int) -> None:
-        if output_size < 1:
-            raise ValueError(f"output_size must be >= 1, got {output_size}")
-        self.config = config
-        self.output_size = int(output_size)
-
-    def sample(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> CropParams:
-        """Draw the crops and flips of a batch from ``generator`` (a fixed number of draws)."""
-        cfg = self.config
-        boxes = sample_crop_boxes(batch_size, height, width, cfg.crop_scale, cfg.crop_ratio, generator)
-        if cfg.hflip:
-            flips = torch.rand(batch_size, generator=generator, device=generator.device) < 0.5
-        else:
-            flips = torch.zeros(batch_size, dtype=torch.bool, device=generator.device)
-        return CropParams(boxes, flips)
-
-    def apply(self, images: Tensor, params: CropParams) -> Tensor:
-        """Crop, resize, flip and normalise ``(B, C, H, W)`` uint8 images with given draws.
-
-        Returns:
-            ``(B, C, S, S)`` float32 on the device of ``images``.
-        """
-        _, _, height, width = images.shape
-        boxes = params.boxes.to(images.device)
-        flips = params.flips.to(images.device)
-        size = self.output_size
-        if height == width:  # one call for both axes: half the small-op overhead
-            starts = boxes[:, :2].T.reshape(-1)  # (2B,): tops, then lefts
-            lengths = boxes[:, 2:].T.reshape(-1)  # heights, then widths
-            flip_x_only = torch.cat([torch.zeros_like(flips), flips])
-            weights_y, weights_x = resample_weights(starts, lengths, height, size, flip=flip_x_only).chunk(2)
-        else:
-            weights_y = resample_weights(boxes[:, 0], boxes[:, 2], height, size)
-            weights_x = resample_weights(boxes[:, 1], boxes[:, 3], width, size, flip=flips)
-        x = _normalised_float(images, self.config.mean, self.config.std)
-        return _resample(x, weights_y, weights_x)
-
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """Augment ``(B, C, H, W)`` uint8 images; all randomness comes from ``generator``.
-
-        Returns:
-            ``(B, C, S, S)`` float32, normalised, on the device of ``images``.
-        """
-        params = self.sample(images.shape[0], images.shape[2], images.shape[3], generator)
-        return self.apply(images, params)
-
-
-def eval_transform(images: Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Evaluation transform: resize the whole image to ``image_size`` and normalise; no randomness.
-
-    Args:
-        images: ``(B, C, H, W)`` uint8.
-        image_size: output side ``S``; when it equals ``H`` and ``W`` the pixels are not resampled.
-
-    Returns:
-        ``(B, C, S, S)`` float32 on the device of ``images``, resampled with the same kernel as
-        :class:`BatchAugment` (so ``crop_scale: [1, 1]`` training and evaluation see the same image).
-    """
-    x = _normalised_float(images, mean, std)
-    batch, _, height, width = images.shape
-    if height == image_size and width == image_size:
-        return x
-    device = images.device
-    zeros = torch.zeros(batch, device=device)
-    weights_y = resample_weights(zeros, torch.full((batch,), float(height), device=device), height, image_size)
-    weights_x = resample_weights(zeros, torch.full((batch,), float(width), device=device), width, image_size)
-    return _resample(x, weights_y, weights_x)
+# --- evaluation batches -----------------------------------------------------------------------
 
 
 def _collate(items: Sequence[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:

@@ -20,8 +20,10 @@ import attrs
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
-from ..data.loader import choose_in_memory, eval_transform, iter_eval_batches
+from ..data.augment import eval_transform
+from ..data.loader import choose_in_memory, iter_eval_batches
 from ..errors import DataError, UserError
 from ..data.images import decode_square
 from .outputs import atomic_file, check_new_file
@@ -105,7 +107,11 @@ def decode_image(path: Path, size: int, channels: int = 3) -> Tensor:
 
 
 class _Progress:
-    """``embedding: 512/1000 images, 85 images/s`` on stderr: redrawn on a terminal, a line per ~10% elsewhere."""
+    """Progress of an embedding on stderr, or nowhere unless ``enabled``.
+
+    On a terminal a tqdm bar; elsewhere (a log file, a pipe) a plain line
+    ``embedding: 512/1000 images, 85 images/s`` per ~10% and at the end, so logs get no redraws.
+    """
 
     def __init__(self, total: int | None, enabled: bool, stream: IO[str] | None = None) -> None:
         self.total = total
@@ -113,20 +119,30 @@ class _Progress:
         self.stream = stream or sys.stderr
         self.done = 0
         self.started = time.perf_counter()
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.next_line = 0.0
+        tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar = tqdm(total=total, desc="embedding", unit=" images", file=self.stream, dynamic_ncols=True) if enabled and tty else None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
     def update(self, count: int) -> None:
         self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+            return
         if not self.enabled:
             return
         fraction = self.done / self.total if self.total else 0.0
-        if self.tty or fraction >= self.next_line or self.done == self.total:
+        if fraction >= self.next_line or self.done == self.total:
             self.next_line = fraction + 0.1
             rate = self.done / max(time.perf_counter() - self.started, 1e-9)
             of = f"/{self.total}" if self.total else ""
-            end = "\r" if self.tty and self.done != self.total else "\n"
-            print(f"embedding: {self.done}{of} images, {rate:.0f} images/s", end=end, file=self.stream, flush=True)
+            print(f"embedding: {self.done}{of} images, {rate:.0f} images/s", file=self.stream, flush=True)
 
 
 def embed_images(
@@ -171,7 +187,7 @@ def embed_images(
         force: replace ``out`` when it exists.
         overrides: ``KEY=VALUE`` overrides applied to the checkpoint's configuration.
         plugins: extra plugins whose components the configuration names.
-        progress: report progress on stderr.
+        progress: report progress on stderr: a bar on a terminal, a line per ~10% elsewhere.
 
     Returns:
         An :class:`~hjepa_kit.evaluation.embedding.EmbedResult`: path, count, feature width, skipped files.
@@ -239,7 +255,6 @@ def _embed_folder(
     top = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else None for f in files]
     classes = sorted({t for t in top if t is not None})
     index = {name: i for i, name in enumerate(classes)}
-    meter = _Progress(len(files), progress)
     chunks: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[str] = []
@@ -250,7 +265,7 @@ def _embed_folder(
         except DataError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=max(1, min(8, physical_cores()))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(8, physical_cores()))) as pool, _Progress(len(files), progress) as meter:
         for start in range(0, len(files), batch_size):
             positions = list(range(start, min(start + batch_size, len(files))))
             decoded = list(pool.map(decode, positions))
@@ -300,21 +315,21 @@ def _embed_dataset(
         else:
             sources.append((split, data.open_stream(split)))  # type: ignore[attr-defined]
     total = sum(len(source) for _, source in sources)
-    meter = _Progress(total, progress)
     chunks: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     split_names: list[str] = []
     positions: list[np.ndarray] = []
-    for split, source in sources:
-        start = 0
-        for images, batch_labels in _batches(source, pretrained, batch_size):
-            chunks.append(_encode(pretrained, images, representation, amp))
-            count = images.shape[0]
-            labels.append(batch_labels.numpy().astype(np.int64) if batch_labels is not None else np.full(count, -1, dtype=np.int64))
-            split_names += [split] * count
-            positions.append(np.arange(start, start + count, dtype=np.int64))
-            start += count
-            meter.update(count)
+    with _Progress(total, progress) as meter:
+        for split, source in sources:
+            start = 0
+            for images, batch_labels in _batches(source, pretrained, batch_size):
+                chunks.append(_encode(pretrained, images, representation, amp))
+                count = images.shape[0]
+                labels.append(batch_labels.numpy().astype(np.int64) if batch_labels is not None else np.full(count, -1, dtype=np.int64))
+                split_names += [split] * count
+                positions.append(np.arange(start, start + count, dtype=np.int64))
+                start += count
+                meter.update(count)
     classes = next((s.classes for _, s in sources if getattr(s, "classes", ())), getattr(data, "classes", None) or ())
     return {
         "features": np.concatenate(chunks) if chunks else np.zeros((0, int(pretrained.ctx.embed_dim or 0)), dtype=np.float32),

@@ -1,4 +1,4 @@
-"""Pure math on feature matrices: spectra, ranks, variance, similarity, accuracy, plan thresholds.
+"""Pure math on feature matrices: spectra, ranks, variance, similarity, accuracy, grades.
 
 These functions take plain tensors and return plain numbers, so the evaluator plugins, the report
 and a training-time collapse monitor can all share them (the core may import this module; it
@@ -11,10 +11,10 @@ Two different "ranks" are computed, and they answer different questions:
 - :func:`effective_rank` is RankMe (Garrido et al., 2023): ``exp`` of the Shannon entropy of the
   L1-normalised singular values of the centred features. A smooth count of used directions:
   ``D`` for isotropic features, ``1`` for rank-one features.
-- :func:`energy_rank` is the training plan's "effective rank" check: the number of leading singular
-  values that hold a fraction (95%) of the squared-singular-value energy (the variance explained
-  by principal components). The plan's thresholds (48 / 96 / 144 of 192) apply to this one.
-  (The plan's own snippet summed plain singular values of uncentred tokens, which counts more
+- :func:`energy_rank` is the "effective rank" of the collapse check: the number of leading
+  singular values that hold a fraction (95%) of the squared-singular-value energy (the variance
+  explained by principal components). :data:`RANK_FRACTION_THRESHOLDS` (48 / 96 / 144 of 192)
+  apply to this one. (Summing plain singular values of uncentred tokens instead counts more
   components; squared values of centred features are the variance-explained reading.)
 """
 
@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "PLAN_THRESHOLDS",
+    "VARIANCE_THRESHOLDS",
+    "RANK_FRACTION_THRESHOLDS",
     "GRADES",
     "COLLAPSE_VARIANCE",
     "COLLAPSE_RANK_FRACTION",
@@ -46,23 +47,21 @@ __all__ = [
     "collapse_verdict",
 ]
 
-#: The training plan's success thresholds (Minimum, Good, Excellent): a value strictly above the
-#: threshold reaches the grade. Accuracies are fractions in ``[0, 1]``; ``rank_fraction`` is a
-#: rank divided by the feature width ``D`` (the plan's 48 / 96 / 144 of ``D = 192``).
-PLAN_THRESHOLDS: dict[str, tuple[float, float, float]] = {
-    "linear_probe": (0.50, 0.60, 0.70),
-    "knn": (0.40, 0.50, 0.60),
-    "variance": (0.05, 0.10, 0.15),
-    "rank_fraction": (0.25, 0.50, 0.75),
-}
+#: Thresholds (Minimum, Good, Excellent) of the mean per-dimension feature variance: a value
+#: strictly above a threshold reaches its grade (see :func:`grade`).
+VARIANCE_THRESHOLDS: tuple[float, float, float] = (0.05, 0.10, 0.15)
+
+#: Thresholds (Minimum, Good, Excellent) of the 95%-energy rank divided by the feature width ``D``
+#: (48 / 96 / 144 of ``D = 192``).
+RANK_FRACTION_THRESHOLDS: tuple[float, float, float] = (0.25, 0.50, 0.75)
 
 #: Grade names, from below every threshold to above the last.
 GRADES: tuple[str, ...] = ("below minimum", "minimum", "good", "excellent")
 
-#: The plan's collapse symptom: mean per-dimension variance below this is a collapse.
+#: The collapse symptom: mean per-dimension variance below this is a collapse.
 COLLAPSE_VARIANCE = 0.01
 
-#: The plan's rank "red flag": a 95%-energy rank below this fraction of ``D``.
+#: The rank "red flag": a 95%-energy rank below this fraction of ``D`` is a dimensional collapse.
 COLLAPSE_RANK_FRACTION = 0.10
 
 _CHUNK = 65536
@@ -175,7 +174,7 @@ def energy_rank_from_spectrum(values: Tensor, energy: float = 0.95) -> int:
 
 
 def energy_rank(x: Tensor, energy: float = 0.95) -> int:
-    """The plan's rank of ``(N, D)`` features: principal components holding ``energy`` of the variance."""
+    """The energy rank of ``(N, D)`` features: principal components holding ``energy`` of the variance."""
     return energy_rank_from_spectrum(singular_values(x), energy)
 
 
@@ -292,9 +291,9 @@ def topk_correct(scores: Tensor, labels: Tensor, topk: Iterable[int] = (1, 5)) -
 
 
 def grade(value: float, thresholds: Sequence[float]) -> str:
-    """The plan's grade of ``value``: one of :data:`GRADES`, from ``(minimum, good, excellent)``.
+    """The grade of ``value``: one of :data:`GRADES`, from ``(minimum, good, excellent)``.
 
-    A grade is reached when the value is strictly above its threshold, as the plan's "> 50%".
+    A grade is reached when the value is strictly above its threshold ("> 50%").
     ``nan`` grades ``"below minimum"``.
     """
     reached = sum(1 for t in thresholds if value > t)  # nan > t is False
@@ -309,15 +308,15 @@ def collapse_verdict(
     collapse_variance: float = COLLAPSE_VARIANCE,
     collapse_rank_fraction: float = COLLAPSE_RANK_FRACTION,
 ) -> tuple[bool, bool, str]:
-    """Judge features against the plan's collapse symptoms and success thresholds.
+    """Judge features against the collapse symptoms and the variance and rank thresholds.
 
     Args:
         variance_mean: mean per-dimension variance of the features.
         rank: their 95%-energy rank (see :func:`energy_rank`).
         dim: their width ``D``.
-        collapse_variance: variance below this is a (complete) collapse, the plan's symptom.
-        collapse_rank_fraction: a rank below this fraction of ``D`` is a dimensional collapse,
-            the plan's rank red flag.
+        collapse_variance: variance below this is a (complete) collapse.
+        collapse_rank_fraction: a rank below this fraction of ``D`` is a dimensional collapse
+            (the rank's red flag).
 
     Returns:
         ``(collapsed, rank_collapsed, verdict)``: the two flags and a one-line verdict.
@@ -325,8 +324,8 @@ def collapse_verdict(
     fraction = rank / dim if dim > 0 else 0.0
     collapsed = not variance_mean >= collapse_variance  # nan counts as collapsed
     rank_collapsed = not fraction >= collapse_rank_fraction
-    variance_grade = grade(variance_mean, PLAN_THRESHOLDS["variance"])
-    rank_grade = grade(fraction, PLAN_THRESHOLDS["rank_fraction"])
+    variance_grade = grade(variance_mean, VARIANCE_THRESHOLDS)
+    rank_grade = grade(fraction, RANK_FRACTION_THRESHOLDS)
     detail = (
         f"mean variance {variance_mean:.4g} ({variance_grade}); "
         f"95%-energy rank {rank:g}/{dim} = {fraction:.2f} D ({rank_grade})"
@@ -336,7 +335,7 @@ def collapse_verdict(
     elif rank_collapsed:
         head = f"DIMENSIONAL COLLAPSE: 95%-energy rank below {collapse_rank_fraction:g} D"
     elif variance_grade == GRADES[0] or rank_grade == GRADES[0]:
-        head = "WARNING: below the plan's minimum"
+        head = "WARNING: below the minimum"
     else:
         head = "healthy"
     return collapsed, rank_collapsed, f"{head} ({detail})"

@@ -14,11 +14,12 @@ import torch
 
 from ..build import build_dataset, build_model
 from ..training.checkpoint import load_checkpoint
-from ..config import ComponentSpec, load_config
-from ..contracts import BuildContext, ImageData
+from ..config import load_config
+from ..contracts import BuildContext, Grade, ImageData
 from ..errors import CheckpointError, UserError
 from ..training.compiling import AUTO_EVAL_MIN_IMAGES, FeatureFunction, should_compile
 from .features import check_representation, extract_features, feature_sets
+from .selection import EVAL_TYPE_EVALUATORS, select_evaluators
 from ..registry import Registry
 from ..runtime import autocast_dtype, resolve_device
 from ..threads import configure_threads
@@ -27,31 +28,12 @@ __all__ = ["run_evaluation", "EVAL_TYPE_EVALUATORS"]
 
 log = logging.getLogger("hjepa_kit")
 
-#: ``--eval-type`` shorthands -> evaluator component names.
-EVAL_TYPE_EVALUATORS = {"knn": "knn_faiss", "linear_probe": "linear_probe", "feature_quality": "feature_quality", "hierarchy": "hierarchy"}
-
 
 def _default_output_dir(checkpoint: Path, run_name: str) -> Path:
     parent = checkpoint.resolve().parent
     if parent.parent.name == "checkpoints":
         return parent.parent.parent / "eval" / run_name
     return parent / "eval"
-
-
-def _select_evaluators(eval_types: Sequence[str], configured: list[ComponentSpec], registry: Registry) -> list[ComponentSpec]:
-    chosen: list[ComponentSpec] = []
-    for item in eval_types:
-        if item == "all":
-            chosen += [s for s in configured if s not in chosen]
-            continue
-        name = EVAL_TYPE_EVALUATORS.get(item, item)
-        if name not in registry.components["evaluator"]:
-            allowed = ", ".join(["all", *EVAL_TYPE_EVALUATORS, *registry.names("evaluator")])
-            raise UserError(f"--eval-type {item!r}: unknown evaluation; allowed: {allowed}")
-        spec = next((s for s in configured if s.name == name), ComponentSpec(name=name))
-        if spec not in chosen:
-            chosen.append(spec)
-    return chosen
 
 
 def run_evaluation(
@@ -66,7 +48,29 @@ def run_evaluation(
     plugins: Iterable[Any] = (),
     write_report: bool = True,
 ) -> dict[str, Any]:
-    """See :func:`hjepa_kit.evaluate`."""
+    """Evaluate a checkpoint from the file alone: features once, then every selected evaluator.
+
+    This is the library's ``hjepa_kit.evaluate`` and the command ``hjepa evaluate``.
+
+    Args:
+        checkpoint: a checkpoint written by :func:`~hjepa_kit.api.train` (holds its resolved
+            configuration).
+        dataset: evaluate on this dataset component instead of the training one.
+        data_path: the dataset folder (sets ``data.dataset.params.root``).
+        eval_types: ``all``, ``linear_probe``, ``knn``, ``feature_quality``, ``hierarchy`` or any
+            registered evaluator name.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        output_dir: where ``results.json``, ``report.md`` and the figures go.
+        overrides: ``KEY=VALUE`` overrides applied to the checkpoint's configuration.
+        plugins: extra plugins for this evaluation only.
+        write_report: write the report files (``False``: figures only in the returned dict).
+
+    Returns:
+        ``{"metrics": {name: value}, "paths": {file: path}, "timings": {stage: seconds}, "artifacts": {...},
+        "grades": {name: Grade}, "features_compiled": bool}``: ``grades`` are the
+        :class:`~hjepa_kit.contracts.Grade` the evaluators declared for their figures;
+        ``features_compiled`` says whether feature extraction ran compiled (see ``evaluation.compile``).
+    """
     started = time.perf_counter()
     path = Path(checkpoint)
     state = load_checkpoint(path)
@@ -81,7 +85,7 @@ def run_evaluation(
     except UserError as exc:
         raise CheckpointError(f"{path}: its configuration does not load: {exc}") from None
     registry = Registry(plugins)
-    eval_specs = _select_evaluators(eval_types, list(config.evaluation.evaluators), registry)
+    eval_specs = select_evaluators(eval_types, list(config.evaluation.evaluators), registry)
     resolved = registry.resolve(config, f"{path} (configuration)")
     threads = configure_threads(config.training.threads)
     run_device = resolve_device(device)
@@ -121,6 +125,7 @@ def run_evaluation(
     representation = check_representation(config.evaluation.representation, sets)
     metrics: dict[str, float] = {}
     artifacts: dict[str, dict[str, Any]] = {}
+    grades: dict[str, Grade] = {}
     for spec in eval_specs:
         component = registry.get("evaluator", spec.name)
         from ..params import structure
@@ -133,7 +138,11 @@ def run_evaluation(
         t0 = time.perf_counter()
         result = evaluator(sets, representation)
         timings[f"{spec.name}_s"] = time.perf_counter() - t0
-        metrics.update({k: float(v) for k, v in getattr(result, "metrics", result).items()})
+        figures = {k: float(v) for k, v in getattr(result, "metrics", result).items()}
+        metrics.update(figures)
+        for name in figures:  # a later evaluator's figure of the same name replaces the grade as well
+            grades.pop(name, None)
+        grades.update({k: g for k, g in (getattr(result, "grades", None) or {}).items() if k in figures})
         if getattr(result, "artifacts", None):
             artifacts[spec.name] = dict(result.artifacts)
             if "confusion_matrix" in artifacts[spec.name] and train_split.classes:
@@ -146,12 +155,12 @@ def run_evaluation(
         out = Path(output_dir) if output_dir else _default_output_dir(path, config.name)
         training_log = config.log_dir / "metrics.jsonl"
         written = _write(
-            out, metrics, artifacts, checkpoint=str(path), config=state["config"], timings=timings,
+            out, metrics, artifacts, grades=grades, checkpoint=str(path), config=state["config"], timings=timings,
             training_log=training_log if training_log.is_file() else None,
             mask_examples=_mask_examples(built, test_split),
         )
         paths = {Path(p).name: str(p) for p in written.values()}
-        from .report import write_tensorboard
+        from .tensorboard_writer import write_tensorboard
 
         write_tensorboard(
             out / "tensorboard", metrics, {k: str(v) for k, v in written.items()},
@@ -160,7 +169,7 @@ def run_evaluation(
         paths["tensorboard"] = str(out / "tensorboard")
     registry.hook.hjepa_evaluation_end(trainer=None, results=metrics)
     log.info("evaluation of %s done in %.1fs (%d threads)", path, timings["total_s"], threads)
-    return {"metrics": metrics, "paths": paths, "timings": timings, "artifacts": artifacts,
+    return {"metrics": metrics, "paths": paths, "timings": timings, "artifacts": artifacts, "grades": grades,
             "features_compiled": features.compiled}
 
 

@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch

@@ -9,6 +9,7 @@ allowance for kernel caches and allocator slack (``RUNTIME_BYTES``) completes it
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import attrs
@@ -18,7 +19,9 @@ from torch import nn
 from ..contracts import Masks
 from ..errors import TrainingStopped
 
-__all__ = ["MemoryEstimate", "saved_activation_bytes", "activation_bytes", "estimate_peak_memory", "check_memory_budget"]
+log = logging.getLogger("hjepa_kit")
+
+__all__ = ["MemoryEstimate", "saved_activation_bytes", "activation_bytes", "estimate_peak_memory", "check_memory_budget", "check_run_memory"]
 
 _MB = 1024 * 1024
 #: The interpreter, torch, timm and faiss once imported, measured at about 600 MB.
@@ -94,12 +97,9 @@ def saved_activation_bytes(
     model.train()
     try:
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            with torch.no_grad():
-                target = model.target_encoder(images, return_blocks=tuple(model.predictor.target_blocks))
-                targets = model.predictor.make_targets(target, masks)
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                predictions, context = model.predict(images, masks)
-                loss_fn(predictions, targets, context)
+                out = model.forward_step(images, masks)
+                loss_fn(out.predictions, out.targets, out.context)
     finally:
         model.train(was_training)
     return total
@@ -160,3 +160,19 @@ def check_memory_budget(estimate: MemoryEstimate, budget_gb: float | None, *, ba
         f"effective batch, e.g. --set data.batch_size={half} --set training.accumulation_steps={accumulation_steps * batch_size // half} "
         "(configs/cpu_cifar10_fallback.yaml is batch 4 x 8), or raise the budget with --set training.memory_budget_gb=N"
     )
+
+
+def check_run_memory(trainer: Any) -> MemoryEstimate:
+    """Estimate a run's peak memory, log it, and refuse a run over ``training.memory_budget_gb``."""
+    from ..data.loader import estimate_bytes
+
+    cfg, ctx = trainer.config, trainer.ctx
+    data_bytes = estimate_bytes(trainer.dataset, cfg.data.train_split) or 0
+    estimate = estimate_peak_memory(
+        trainer.model, trainer.loss_fn, trainer.masker, batch_size=cfg.data.batch_size, image_size=ctx.image_size,
+        in_chans=ctx.in_chans, data_bytes=data_bytes, autocast_dtype=trainer.amp_dtype, device=trainer.device,
+    )
+    budget = cfg.training.memory_budget_gb
+    log.info("estimated peak memory: %s; budget %s", estimate.describe(), f"{budget:g} GB" if budget else "none")
+    check_memory_budget(estimate, budget, batch_size=cfg.data.batch_size, accumulation_steps=cfg.training.accumulation_steps)
+    return estimate

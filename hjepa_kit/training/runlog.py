@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 
@@ -77,6 +78,25 @@ def close_run_log(handlers: list[logging.Handler]) -> None:
         log.removeHandler(handler)
         handler.close()
     handlers.clear()
+
+
+def log_run_start(trainer: Any) -> None:
+    """The two lines a run starts its log with: what trains where, and for how long."""
+    cfg = trainer.config
+    params = sum(p.numel() for p in trainer.model.context_encoder.parameters())
+    pred = sum(p.numel() for p in trainer.model.predictor.parameters())
+    log.info(
+        "run %s: %s on %s (%s, %d threads%s), %d images of %dpx, grid %s, encoder %.1fM params, predictor %.1fM",
+        cfg.name, cfg.model.encoder.name, trainer.device, "bf16" if trainer.amp_dtype else "fp32", trainer.threads,
+        ", compiled: the first steps compile" if trainer.compiled else "",
+        len(trainer.loader) * cfg.data.batch_size, trainer.ctx.image_size, "x".join(map(str, trainer.ctx.grid_size or ())),
+        params / 1e6, pred / 1e6,
+    )
+    log.info(
+        "%d epochs x %d steps (batch %d x accumulation %d = %d); logs: %s; checkpoints: %s",
+        cfg.training.epochs, trainer.steps_per_epoch, cfg.data.batch_size, cfg.training.accumulation_steps,
+        cfg.data.batch_size * cfg.training.accumulation_steps, trainer.log_dir, trainer.checkpoint_dir,
+    )
 
 
 def log_interval(metrics: Mapping[str, float], *, epoch: int, epochs: int, step: int, total_steps: int, rss_mb: float) -> None:

@@ -1,17 +1,18 @@
-"""The training loop: accumulation, schedules, EMA, precision, checkpoints, callbacks.
+"""The training loop: epochs, accumulation, logging, checkpoints, callbacks, stops.
 
 :class:`Trainer` owns a run from its configuration to its last checkpoint. It knows no model: the
-encoder, masker, predictor, loss, dataset, evaluators and callbacks all come from plugins. The
-pieces it drives live beside it: ``optim`` (AdamW groups, gradient norm), ``online`` (online
-evaluation, collapse monitor, best checkpoint), ``runlog`` (log handlers, interval figures),
-``signals`` (SIGINT/SIGTERM), ``distributed``, ``checkpoint``, ``memory`` and ``schedules``.
+encoder, masker, predictor, loss, dataset, evaluators and callbacks all come from plugins. One
+optimizer step is :class:`~hjepa_kit.training.step.TrainStep` (masks, the model's
+``forward_step``, loss, backward, AdamW, EMA). Beside it: ``state`` (what a checkpoint holds),
+``online`` (online evaluation, feature statistics, best checkpoint), ``health`` and ``stopping``
+(RankMe, early stopping), ``remedies`` (what a stopped run suggests), ``runlog`` (log handlers,
+interval lines), ``signals``, ``distributed``, ``checkpoint``, ``memory`` and ``schedules``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,30 +21,32 @@ from typing import Any
 import attrs
 import torch
 
-from .. import __version__
 from ..build import Built, build_dataset, build_model, build_named, make_context
 from .checkpoint import (
-    find_latest, load_checkpoint, load_training_state, remove_stale_temporaries, resume_target, save_checkpoint,
+    find_latest, load_checkpoint, remove_stale_temporaries, resume_target, save_checkpoint,
 )
 from .compiling import AUTO_TRAIN_MIN_STEPS, compile_for_training, eager, should_compile
 from ..config import RunConfig, dump_config, load_config
-from ..contracts import Masks
-from ..data.loader import build_train_loader, estimate_bytes
+from ..data.loader import build_train_loader
 from .distributed import (
-    DistInfo, any_rank, no_sync, parameters_match, rescale_position, setup_distributed, teardown_distributed, wrap_ddp,
+    DistInfo, any_rank, setup_distributed, teardown_distributed, wrap_ddp,
 )
 from ..errors import CollapseDetected, TrainingStopped, UserError
 from .health import HealthMonitor, collapse_problem
 from .heap import HeapTrimmer
-from .memory import check_memory_budget, estimate_peak_memory
+from .memory import check_run_memory
 from .online import OnlineEvaluation, feature_stats, new_best
-from .optim import gradient_norm, make_optimizer, set_schedule
+from .optim import make_optimizer
+from .remedies import collapse_message, fallback_commands, loss_remedies, non_finite_message
 from ..registry import Registry
-from .runlog import LogWindow, close_run_log, log_interval, open_run_log, prepare_output_folder
-from ..runtime import autocast_dtype, peak_rss_mb, resolve_device, restore_rng_state, rng_state, seed_everything
+from .runlog import LogWindow, close_run_log, log_interval, log_run_start, open_run_log, prepare_output_folder
+from ..runtime import autocast_dtype, peak_rss_mb, resolve_device, seed_everything
 from .schedules import Schedules
 from .signals import Interrupt
+from .step import TrainStep
+from .state import restore_training_state, training_state, write_resolved_config
 from .stopping import EarlyStopping
+from ..process import apply_cpu_defaults
 from ..threads import configure_threads
 
 __all__ = ["Trainer", "TrainResult"]
@@ -100,6 +103,7 @@ class Trainer:
         resume: str | os.PathLike[str] | None = None,
         console: bool = True,
     ) -> None:
+        apply_cpu_defaults()
         self.source = source or (str(config) if isinstance(config, (str, os.PathLike)) else "<config>")
         self.config = load_config(config)
         self.registry = registry or Registry()
@@ -121,18 +125,14 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.checkpoints: dict[str, Path] = {}
         self.best: dict[str, Any] = {}
-        self.last_target_tokens: torch.Tensor | None = None
         self._callbacks: list[Any] = []
         self._handlers: list[logging.Handler] = []
         self.dist = DistInfo()
-        self._ddp_encoder: Any = None
-        self._ddp_predictor: Any = None
         self._online: OnlineEvaluation | None = None
         self.stop_reason: str | None = None
         self.healthy_checkpoint: Path | None = None
         self.early_stopping: EarlyStopping | None = None
         self.health = HealthMonitor(0)
-        self._health_widths: dict[str, int] = {}
 
     def request_stop(self, reason: str) -> None:
         """Stop the run after the current optimizer step (for callbacks: a time budget, early stopping).
@@ -205,7 +205,6 @@ class Trainer:
         full = self.steps_per_epoch * cfg.training.epochs
         self.total_steps = min(full, cfg.training.max_steps) if cfg.training.max_steps else full
         self.schedules = Schedules.from_training(cfg.training, self.steps_per_epoch)
-        self.mask_generator = torch.Generator()
         self.heap = HeapTrimmer(cfg.training.release_memory_every_steps)
         self.health = HealthMonitor(cfg.logging.health_samples)
         stopping = cfg.training.early_stopping
@@ -215,28 +214,13 @@ class Trainer:
                                        large_enough=self.total_steps >= AUTO_TRAIN_MIN_STEPS)
         if self.compiled:
             compile_for_training(self.model)
-        if self.dist.enabled:
-            self._ddp_encoder, self._ddp_predictor = wrap_ddp(self.model, self.device)
+        ddp = wrap_ddp(self.model, self.device) if self.dist.enabled else (None, None)
+        self.train_step = TrainStep(self.model, self.loss_fn, self.masker, self.optimizer, self.schedules, config=cfg,
+                                    device=self.device, amp_dtype=self.amp_dtype, dist=self.dist, ddp=ddp,
+                                    health=self.health, on_non_finite=self._non_finite)
 
     def _check_memory(self) -> None:
-        cfg = self.config
-        data_bytes = estimate_bytes(self.dataset, cfg.data.train_split) or 0
-        estimate = estimate_peak_memory(
-            self.model, self.loss_fn, self.masker, batch_size=cfg.data.batch_size, image_size=self.ctx.image_size,
-            in_chans=self.ctx.in_chans, data_bytes=data_bytes, autocast_dtype=self.amp_dtype, device=self.device,
-        )
-        self.memory_estimate = estimate
-        budget = cfg.training.memory_budget_gb
-        log.info("estimated peak memory: %s; budget %s", estimate.describe(), f"{budget:g} GB" if budget else "none")
-        check_memory_budget(estimate, budget, batch_size=cfg.data.batch_size, accumulation_steps=cfg.training.accumulation_steps)
-
-    def _write_config(self) -> None:
-        params = {path: p for path, (_, p) in self.resolved.items()}
-        text = dump_config(self.config, params)
-        target = self.log_dir / "config.yaml"
-        tmp = target.with_suffix(".yaml.tmp")
-        tmp.write_text(f"# resolved configuration of run '{self.config.name}' (hjepa-kit {__version__})\n" + text)
-        os.replace(tmp, target)
+        self.memory_estimate = check_run_memory(self)
 
     def resolved_config(self) -> dict[str, Any]:
         """The configuration as plain data with every component's parameters filled in."""
@@ -249,21 +233,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs, plus what evaluation needs to rebuild the model."""
-        return {
-            "hjepa_kit_version": __version__,
-            "config": self.resolved_config(),
-            "build": {"image_size": self.ctx.image_size, "in_chans": self.ctx.in_chans, "num_classes": self.ctx.num_classes},
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "world_size": self.dist.world_size,
-            "rng": rng_state(),
-            "best": dict(self.best),
-            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else {},
-            "metrics": dict(self.last_metrics),
-        }
+        return training_state(self)
 
     def save(self, name: str, reason: str) -> Path:
         """Write ``<checkpoint_dir>/<name>`` atomically and tell the callbacks (rank 0 only)."""
@@ -278,21 +248,8 @@ class Trainer:
 
     def _resume(self) -> None:
         target = resume_target(self.resume_from, self.checkpoint_dir)
-        if target is None:
-            return
-        state = load_checkpoint(target, map_location=self.device)
-        load_training_state(state, self.model, self.optimizer, target)
-        self.epoch = int(state["epoch"])
-        self.step, self.batch_in_epoch = rescale_position(
-            int(state["step"]), int(state.get("batch_in_epoch", 0)), int(state.get("world_size", 1)), self.dist.world_size
-        )
-        self.best = dict(state.get("best", {}))
-        self.last_metrics = dict(state.get("metrics", {}))
-        restore_rng_state(state["rng"])
-        self.healthy_checkpoint = Path(target)
-        if self.early_stopping is not None:
-            self.early_stopping.load_state_dict(state.get("early_stopping") or {})
-        log.info("resumed from %s at epoch %d, step %d", target, self.epoch, self.step)
+        if target is not None:
+            restore_training_state(self, load_checkpoint(target, map_location=self.device), Path(target))
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -306,12 +263,12 @@ class Trainer:
             self._build()
             self._resume()
             if self.dist.is_main:
-                self._write_config()
+                write_resolved_config(self)
             for spec_path in (p for p in self.resolved if p.startswith("callbacks[") and self.dist.is_main):
                 callback = build_named(self.registry, self.resolved, spec_path, self.ctx)
                 self.registry.add_plugin(callback, name=f"{spec_path}:{self.resolved[spec_path][0].name}")
                 self._callbacks.append(callback)
-            self._log_start()
+            log_run_start(self)
             self._hook("hjepa_fit_start")
             with Interrupt() as interrupt:
                 status = self._loop(interrupt)
@@ -355,23 +312,6 @@ class Trainer:
                 self._teardown_outputs()
                 teardown_distributed(self.dist)
 
-    def _log_start(self) -> None:
-        cfg = self.config
-        params = sum(p.numel() for p in self.model.context_encoder.parameters())
-        pred = sum(p.numel() for p in self.model.predictor.parameters())
-        log.info(
-            "run %s: %s on %s (%s, %d threads%s), %d images of %dpx, grid %s, encoder %.1fM params, predictor %.1fM",
-            cfg.name, cfg.model.encoder.name, self.device, "bf16" if self.amp_dtype else "fp32", self.threads,
-            ", compiled: the first steps compile" if self.compiled else "",
-            len(self.loader) * cfg.data.batch_size, self.ctx.image_size, "x".join(map(str, self.ctx.grid_size or ())),
-            params / 1e6, pred / 1e6,
-        )
-        log.info(
-            "%d epochs x %d steps (batch %d x accumulation %d = %d); logs: %s; checkpoints: %s",
-            cfg.training.epochs, self.steps_per_epoch, cfg.data.batch_size, cfg.training.accumulation_steps,
-            cfg.data.batch_size * cfg.training.accumulation_steps, self.log_dir, self.checkpoint_dir,
-        )
-
     def _loop(self, interrupt: Interrupt) -> str:
         cfg = self.config
         accumulation = cfg.training.accumulation_steps
@@ -397,9 +337,10 @@ class Trainer:
                 count = 0
                 window = LogWindow()
                 micro = 0
+                usable = len(self.loader) // accumulation * accumulation
                 for images, _labels in self.loader:
                     micro_index = self.batch_in_epoch
-                    terms = self._micro_step(images, micro_index, accumulation)
+                    terms = self.train_step.micro(images, epoch=self.epoch, micro_index=micro_index, usable=usable, step=self.step)
                     self.batch_in_epoch += 1
                     micro += 1
                     window.add(images.shape[0], terms)
@@ -435,103 +376,38 @@ class Trainer:
         finally:
             self._metrics_file.close()
 
-    def _micro_step(self, images: torch.Tensor, micro_index: int, accumulation: int) -> dict[str, float]:
-        cfg = self.config
-        # Masks are a pure function of (seed, epoch, micro-batch, rank): a resumed run draws the same ones.
-        self.mask_generator.manual_seed(
-            (cfg.seed * 1_000_003 + self.epoch * 100_003 + micro_index * 101 + self.dist.rank) % (2**63)
-        )
-        masks: Masks = self.masker(images.shape[0], self.mask_generator).to(self.device)
-        images = images.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
-            with torch.no_grad():
-                target_out = self.model.target_encoder(images, return_blocks=tuple(self.model.predictor.target_blocks))
-                targets = [t.detach() for t in self.model.predictor.make_targets(target_out, masks)]
-                # Only the epoch's last micro-batches feed the RankMe measured at its end.
-                usable = len(self.loader) // accumulation * accumulation
-                if self.health.enabled and (usable - micro_index) * images.shape[0] <= self.health.samples + images.shape[0]:
-                    pooled = self.model.pooled(target_out)
-                    self._health_widths = {k: int(v.shape[1]) for k, v in pooled.items()}
-                    self.health.add(pooled)
-            sync = (micro_index + 1) % accumulation == 0
-            with no_sync((self._ddp_encoder, self._ddp_predictor), not sync):
-                predictions, context = self.model.predict(images, masks, self._ddp_encoder, self._ddp_predictor)
-                out = self.loss_fn(predictions, targets, context)
-                loss = out.total
-                value = float(loss.detach())
-                # Under DDP a rank must not stop alone (the others would wait in all-reduce); the
-                # all-reduced gradient norm is non-finite on every rank and stops them together.
-                if not math.isfinite(value) and not self.dist.enabled:
-                    self._non_finite("loss", value, out.terms)
-                (loss / accumulation).backward()
-        if (self.step + 1) % cfg.logging.feature_stats_every_steps == 0:
-            self.last_target_tokens = target_out.tokens.detach()
-        terms = {"loss": value}
-        terms.update({f"loss/{k}": float(v.detach()) for k, v in out.terms.items()})
-        return terms
-
     def _non_finite(self, what: str, value: float, terms: Mapping[str, torch.Tensor]) -> None:
-        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         last = self.checkpoints.get("latest") or find_latest(self.checkpoint_dir)
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-        raise TrainingStopped(
-            f"training stopped at epoch {self.epoch + 1}, step {self.step + 1}: the {what} is {value}"
-            + (f" ({detail})" if detail else "")
-            + f"; {kept}. Try one of:\n" + self._fallbacks(last)
-        )
+        raise TrainingStopped(non_finite_message(what, value, terms, epoch=self.epoch + 1, step=self.step + 1, last=last,
+                                                 commands=self._fallbacks(last)))
 
     def _fallbacks(self, checkpoint: Path | None) -> str:
         """The usual remedies for divergence and collapse, as commands that resume from ``checkpoint``."""
-        resume = f" --resume {checkpoint}" if checkpoint else ""
-        base = f"hjepa train --config {self.log_dir / 'config.yaml'}"  # the resolved configuration of this run
-        lr = self.config.training.lr / 5
-        return "\n".join(f"  {base} --set {change}{resume}" for change in (
-            f"training.lr={lr:.2g}",
-            "training.ema_momentum=[0.999,1.0]",
-            "loss.params.variance_weight=1.0 --set loss.params.covariance_weight=0.04",
-        ))
+        return fallback_commands(self.log_dir / "config.yaml", checkpoint, self.config.training.lr, loss_remedies(self.loss_fn))
 
     def _check_collapse(self, reason: str | None) -> None:
         """Answer a collapse as ``training.on_collapse`` says: a warning, or a stop that keeps the last healthy checkpoint."""
         if reason is None:
             return
         last = self.healthy_checkpoint
-        kept = (f"the last healthy checkpoint is {last} (it is kept: latest.pth is not overwritten)" if last
-                else "no healthy checkpoint was written (the collapse came in the first epoch)")
-        message = (f"representation collapse at epoch {self.epoch + (0 if self.batch_in_epoch == 0 else 1)}, step {self.step}: "
-                   f"{reason}; {kept}. Try one of:\n" + self._fallbacks(last))
+        message = collapse_message(reason, epoch=self.epoch + (0 if self.batch_in_epoch == 0 else 1), step=self.step,
+                                   last=last, commands=self._fallbacks(last))
         if self.config.training.on_collapse == "stop":
             raise CollapseDetected(message + "\n(training.on_collapse=stop; set it to warn to train on)")
         log.warning("%s", message)
 
     def _optimizer_step(self) -> dict[str, float]:
-        cfg = self.config
-        lr = self.schedules.lr_at(self.step)
-        wd = self.schedules.weight_decay_at(self.step)
-        set_schedule(self.optimizer, lr, wd)
-        grad_norm = gradient_norm(self.optimizer, cfg.training.grad_clip)
-        if not math.isfinite(grad_norm):
-            self._non_finite("gradient norm", grad_norm, {})
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        momentum = self.schedules.momentum_at(self.step)
-        self.model.update_target(momentum)
+        metrics = self.train_step.update(self.step)
         self.step += 1
         self.heap.after_step(self.step)
-        every = self.config.training.ddp_check_every_steps
-        if self.dist.enabled and every and self.step % every == 0:
-            same, spread = parameters_match([self.model.context_encoder, self.model.target_encoder, self.model.predictor], self.dist, self.device)
-            if not same:
-                raise RuntimeError(f"step {self.step}: the ranks' parameters differ (largest checksum difference {spread:.3g})")
-            log.info("step %d: parameters identical on %d ranks", self.step, self.dist.world_size)
-        return {"lr": lr, "wd": wd, "momentum": momentum, "grad_norm": grad_norm}
+        return metrics
 
     def _after_step(self, metrics: dict[str, float], window: LogWindow) -> None:
         cfg = self.config
-        if self.last_target_tokens is not None:
-            metrics.update(feature_stats(self.last_target_tokens, cfg.logging, self.step,
+        if self.train_step.last_target_tokens is not None:
+            metrics.update(feature_stats(self.train_step.last_target_tokens, cfg.logging, self.step,
                                          warn=cfg.training.on_collapse == "warn"))
-            self.last_target_tokens = None
+            self.train_step.last_target_tokens = None
             if metrics.get("features/collapse_warning") and cfg.training.on_collapse == "stop":
                 self._check_collapse(f"the target tokens' std is {metrics['features/std']:.4g} and their effective rank "
                                      f"{metrics['features/effective_rank']:.1f} (thresholds logging.collapse_*)")
@@ -556,7 +432,7 @@ class Trainer:
         if ev.online is not None and ev.online_every_epochs and self.epoch % ev.online_every_epochs == 0 and self.dist.is_main:
             metrics.update(self.online_evaluation())
         self.last_metrics = dict(metrics)
-        self._check_collapse(collapse_problem(metrics, self._health_widths, cfg.logging.collapse_rank_fraction,
+        self._check_collapse(collapse_problem(metrics, self.train_step.health_widths, cfg.logging.collapse_rank_fraction,
                                               cfg.evaluation.representation))
         summary = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("loss", "online/", "health/")))
         log.info("epoch %d/%d done: %s", self.epoch, cfg.training.epochs, summary)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import tarfile
 import time
 import urllib.error
@@ -134,6 +135,38 @@ def test_failed_download_says_how_to_place_files_by_hand(tmp_path, monkeypatch):
         ds.build_cifar10(ds.Cifar10Params(root=str(tmp_path), download=True), CTX)
     message = str(info.value)
     assert "failed" in message and "no network" in message and "cifar-10-python.tar.gz" in message and "tar xzf" in message
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection (and name lookup) fails, as on a machine without network access."""
+
+    def refuse(*args, **kwargs):
+        raise ConnectionRefusedError("network blocked by the test")
+
+    def no_lookup(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+
+
+def test_failed_download_names_the_missing_files_first(tmp_path, no_network):
+    write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DataError) as info:
+        ds.build_cifar10(ds.Cifar10Params(root=str(tmp_path), download=True, verify=False), CTX)
+    message = str(info.value)
+    assert message.startswith(f"{folder / 'data_batch_3'}: missing")
+    assert "data_batch_1..5" in message  # the archive's layout, as with download: false
+    failed = message.index(" failed (")  # (the test's tmp_path holds the word too)
+    assert message.index("data_batch_3") < failed and "network blocked by the test" in message[failed:]
+    assert "cifar-10-python.tar.gz" in message and "tar xzf" in message and "download: false" in message
+    (folder / "test_batch").unlink()
+    with pytest.raises(DataError) as info:
+        ds.build_cifar10(ds.Cifar10Params(root=str(tmp_path), download=True, verify=False), CTX)
+    assert str(info.value).startswith(f"{folder}: missing data_batch_3, test_batch (")
 
 
 def test_archive_left_in_root_is_extracted(tmp_path):

@@ -123,7 +123,7 @@ def test_cka_is_low_for_independent_features_and_handles_different_widths():
 # --- verdicts and grades -------------------------------------------------------------------------
 
 
-def test_grade_follows_the_plan_thresholds():
+def test_grade_follows_the_thresholds():
     knn = (0.40, 0.50, 0.60)
     assert [grade(v, knn) for v in (0.3, 0.4, 0.45, 0.55, 0.61)] == ["below minimum", "below minimum", "minimum", "good", "excellent"]
     assert grade(float("nan"), knn) == "below minimum"
@@ -163,6 +163,11 @@ def test_feature_quality_evaluator_reports_every_metric():
     assert set(result.metrics) == {f"feature_quality/{name}" for name in expected}
     assert result.metrics["feature_quality/dim"] == 12
     assert all(isinstance(v, float) for v in result.metrics.values())
+    assert set(result.grades) == {"feature_quality/variance_mean", "feature_quality/energy_rank95_frac"}
+    variance, rank = result.grades["feature_quality/variance_mean"], result.grades["feature_quality/energy_rank95_frac"]
+    assert (variance.label, variance.thresholds) == ("Feature variance", (0.05, 0.10, 0.15))
+    assert (rank.label, rank.thresholds) == ("Effective rank (95% energy) / D", (0.25, 0.50, 0.75))
+    assert (rank.unit, rank.unit_value) == ("D", 12)  # shown as "> 0.25 D (3)"
 
 
 def test_topk_accuracy_caps_k_at_the_number_of_classes():
@@ -203,6 +208,15 @@ def test_hierarchy_reports_each_level_and_pairwise_cka():
     assert result.metrics["hierarchy/cka/level0-level1"] == pytest.approx(1.0, abs=1e-6)
     assert result.metrics["hierarchy/cka/encoder-level0"] < 0.2
     assert result.artifacts["cka_matrix"].shape == (3, 3)
+    graded = {name for name in result.metrics if name.endswith("_top1")}
+    assert set(result.grades) == graded and len(graded) == 6
+    assert not any(rule.summary for rule in result.grades.values())  # graded in the hierarchy table only
+    assert result.grades["hierarchy/level0/knn_top1"].label == "k-NN accuracy (k=20)"
+    assert result.grades["hierarchy/level0/linear_top1"].thresholds == (0.50, 0.60, 0.70)
+    accuracy = result.artifacts["level_accuracy"]
+    assert list(accuracy) == ["knn top-1", "linear top-1"]
+    assert accuracy["knn top-1"]["values"]["level0"] == result.metrics["hierarchy/level0/knn_top1"]
+    assert (accuracy["knn top-1"]["minimum"], accuracy["linear top-1"]["minimum"]) == (0.40, 0.50)
 
 
 def test_hierarchy_without_levels_is_a_note_not_an_error():

@@ -273,3 +273,12 @@ def test_registers_under_its_name_with_documented_params():
     factory, kw = registered["hierarchical"]
     assert factory is build_hierarchical and kw["params"] is HierarchicalParams and kw["summary"]
     assert all(row.help for row in describe(HierarchicalParams))
+
+
+def test_position_table_is_the_encoders_sincos_table():
+    from hjepa_kit.plugins.vit import sincos_pos_embed_2d
+
+    predictor = make_predictor(grid=(7, 5), width=32)
+    assert predictor.pos_embed.shape == (35, 32)
+    assert torch.equal(predictor.pos_embed, sincos_pos_embed_2d(32, (7, 5))[0])
+    assert "pos_embed" not in predictor.state_dict()

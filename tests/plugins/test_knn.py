@@ -9,7 +9,7 @@ import torch
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet
 from hjepa_kit.errors import UserError
 from hjepa_kit.plugins import knn
-from hjepa_kit.plugins.knn import KnnParams, build_knn, faiss_threads, knn_classify
+from hjepa_kit.plugins.knn import KNN_GRADE, KnnParams, build_knn, faiss_threads, knn_classify
 
 
 def blobs(n: int, *, dim: int = 32, classes: int = 10, spread: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +105,15 @@ def test_evaluator_reads_the_chosen_representation():
     assert level0.metrics["knn/top1@10"] < 0.25
     with pytest.raises(UserError, match="level7.*available: encoder, level0"):
         build_knn(KnnParams(representation="level7"), ctx)(features, "encoder")
+
+
+def test_the_evaluator_grades_top1_at_20_only():
+    ctx = BuildContext(image_size=32)
+    features = {"encoder": feature_set()}
+    graded = build_knn(KnnParams(k=(10, 20)), ctx)(features, "encoder")
+    assert graded.grades == {"knn/top1@20": KNN_GRADE}
+    assert (KNN_GRADE.label, KNN_GRADE.thresholds, KNN_GRADE.percent) == ("k-NN accuracy (k=20)", (0.40, 0.50, 0.60), True)
+    assert build_knn(KnnParams(k=(10,)), ctx)(features, "encoder").grades == {}
 
 
 def test_params_are_validated_and_registered():

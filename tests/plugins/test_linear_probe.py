@@ -139,6 +139,9 @@ def test_evaluator_returns_metrics_and_confusion_matrix():
     assert matrix.sum() == len(test_labels)
     np.testing.assert_array_equal(matrix.sum(axis=1), torch.bincount(test_labels, minlength=10).numpy())
     assert np.trace(matrix) / matrix.sum() == pytest.approx(result.metrics["linear_probe/top1"])
+    (name, rule), = result.grades.items()
+    assert name == "linear_probe/top1" and rule.label == "Linear probe accuracy"
+    assert rule.thresholds == (0.50, 0.60, 0.70) and rule.percent and rule.summary
 
 
 def test_params_are_validated_and_registered():

@@ -279,3 +279,69 @@ def test_chunked_encoding_without_gradients_equals_the_whole_batch(encoder, imag
     for key in whole.blocks:
         torch.testing.assert_close(chunked.blocks[key], whole.blocks[key])
     torch.testing.assert_close(chunked_indexed.tokens, whole_indexed.tokens)
+
+
+# --- the 2D sine-cosine table (pinned: trained checkpoints depend on its layout) -------------------
+
+
+def _sincos_by_hand(embed_dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """The table entry by entry in float64, written independently of the code under test.
+
+    Channel quarters: sin(row * w_j), cos(row * w_j), sin(col * w_j), cos(col * w_j), with
+    ``w_j = 10000 ** (-j / (D / 4))``; positions row-major.
+    """
+    import math
+
+    quarter = embed_dim // 4
+    rows, cols = grid
+    out = torch.empty(rows * cols, embed_dim, dtype=torch.float64)
+    for p in range(rows * cols):
+        r, c = divmod(p, cols)
+        for k in range(embed_dim):
+            part, j = divmod(k, quarter)
+            angle = (r if part < 2 else c) * 10000.0 ** (-j / quarter)
+            out[p, k] = math.sin(angle) if part % 2 == 0 else math.cos(angle)
+    return out
+
+
+# Recorded from the two tables this module and plugins/hierarchical.py computed (in float64, rounded
+# to float32) before they became one function built on timm's: (position, channel) -> value, and
+# sum / +-weighted sum / sum of |x| over the whole table.
+_PINNED = {
+    (192, (4, 4)): (
+        {(5, 1): 0.7348219752311707, (5, 50): 0.7767596244812012, (5, 97): 0.7348219752311707,
+         (5, 150): 0.9504152536392212, (15, 47): 0.0003634582972154021, (15, 191): 0.9999999403953552, (3, 10): 0.0},
+        (1600.5044260935974, 4.638338290460524, 1646.013937087555),
+    ),
+    (64, (2, 3)): (
+        {(4, 0): 0.8414709568023682, (4, 3): 0.17689219117164612, (4, 17): 0.8460091352462769,
+         (4, 35): 0.17689219117164612, (5, 40): 0.019998665899038315, (5, 63): 0.9999999403953552, (2, 55): 0.9993675947189331},
+        (200.89270644904173, 4.307561857276596, 202.55729382754362),
+    ),
+}
+
+
+@pytest.mark.parametrize(("embed_dim", "grid"), list(_PINNED))
+def test_sincos_table_keeps_its_recorded_values_and_layout(embed_dim: int, grid: tuple[int, int]) -> None:
+    table = sincos_pos_embed_2d(embed_dim, grid)
+    assert table.shape == (1, grid[0] * grid[1], embed_dim) and table.dtype == torch.float32
+    table = table[0].double()
+    # float32 rounding of the angles is all that may differ (a few ulps).
+    torch.testing.assert_close(table, _sincos_by_hand(embed_dim, grid), rtol=0, atol=1e-6)
+    entries, (total, weighted, absolute) = _PINNED[(embed_dim, grid)]
+    for index, value in entries.items():
+        assert table[index].item() == pytest.approx(value, abs=1e-6), index
+    weights = torch.arange(table.numel(), dtype=torch.float64).reshape(table.shape).remainder(7).sub(3)
+    assert table.sum().item() == pytest.approx(total, abs=5e-5)
+    assert (table * weights).sum().item() == pytest.approx(weighted, abs=5e-5)
+    assert table.abs().sum().item() == pytest.approx(absolute, abs=5e-5)
+
+
+def test_sincos_table_of_a_large_grid_matches_the_formula() -> None:
+    table = sincos_pos_embed_2d(64, (14, 14))[0].double()
+    torch.testing.assert_close(table, _sincos_by_hand(64, (14, 14)), rtol=0, atol=5e-6)
+
+
+def test_sincos_table_needs_a_width_divisible_by_4() -> None:
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_pos_embed_2d(30, (2, 2))

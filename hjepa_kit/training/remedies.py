@@ -1,0 +1,63 @@
+"""What a stopped run tells its user to try next: commands that resume it with one change each.
+
+The core's own remedies are a lower learning rate and a slower EMA. A loss component may add its
+own as parameter overrides through an optional ``collapse_remedies()`` method (the built-in
+prediction losses suggest VICReg on the tokens); the core prefixes them with ``loss.params.`` and
+names no plugin parameter itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["fallback_commands", "loss_remedies", "non_finite_message", "collapse_message"]
+
+
+def loss_remedies(loss: Any) -> list[dict[str, Any]]:
+    """The loss component's suggested parameter changes (``[]`` when it declares none or fails to)."""
+    declare = getattr(loss, "collapse_remedies", None)
+    if not callable(declare):
+        return []
+    try:
+        remedies = list(declare())
+    except Exception:  # a remedy must never hide the error it accompanies
+        return []
+    return [dict(r) for r in remedies if isinstance(r, Mapping) and r]
+
+
+def _value(value: Any) -> str:
+    """``value`` as a ``--set`` takes it (YAML), without quotes a shell would need."""
+    if isinstance(value, str) and value.replace("_", "").isalnum():
+        return value
+    if isinstance(value, float):
+        return f"{value:g}"
+    return json.dumps(value).replace(" ", "")
+
+
+def fallback_commands(config_file: Path, checkpoint: Path | None, lr: float,
+                      loss_overrides: Sequence[Mapping[str, Any]] = ()) -> str:
+    """One ``hjepa train`` line per remedy, each resuming ``checkpoint`` from the run's resolved ``config_file``."""
+    resume = f" --resume {checkpoint}" if checkpoint else ""
+    base = f"hjepa train --config {config_file}"
+    changes = [[f"training.lr={lr / 5:.2g}"], ["training.ema_momentum=[0.999,1.0]"]]
+    changes += [[f"loss.params.{key}={_value(value)}" for key, value in remedy.items()] for remedy in loss_overrides]
+    return "\n".join(f"  {base} " + " ".join(f"--set {c}" for c in change) + resume for change in changes)
+
+
+def non_finite_message(what: str, value: float, terms: Mapping[str, Any], *, epoch: int, step: int,
+                       last: Path | None, commands: str) -> str:
+    """Why a run stopped on a NaN or infinite loss or gradient norm, what was kept, and what to try."""
+    detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    return (f"training stopped at epoch {epoch}, step {step}: the {what} is {value}"
+            + (f" ({detail})" if detail else "") + f"; {kept}. Try one of:\n" + commands)
+
+
+def collapse_message(reason: str, *, epoch: int, step: int, last: Path | None, commands: str) -> str:
+    """What collapsed, the last healthy checkpoint (kept), and what to try."""
+    kept = (f"the last healthy checkpoint is {last} (it is kept: latest.pth is not overwritten)" if last
+            else "no healthy checkpoint was written (the collapse came in the first epoch)")
+    return f"representation collapse at epoch {epoch}, step {step}: {reason}; {kept}. Try one of:\n" + commands

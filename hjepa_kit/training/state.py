@@ -1,0 +1,72 @@
+"""What a checkpoint holds of a run, and how a resumed run takes it back.
+
+A checkpoint is a plain dictionary (``torch.save``; loaded with ``weights_only=True``): the resolved
+configuration and build context (enough to rebuild the model for evaluation), the model and
+optimizer state, the position in the run, the RNG state, the best figure so far, the early-stopping
+state and the last metrics. Its keys are a file format: checkpoints written by older versions keep
+loading (``tests/test_legacy_checkpoint.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import dump_config
+from ..runtime import restore_rng_state, rng_state
+from .checkpoint import load_training_state
+from .distributed import rescale_position
+
+__all__ = ["training_state", "restore_training_state", "write_resolved_config"]
+
+log = logging.getLogger("hjepa_kit")
+
+
+def training_state(trainer: Any) -> dict[str, Any]:
+    """Everything a resumed run needs, plus what evaluation needs to rebuild the model."""
+    ctx = trainer.ctx
+    return {
+        "hjepa_kit_version": __version__,
+        "config": trainer.resolved_config(),
+        "build": {"image_size": ctx.image_size, "in_chans": ctx.in_chans, "num_classes": ctx.num_classes},
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "step": trainer.step,
+        "epoch": trainer.epoch,
+        "batch_in_epoch": trainer.batch_in_epoch,
+        "world_size": trainer.dist.world_size,
+        "rng": rng_state(),
+        "best": dict(trainer.best),
+        "early_stopping": trainer.early_stopping.state_dict() if trainer.early_stopping else {},
+        "metrics": dict(trainer.last_metrics),
+    }
+
+
+def restore_training_state(trainer: Any, state: dict[str, Any], path: Path) -> None:
+    """Put ``trainer`` where the run of ``state`` (read from ``path``) stopped: weights, optimizer, position, RNG."""
+    load_training_state(state, trainer.model, trainer.optimizer, path)
+    trainer.epoch = int(state["epoch"])
+    trainer.step, trainer.batch_in_epoch = rescale_position(
+        int(state["step"]), int(state.get("batch_in_epoch", 0)), int(state.get("world_size", 1)), trainer.dist.world_size
+    )
+    trainer.best = dict(state.get("best", {}))
+    trainer.last_metrics = dict(state.get("metrics", {}))
+    restore_rng_state(state["rng"])
+    trainer.healthy_checkpoint = path
+    if trainer.early_stopping is not None:
+        trainer.early_stopping.load_state_dict(state.get("early_stopping") or {})
+    log.info("resumed from %s at epoch %d, step %d", path, trainer.epoch, trainer.step)
+
+
+def write_resolved_config(trainer: Any) -> Path:
+    """Write ``<log_dir>/config.yaml``: the run's configuration with every component's parameters filled in (atomic)."""
+    params = {path: p for path, (_, p) in trainer.resolved.items()}
+    text = dump_config(trainer.config, params)
+    target = trainer.log_dir / "config.yaml"
+    tmp = target.with_suffix(".yaml.tmp")
+    tmp.write_text(f"# resolved configuration of run '{trainer.config.name}' (hjepa-kit {__version__})\n" + text)
+    os.replace(tmp, target)
+    return target
