@@ -40,6 +40,7 @@ __all__ = [
     "ImageData",
     "FeatureSet",
     "EvalResult",
+    "Grade",
     "param",
     "UserError",
     "ConfigError",
@@ -69,6 +70,7 @@ _LAZY = {
     "ImageData": ".contracts",
     "FeatureSet": ".contracts",
     "EvalResult": ".contracts",
+    "Grade": ".contracts",
     "param": ".params",
     "UserError": ".errors",
     "ConfigError": ".errors",
@@ -81,7 +83,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import embed, evaluate, export, train
     from .config import ComponentSpec, RunConfig, load_config
-    from .contracts import BuildContext, EncoderOutput, EvalResult, FeatureSet, ImageData, LossOutput, Masks
+    from .contracts import BuildContext, EncoderOutput, EvalResult, FeatureSet, Grade, ImageData, LossOutput, Masks
     from .errors import CheckpointError, ConfigError, DataError, OutputError, PluginError, UserError
     from .params import param
     from .registry import Registry

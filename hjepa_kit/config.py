@@ -134,6 +134,10 @@ class TrainingConfig:
     betas: tuple[float, float] = param((0.9, 0.999), help="AdamW betas.", ge=0.0, lt=1.0)
     ema_momentum: tuple[float, float] = param((0.996, 1.0), help="EMA momentum of the target encoder: start, end (linear per optimizer step).", ge=0.0, le=1.0)
     grad_clip: float | None = param(3.0, help="Clip the gradient norm to this value; null: no clipping.", gt=0.0)
+    max_skipped_steps: int = param(
+        0, help="Optimizer steps with a non-finite loss or gradient norm that are skipped (no update) before the run "
+        "stops; 0: stop at the first. Found when the next log line is written (the step never waits for the device).", ge=0
+    )
     precision: Literal["fp32", "bf16", "auto"] = param(
         "auto", help="Autocast dtype: bf16 where the device supports it fast (auto), or fp32."
     )
@@ -156,7 +160,7 @@ class TrainingConfig:
         0, help="Under torchrun, verify every N steps that all ranks hold identical parameters (0: never).", ge=0
     )
     memory_budget_gb: float | None = param(
-        11.0, help="Refuse to start when the estimated peak memory exceeds this (the plan's 11 GB); null: no check.", gt=0.0
+        11.0, help="Refuse to start when the estimated peak memory exceeds this (11 GB: a 16 GB laptop with room for the rest); null: no check.", gt=0.0
     )
     release_memory_every_steps: int = param(
         10,

@@ -1,4 +1,4 @@
-"""Built-in callbacks: TensorBoard scalars and a terminal progress bar with ETA.
+"""Built-in callbacks: TensorBoard scalars and a terminal progress bar (tqdm) with ETA.
 
 A callback is an object whose methods implement lifecycle hooks (``hjepa_step_end`` ...); the run
 registers it with the plugin manager while it trains.
@@ -6,9 +6,8 @@ registers it with the plugin manager while it trains.
 
 from __future__ import annotations
 
-import shutil
+import logging
 import sys
-import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -16,7 +15,6 @@ import attrs
 
 from hjepa_kit import hookimpl
 from hjepa_kit.params import param
-from hjepa_kit.training.runlog import format_duration
 
 
 @attrs.frozen(kw_only=True)
@@ -47,7 +45,9 @@ class TensorBoardCallback:
     def hjepa_step_end(self, trainer: Any, step: int, metrics: Mapping[str, float]) -> None:
         if self.writer is None:
             return
-        forced = any(k.startswith("features/") for k in metrics)
+        # Loss terms and gradient norms come on the steps that log a line (the trainer reads them
+        # from the device only then); feature statistics on their own schedule: both are written.
+        forced = any(k.startswith(("features/", "loss", "grad_norm")) for k in metrics)
         if step % self.params.every_steps and not forced:
             return
         for key, value in metrics.items():
@@ -88,48 +88,100 @@ class ProgressBarParams:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr: epoch, step, loss, images/s and ETA."""
+    """A tqdm bar on stderr over the run's optimizer steps: epoch, loss, images/s and ETA.
+
+    One bar for the whole run, from ``trainer.step`` (a resumed run starts where it stopped) to
+    ``trainer.total_steps``, closed when the run ends. With ``enabled: auto`` the bar is drawn only
+    when the stream is a terminal: logs and CI get nothing. While the bar is shown, the run log's
+    console lines are written above it instead of through it.
+    """
 
     def __init__(self, params: ProgressBarParams, stream: Any = None) -> None:
         self.params = params
         self.stream = stream or sys.stderr
-        self.active = params.enabled == "on" or (params.enabled == "auto" and self.stream.isatty())
-        self._last = 0.0
-        self._drawn = False
+        self.active = params.enabled == "on" or (params.enabled == "auto" and _isatty(self.stream))
+        self.bar: Any = None
+        self.loss = float("nan")  # the last logged loss
+        self._redirected: list[tuple[logging.StreamHandler, Any]] = []
+
+    @hookimpl
+    def hjepa_fit_start(self, trainer: Any) -> None:
+        if self.active and self.bar is None:
+            self._open(trainer)
 
     @hookimpl
     def hjepa_step_end(self, trainer: Any, step: int, metrics: Mapping[str, float]) -> None:
-        now = time.monotonic()
-        if not self.active or (now - self._last < self.params.refresh_secs and step != trainer.total_steps):
+        if not self.active:
             return
-        self._last = now
-        total = max(trainer.total_steps, 1)
-        width = max(10, min(30, shutil.get_terminal_size((100, 20)).columns - 80))
-        filled = int(width * step / total)
-        bar = "#" * filled + "-" * (width - filled)
-        eta = format_duration(metrics.get("eta_s", 0.0))
-        text = (
-            f"\r[{bar}] {100 * step / total:5.1f}% epoch {trainer.epoch + 1}/{trainer.config.training.epochs} "
-            f"step {step}/{total} loss {metrics.get('loss', float('nan')):.4f} "
-            f"{metrics.get('images_per_s', 0.0):.1f} img/s ETA {eta}"
-        )
-        self.stream.write(text + "\x1b[K")
-        self.stream.flush()
-        self._drawn = True
-
-    @hookimpl
-    def hjepa_epoch_end(self, trainer: Any, epoch: int, metrics: Mapping[str, float]) -> None:
-        self._newline()
+        if self.bar is None:
+            self._open(trainer)
+        epochs = getattr(getattr(getattr(trainer, "config", None), "training", None), "epochs", None)
+        if epochs is not None:
+            self.bar.set_description_str(f"epoch {trainer.epoch + 1}/{epochs}", refresh=False)
+        self.loss = metrics.get("loss", self.loss)  # present on the steps that log a line
+        self.bar.set_postfix_str(f"loss {self.loss:.4f}, {metrics.get('images_per_s', 0.0):.1f} img/s", refresh=False)
+        if step > self.bar.n:
+            self.bar.update(step - self.bar.n)  # draws at most every refresh_secs
 
     @hookimpl
     def hjepa_fit_end(self, trainer: Any, status: str) -> None:
-        self._newline()
+        self._restore_log()
+        if self.bar is not None:
+            self.bar.close()  # draws the final state and leaves it on its line
+            self.bar = None
 
-    def _newline(self) -> None:
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+    def _open(self, trainer: Any) -> None:
+        from tqdm import tqdm
+
+        total = int(trainer.total_steps or 0)
+        done = int(trainer.step)  # a resumed run starts where it stopped
+        self.bar = tqdm(
+            total=total or None,
+            initial=min(done, total) if total else done,
+            unit="step",
+            file=self.stream,
+            mininterval=self.params.refresh_secs,
+            dynamic_ncols=True,
+            leave=True,
+            disable=False,
+        )
+        self._redirect_log()
+
+    def _redirect_log(self) -> None:
+        """Have the run log's console handlers on this stream write above the bar."""
+        for handler in logging.getLogger("hjepa_kit").handlers:
+            if type(handler) is logging.StreamHandler and handler.stream is self.stream:
+                self._redirected.append((handler, handler.setStream(_AboveTheBar(self.bar, self.stream))))
+
+    def _restore_log(self) -> None:
+        for handler, stream in self._redirected:
+            if isinstance(handler.stream, _AboveTheBar):
+                handler.setStream(stream)
+        self._redirected.clear()
+
+
+class _AboveTheBar:
+    """A stream for a log handler: each write clears the bar, writes the text, and redraws the bar below it."""
+
+    def __init__(self, bar: Any, stream: Any) -> None:
+        self.bar = bar
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        with self.bar.get_lock():
+            self.bar.clear(nolock=True)
+            self.stream.write(text)
+            self.bar.refresh(nolock=True)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _build_tensorboard(params: TensorBoardParams, ctx: Any) -> TensorBoardCallback:

@@ -190,3 +190,17 @@ def test_the_site_builds_strictly(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_architecture_page_lists_every_module_and_only_existing_ones():
+    """docs/architecture.md names each module of the core and the built-in plugins, and no module that is gone."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    page = (repo / "docs" / "architecture.md").read_text()
+    listed = set(re.findall(r"`((?:hjepa_kit|plugins)/[\w/]+\.py)`", page))
+    modules = {p.relative_to(repo).as_posix() for folder in ("hjepa_kit", "plugins") for p in (repo / folder).rglob("*.py")
+               if p.name != "__init__.py" or p.parent.name == "hjepa_kit"}
+    modules = {m for m in modules if not m.startswith(("hjepa_kit/plugins/", "hjepa_kit/configs/"))}
+    assert sorted(modules - listed) == [], "modules missing from docs/architecture.md"
+    assert sorted(listed - modules) == [], "docs/architecture.md lists modules that do not exist"

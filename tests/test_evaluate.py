@@ -109,7 +109,7 @@ def test_a_third_party_evaluator_grades_its_own_figure(one_epoch_checkpoint, tmp
                                  plugins=[MeanNorm()], output_dir=out)
     assert figures["grades"] == {"norms/mean": norm_grade}  # a grade without its figure is dropped
     report = (out / "report.md").read_text()
-    summary = report.split("## Against the training plan")[1].split("\n## ")[0]
+    summary = report.split("## Grades")[1].split("\n## ")[0]
     assert "| Mean feature norm | `norms/mean` |" in summary and "| > 0 | > 1e+06 | > 2e+06 | minimum |" in summary
     assert json.loads((out / "results.json").read_text())["plan_grades"]["norms/mean"]["grade"] == "minimum"
 

@@ -123,7 +123,7 @@ def test_report_writes_json_markdown_and_figures(tmp_path):
     assert document["figures"]["loss_curves"] == "figures/loss_curves.png"
 
     markdown = written["report_md"].read_text()
-    summary = markdown.split("## Against the training plan")[1].split("\n## ")[0]
+    summary = markdown.split("## Grades")[1].split("\n## ")[0]
     assert "`knn/top1@20`" in summary and "hierarchy/" not in summary  # per-level grades live in their table
     assert "| Linear probe accuracy | `linear_probe/top1` | 72.00% | > 50% | > 60% | > 70% | excellent |" in markdown
     assert "| k-NN accuracy (k=20) | `knn/top1@20` | 55.00% | > 40% | > 50% | > 60% | good |" in markdown
@@ -186,7 +186,7 @@ def test_a_third_party_evaluators_grade_is_shown(tmp_path):
     results = {"mine/score": 0.7, "mine/width_frac": 0.05, "mine/ungraded": 3.0}
     written = write_report(tmp_path, results, {"mine": {"verdict": "fine"}}, grades=grades)
     markdown = written["report_md"].read_text()
-    summary = markdown.split("## Against the training plan")[1].split("\n## ")[0]
+    summary = markdown.split("## Grades")[1].split("\n## ")[0]
     assert "| My score | `mine/score` | 0.7 | > 0.5 | > 0.6 | > 0.8 | good |" in summary
     assert "mine/width_frac" not in summary  # summary=False: graded in its own table only
     assert "| `mine/score` | 0.7 | > 0.5 | > 0.6 | > 0.8 | good |" in markdown

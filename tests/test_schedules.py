@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hjepa_kit.training.schedules import Schedules
+from hjepa_kit.training.optim import Schedules
 
 
 def make(**kw):

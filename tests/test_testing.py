@@ -16,7 +16,7 @@ from torch import nn
 
 import hjepa_kit
 from hjepa_kit import hookimpl
-from hjepa_kit.contracts import EncoderOutput, LossOutput, Masks
+from hjepa_kit.contracts import EncoderOutput, EvalResult, Grade, LossOutput, Masks
 from hjepa_kit.params import param
 from hjepa_kit.registry import Registry
 from hjepa_kit.testing import check_component, components, hjepa_plugins, probe_masks, registry_with  # noqa: F401
@@ -275,6 +275,32 @@ def test_broken_components_fail_the_check(kind, name, expected, broken_registry)
     message = str(info.value)
     assert f"{kind} '{name}' from plugin BrokenPlugin" in message
     assert expected in message
+
+
+def _graded_evaluator(graded: str):
+    def evaluate(features, default):
+        return EvalResult(metrics={"mine/top1": 0.5, "mine/rank": 3.0},
+                          grades={graded: Grade(label="my accuracy", thresholds=(0.2, 0.4, 0.6), percent=True)})
+
+    return evaluate
+
+
+class GradingPlugin:
+    @hookimpl
+    def hjepa_register_evaluators(self, register):
+        register("graded", lambda p, ctx: _graded_evaluator("mine/top1"), params=NoParams, summary="grades its accuracy")
+        register("stray_grade", lambda p, ctx: _graded_evaluator("mine/top5"), params=NoParams, summary="grades a missing figure")
+
+
+def test_an_evaluator_grades_only_figures_it_returns():
+    assert hjepa_kit.Grade is Grade and "Grade" in hjepa_kit.__all__
+    registry = registry_with(GradingPlugin(), entry_points=False)
+    assert callable(check_component("evaluator", "graded", registry=registry))
+    with pytest.raises(AssertionError) as info:
+        check_component("evaluator", "stray_grade", registry=registry)
+    message = str(info.value)
+    assert "evaluator 'stray_grade' from plugin GradingPlugin" in message
+    assert "grades names figure 'mine/top5', which it does not return (its figures: mine/rank, mine/top1)" in message
 
 
 def test_unknown_name_and_bad_params_are_assertion_errors(registry):

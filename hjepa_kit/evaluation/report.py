@@ -164,7 +164,7 @@ def _markdown(
 
     summary = [name for name in graded if grades[name].summary]
     if summary:
-        lines += ["## Against the training plan", ""]
+        lines += ["## Grades", ""]
         lines += ["| Check | Figure | Value | Minimum | Good | Excellent | Grade |", "|---|---|---|---|---|---|---|"]
         for name in summary:
             row = graded[name]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import hookspecs
-from ..contracts import BuildContext, EvalResult, ImageData
+from ..contracts import BuildContext, EvalResult, Grade, ImageData
 from ..registry import hook_problems
 from .failure import _Check, _shape
 from .standins import random_feature_sets
@@ -49,7 +49,18 @@ def _check_evaluator(check: _Check, evaluator: Any, ctx: BuildContext, options: 
             check.fail(f"figure {key!r} is {value!r}, not a number")
     if isinstance(result, EvalResult):
         check.that(isinstance(result.artifacts, Mapping), f"artifacts must be a mapping, got {type(result.artifacts).__name__}")
+        _check_grades(check, result.grades, metrics)
     return evaluator
+
+
+def _check_grades(check: _Check, grades: Any, metrics: Mapping[str, Any]) -> None:
+    """``EvalResult.grades``, if any: figure names the result returns -> :class:`~hjepa_kit.contracts.Grade`."""
+    if grades is None:
+        return
+    check.that(isinstance(grades, Mapping), f"grades must be a mapping of figure names to Grade, got {type(grades).__name__}")
+    for name, grade in grades.items():
+        check.that(name in metrics, f"grades names figure {name!r}, which it does not return (its figures: {', '.join(sorted(metrics))})")
+        check.that(isinstance(grade, Grade), f"grades[{name!r}] is {type(grade).__name__}, not a Grade")
 
 
 def _check_dataset(check: _Check, dataset: Any, ctx: BuildContext, options: Mapping[str, Any]) -> Any:

@@ -156,7 +156,7 @@ def check_memory_budget(estimate: MemoryEstimate, budget_gb: float | None, *, ba
     half = max(batch_size // 2, 1)
     raise TrainingStopped(
         f"the estimated peak memory {estimate.total / 1024**3:.1f} GB exceeds training.memory_budget_gb={budget_gb:g} "
-        f"({estimate.describe()}). Use the plan's fallback: a smaller batch with more accumulation keeps the "
+        f"({estimate.describe()}). A smaller batch with more accumulation keeps the "
         f"effective batch, e.g. --set data.batch_size={half} --set training.accumulation_steps={accumulation_steps * batch_size // half} "
         "(configs/cpu_cifar10_fallback.yaml is batch 4 x 8), or raise the budget with --set training.memory_budget_gb=N"
     )

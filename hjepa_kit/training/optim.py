@@ -1,18 +1,25 @@
-"""The optimizer: AdamW parameter groups, the scheduled learning rate and weight decay, the gradient norm.
+"""The optimizer and its schedules: AdamW parameter groups, per-step learning rate, weight decay and EMA momentum, the gradient norm.
 
 Biases, normalisation weights and every other 1-D parameter never decay: they sit in a group of
-their own (``apply_wd`` False) that the weight-decay schedule leaves at zero.
+their own (``apply_wd`` False) that the weight-decay schedule leaves at zero. Each schedule is a pure
+function of the optimizer step, so a resumed run continues them exactly from the step stored in
+its checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import torch
 
 from ..config import RunConfig
 
-__all__ = ["make_optimizer", "set_schedule", "gradient_norm"]
+if TYPE_CHECKING:
+    from ..config import TrainingConfig
+
+__all__ = ["make_optimizer", "set_schedule", "gradient_norm", "Schedules"]
 
 
 def make_optimizer(model: Any, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -46,9 +53,78 @@ def set_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: floa
             group["weight_decay"] = weight_decay
 
 
-def gradient_norm(optimizer: torch.optim.Optimizer, clip: float | None) -> float:
-    """The global norm of the optimizer's gradients, before clipping them to ``clip`` (None: no clipping)."""
+def gradient_norm(optimizer: torch.optim.Optimizer, clip: float | None) -> torch.Tensor:
+    """The global norm of the optimizer's gradients, before clipping them to ``clip`` (None: no clipping).
+
+    A 0-d tensor on the parameters' device: reading it is left to the caller, so the step does not
+    wait for the device.
+    """
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not params:
+        return torch.zeros(())
     if clip is not None:
-        return float(torch.nn.utils.clip_grad_norm_(params, clip))
-    return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad.detach() for p in params])))
+
+
+@attrs.frozen(kw_only=True)
+class Schedules:
+    """Warmup + cosine learning rate, cosine weight decay, linear EMA momentum.
+
+    Attributes:
+        total_steps: optimizer steps of the whole run.
+        warmup_steps: steps of linear warmup from ``start_lr`` to ``lr``.
+        lr, start_lr, min_lr: learning rates (peak, first, final).
+        weight_decay, final_weight_decay: weight decay at the first and last step.
+        momentum_start, momentum_end: EMA momentum at the first and last step.
+    """
+
+    total_steps: int
+    warmup_steps: int
+    lr: float
+    start_lr: float
+    min_lr: float
+    weight_decay: float
+    final_weight_decay: float
+    momentum_start: float
+    momentum_end: float
+
+    @classmethod
+    def from_training(cls, training: TrainingConfig, steps_per_epoch: int) -> Schedules:
+        """The schedules of a run's ``training`` section with ``steps_per_epoch`` optimizer steps an epoch.
+
+        They span all ``training.epochs`` even where ``max_steps`` stops the run earlier.
+        """
+        full = steps_per_epoch * training.epochs
+        return cls(
+            total_steps=full,
+            warmup_steps=min(int(round(training.warmup_epochs * steps_per_epoch)), full),
+            lr=training.lr,
+            start_lr=training.start_lr,
+            min_lr=training.min_lr,
+            weight_decay=training.weight_decay,
+            final_weight_decay=training.final_weight_decay,
+            momentum_start=training.ema_momentum[0],
+            momentum_end=training.ema_momentum[1],
+        )
+
+    def _progress(self, step: int) -> float:
+        return min(max(step, 0) / max(self.total_steps, 1), 1.0)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return self.start_lr + (self.lr - self.start_lr) * (step + 1) / self.warmup_steps
+        span = max(self.total_steps - self.warmup_steps, 1)
+        t = min((step - self.warmup_steps) / span, 1.0)
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + math.cos(math.pi * t))
+
+    def weight_decay_at(self, step: int) -> float:
+        """Weight decay of optimizer step ``step`` (cosine from start to final value)."""
+        t = self._progress(step)
+        return self.final_weight_decay + 0.5 * (self.weight_decay - self.final_weight_decay) * (1.0 + math.cos(math.pi * t))
+
+    def momentum_at(self, step: int) -> float:
+        """EMA momentum applied after optimizer step ``step`` (linear from start to end)."""
+        t = self._progress(step)
+        return self.momentum_start + (self.momentum_end - self.momentum_start) * t

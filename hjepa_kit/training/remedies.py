@@ -47,13 +47,14 @@ def fallback_commands(config_file: Path, checkpoint: Path | None, lr: float,
     return "\n".join(f"  {base} " + " ".join(f"--set {c}" for c in change) + resume for change in changes)
 
 
-def non_finite_message(what: str, value: float, terms: Mapping[str, Any], *, epoch: int, step: int,
-                       last: Path | None, commands: str) -> str:
+def non_finite_message(what: str, value: float, terms: Mapping[str, float], *, epoch: int, step: int,
+                       last: Path | None, commands: str, skipped: int = 1) -> str:
     """Why a run stopped on a NaN or infinite loss or gradient norm, what was kept, and what to try."""
-    detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
     kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    count = f" ({skipped} non-finite steps skipped; training.max_skipped_steps allows fewer)" if skipped > 1 else ""
     return (f"training stopped at epoch {epoch}, step {step}: the {what} is {value}"
-            + (f" ({detail})" if detail else "") + f"; {kept}. Try one of:\n" + commands)
+            + (f" ({detail})" if detail else "") + count + f"; {kept}. Try one of:\n" + commands)
 
 
 def collapse_message(reason: str, *, epoch: int, step: int, last: Path | None, commands: str) -> str:

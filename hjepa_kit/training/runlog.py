@@ -114,7 +114,7 @@ def log_interval(metrics: Mapping[str, float], *, epoch: int, epochs: int, step:
 
 
 class LogWindow:
-    """Running sums of one logging interval: loss terms per micro-batch, images, optimizer steps, time."""
+    """One logging interval as the host sees it: images, optimizer steps and time (the loss terms stay on the device)."""
 
     def __init__(self) -> None:
         self.reset()
@@ -124,22 +124,14 @@ class LogWindow:
         self.started = time.perf_counter()
         self.images = 0
         self.steps = 0
-        self.sums: dict[str, float] = {}
-        self.count = 0
 
-    def add(self, images: int, terms: Mapping[str, float]) -> None:
-        """Count one micro-batch of ``images`` images and its loss terms."""
+    def add(self, images: int) -> None:
+        """Count one micro-batch of ``images`` images."""
         self.images += images
-        self.count += 1
-        for key, value in terms.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
 
-    def means(self) -> dict[str, float]:
-        """The mean terms of the micro-batches since the last call; counts one optimizer step."""
+    def step(self) -> None:
+        """Count one optimizer step."""
         self.steps += 1
-        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
-        self.sums, self.count = {}, 0
-        return means
 
     def images_per_s(self) -> float:
         """Images per second since the interval started."""

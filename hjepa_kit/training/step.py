@@ -1,4 +1,4 @@
-"""One optimizer step of JEPA training, in one place.
+"""One optimizer step of JEPA training, in one place, without waiting for the device.
 
 A step is ``accumulation_steps`` micro-steps and one update::
 
@@ -8,15 +8,21 @@ A step is ``accumulation_steps`` micro-steps and one update::
 The forward itself is :meth:`hjepa_kit.model.HJEPA.forward_step`; :class:`TrainStep` adds the
 masks, precision, DDP gradient sync, the loss and the optimizer. The trainer calls it from its loop
 and the throughput benchmark times it.
+
+Nothing in a step reads a value back from the device: loss terms and gradient norms are summed
+on the device (:class:`DeviceMeans`) and read once per log line; a step whose loss or gradient
+norm is not finite is skipped *on the device* (the fused AdamW kernel's ``found_inf``, as a grad
+scaler does) and counted, and the trainer reads the count when it writes a log line or ends an
+epoch (:meth:`TrainStep.non_finite`). On a GPU the host thus queues steps ahead of the device.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import torch
 
 from ..config import RunConfig
@@ -24,15 +30,55 @@ from ..contracts import Masks
 from ..model import HJEPA
 from .distributed import DistInfo, no_sync, parameters_match
 from .health import HealthMonitor
-from .optim import gradient_norm, set_schedule
-from .schedules import Schedules
+from .optim import Schedules, gradient_norm, set_schedule
 
-__all__ = ["TrainStep"]
+__all__ = ["TrainStep", "DeviceMeans", "NonFinite"]
 
 log = logging.getLogger("hjepa_kit")
 
-#: ``on_non_finite(what, value, terms)``: raise the error that stops the run.
-NonFiniteHandler = Callable[[str, float, Mapping[str, torch.Tensor]], None]
+
+class DeviceMeans:
+    """Means of figures that stay on the device until they are read (one synchronisation per read)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Add one value of each figure (0-d tensors; no synchronisation)."""
+        for key, value in values.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def read(self) -> dict[str, float]:
+        """The mean of each figure since the last read, as floats; starts anew."""
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k].reshape(()) for k in keys]).tolist()  # the one synchronisation
+        means = {k: v / self.counts[k] for k, v in zip(keys, values)}
+        self.sums, self.counts = {}, {}
+        return means
+
+
+@attrs.frozen
+class NonFinite:
+    """The non-finite steps of a run so far, as read from the device.
+
+    Attributes:
+        skipped: optimizer steps skipped because their loss or gradient norm was not finite.
+        step: the first of them (1-based), or 0.
+        what: ``loss`` or ``gradient norm``: which was not finite at that step.
+        value: that figure's value at that step.
+        terms: the step's loss terms (summed over its micro-batches).
+    """
+
+    skipped: int
+    step: int
+    what: str
+    value: float
+    terms: dict[str, float]
 
 
 class TrainStep:
@@ -46,9 +92,10 @@ class TrainStep:
         device, amp_dtype: where the step runs, and the autocast dtype (``None``: float32).
         dist: the distributed setup; ``ddp``: the DDP wrappers of the context encoder and predictor.
         health: the monitor fed with the pooled target features of the epoch's last images.
-        on_non_finite: called with a non-finite loss or gradient norm; it raises.
 
     Attributes:
+        interval, epoch_means: loss terms (per micro-batch) and gradient norms (per step) since the
+            last log line / since the epoch began, on the device.
         last_target_tokens: the target tokens of the last micro-step due for feature statistics
             (``logging.feature_stats_every_steps``), or ``None``.
         health_widths: width of each pooled representation fed to ``health``.
@@ -56,7 +103,7 @@ class TrainStep:
 
     def __init__(self, model: HJEPA, loss_fn: Any, masker: Any, optimizer: torch.optim.Optimizer, schedules: Schedules, *,
                  config: RunConfig, device: torch.device, amp_dtype: torch.dtype | None, dist: DistInfo,
-                 ddp: tuple[Any, Any] = (None, None), health: HealthMonitor, on_non_finite: NonFiniteHandler) -> None:
+                 ddp: tuple[Any, Any] = (None, None), health: HealthMonitor) -> None:
         self.model = model
         self.loss_fn = loss_fn
         self.masker = masker
@@ -68,10 +115,17 @@ class TrainStep:
         self.dist = dist
         self.ddp = ddp
         self.health = health
-        self.on_non_finite = on_non_finite
         self.mask_generator = torch.Generator()
         self.last_target_tokens: torch.Tensor | None = None
         self.health_widths: dict[str, int] = {}
+        self.interval = DeviceMeans()
+        self.epoch_means = DeviceMeans()
+        self._fused = bool(optimizer.defaults.get("fused"))
+        self._step_terms: dict[str, torch.Tensor] = {}
+        zero = torch.zeros((), device=device)
+        self._skipped = zero.long()
+        self._first = {"step": zero.long(), "loss_bad": zero.bool(), "loss": zero.clone(), "grad_norm": zero.clone()}
+        self._first_terms: torch.Tensor | None = None
 
     def masks(self, batch_size: int, epoch: int, micro_index: int) -> Masks:
         """The masks of a micro-batch: a pure function of (seed, epoch, micro-batch, rank), so a resumed run draws the same ones."""
@@ -79,8 +133,8 @@ class TrainStep:
         self.mask_generator.manual_seed(seed % (2**63))
         return self.masker(batch_size, self.mask_generator).to(self.device)
 
-    def micro(self, images: torch.Tensor, *, epoch: int, micro_index: int, usable: int, step: int) -> dict[str, float]:
-        """Forward and backward of one micro-batch; returns its loss terms.
+    def micro(self, images: torch.Tensor, *, epoch: int, micro_index: int, usable: int, step: int) -> None:
+        """Forward and backward of one micro-batch; its loss terms are summed on the device.
 
         Args:
             images: the augmented ``(B, C, H, W)`` batch.
@@ -97,11 +151,6 @@ class TrainStep:
             with no_sync(self.ddp, not sync):
                 out = self.model.forward_step(images, masks, *self.ddp)
                 loss_out = self.loss_fn(out.predictions, out.targets, out.context)
-                value = float(loss_out.total.detach())
-                # Under DDP a rank must not stop alone (the others would wait in all-reduce); the
-                # all-reduced gradient norm is non-finite on every rank and stops them together.
-                if not math.isfinite(value) and not self.dist.enabled:
-                    self.on_non_finite("loss", value, loss_out.terms)
                 (loss_out.total / accumulation).backward()
             if self.health.enabled and (usable - micro_index) * images.shape[0] <= self.health.samples + images.shape[0]:
                 pooled = self.model.pooled(out.target)
@@ -109,22 +158,42 @@ class TrainStep:
                 self.health.add(pooled)
         if (step + 1) % self.config.logging.feature_stats_every_steps == 0:
             self.last_target_tokens = out.target.tokens.detach()
-        terms = {"loss": value}
-        terms.update({f"loss/{k}": float(v.detach()) for k, v in loss_out.terms.items()})
-        return terms
+        terms = {"loss": loss_out.total.detach()}
+        terms.update({f"loss/{k}": v.detach() for k, v in loss_out.terms.items()})
+        self.interval.add(terms)
+        self.epoch_means.add(terms)
+        for key, value in terms.items():
+            value = value.float()
+            self._step_terms[key] = self._step_terms[key] + value if key in self._step_terms else value
 
     def update(self, step: int) -> dict[str, float]:
-        """The optimizer update that ends optimizer step ``step + 1``: schedules, clipping, AdamW, EMA."""
+        """The optimizer update that ends optimizer step ``step + 1``: schedules, clipping, AdamW, EMA.
+
+        A step whose loss or gradient norm is not finite changes no parameter and no optimizer
+        state; it is counted for :meth:`non_finite`. Returns the scheduled figures (no device value).
+        """
         lr = self.schedules.lr_at(step)
         wd = self.schedules.weight_decay_at(step)
         set_schedule(self.optimizer, lr, wd)
-        grad_norm = gradient_norm(self.optimizer, self.config.training.grad_clip)
-        if not math.isfinite(grad_norm):
-            self.on_non_finite("gradient norm", grad_norm, {})
-        self.optimizer.step()
+        grad_norm = gradient_norm(self.optimizer, self.config.training.grad_clip).to(self.device)
+        terms, self._step_terms = self._step_terms, {}
+        loss = terms.get("loss", torch.zeros((), device=self.device))
+        # Under DDP a rank's loss is its own, but the all-reduced gradient norm is every rank's:
+        # judging by it alone keeps the ranks in step (they skip, and stop, together).
+        loss_bad = ~torch.isfinite(loss) if not self.dist.enabled else torch.zeros((), dtype=torch.bool, device=self.device)
+        bad = loss_bad | ~torch.isfinite(grad_norm)
+        self._record_first(bad, step + 1, loss_bad, loss, grad_norm, terms)
+        if self._fused:
+            self.optimizer.found_inf = bad.float()  # the fused kernel skips the whole update (0-d, like the step counters)
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        elif not bool(bad):  # the unfused AdamW has no device-side skip: this one waits for the device
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         momentum = self.schedules.momentum_at(step)
         self.model.update_target(momentum)
+        self.interval.add({"grad_norm": grad_norm})
+        self.epoch_means.add({"grad_norm": grad_norm})
         every = self.config.training.ddp_check_every_steps
         if self.dist.enabled and every and (step + 1) % every == 0:
             modules = [self.model.context_encoder, self.model.target_encoder, self.model.predictor]
@@ -132,4 +201,31 @@ class TrainStep:
             if not same:
                 raise RuntimeError(f"step {step + 1}: the ranks' parameters differ (largest checksum difference {spread:.3g})")
             log.info("step %d: parameters identical on %d ranks", step + 1, self.dist.world_size)
-        return {"lr": lr, "wd": wd, "momentum": momentum, "grad_norm": grad_norm}
+        return {"lr": lr, "wd": wd, "momentum": momentum}
+
+    def _record_first(self, bad: torch.Tensor, step: int, loss_bad: torch.Tensor, loss: torch.Tensor,
+                      grad_norm: torch.Tensor, terms: Mapping[str, torch.Tensor]) -> None:
+        """Count a non-finite step and keep the figures of the first one, all on the device."""
+        self._skipped = self._skipped + bad.long()
+        first = bad & (self._first["step"] == 0)
+        step_t = torch.full((), step, dtype=torch.long, device=self.device)
+        current = {"step": step_t, "loss_bad": loss_bad, "loss": loss.float(), "grad_norm": grad_norm.float()}
+        self._first = {k: torch.where(first, current[k], v) for k, v in self._first.items()}
+        self._term_names = list(terms)
+        stacked = torch.stack([terms[k].float().reshape(()) for k in self._term_names]) if terms else torch.zeros(0, device=self.device)
+        if self._first_terms is None or self._first_terms.shape != stacked.shape:
+            self._first_terms = torch.where(first, stacked, torch.zeros_like(stacked))
+        else:
+            self._first_terms = torch.where(first, stacked, self._first_terms)
+
+    def non_finite(self) -> NonFinite:
+        """Read the non-finite steps from the device (one synchronisation)."""
+        first = self._first
+        terms = self._first_terms if self._first_terms is not None else torch.zeros(0, device=self.device)
+        values = torch.cat([torch.stack([self._skipped.float(), first["step"].float(), first["loss_bad"].float(),
+                                         first["loss"], first["grad_norm"]]), terms]).tolist()
+        skipped, step, loss_bad, loss, grad_norm = values[:5]
+        what = "loss" if loss_bad else "gradient norm"
+        names = [k.removeprefix("loss/") for k in getattr(self, "_term_names", [])]
+        return NonFinite(skipped=int(skipped), step=int(step), what=what, value=loss if loss_bad else grad_norm,
+                         terms={k: v for k, v in zip(names, values[5:]) if k != "loss"})

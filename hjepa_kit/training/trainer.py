@@ -6,7 +6,7 @@ optimizer step is :class:`~hjepa_kit.training.step.TrainStep` (masks, the model'
 ``forward_step``, loss, backward, AdamW, EMA). Beside it: ``state`` (what a checkpoint holds),
 ``online`` (online evaluation, feature statistics, best checkpoint), ``health`` and ``stopping``
 (RankMe, early stopping), ``remedies`` (what a stopped run suggests), ``runlog`` (log handlers,
-interval lines), ``signals``, ``distributed``, ``checkpoint``, ``memory`` and ``schedules``.
+interval lines), ``signals``, ``distributed``, ``checkpoint``, ``memory`` and ``optim`` (AdamW and its schedules).
 """
 
 from __future__ import annotations
@@ -36,14 +36,13 @@ from .health import HealthMonitor, collapse_problem
 from .heap import HeapTrimmer
 from .memory import check_run_memory
 from .online import OnlineEvaluation, feature_stats, new_best
-from .optim import make_optimizer
+from .optim import Schedules, make_optimizer
 from .remedies import collapse_message, fallback_commands, loss_remedies, non_finite_message
 from ..registry import Registry
 from .runlog import LogWindow, close_run_log, log_interval, log_run_start, open_run_log, prepare_output_folder
 from ..runtime import autocast_dtype, peak_rss_mb, resolve_device, seed_everything
-from .schedules import Schedules
 from .signals import Interrupt
-from .step import TrainStep
+from .step import DeviceMeans, TrainStep
 from .state import restore_training_state, training_state, write_resolved_config
 from .stopping import EarlyStopping
 from ..process import apply_cpu_defaults
@@ -130,6 +129,7 @@ class Trainer:
         self.dist = DistInfo()
         self._online: OnlineEvaluation | None = None
         self.stop_reason: str | None = None
+        self._skipped_seen = 0
         self.healthy_checkpoint: Path | None = None
         self.early_stopping: EarlyStopping | None = None
         self.health = HealthMonitor(0)
@@ -217,7 +217,7 @@ class Trainer:
         ddp = wrap_ddp(self.model, self.device) if self.dist.enabled else (None, None)
         self.train_step = TrainStep(self.model, self.loss_fn, self.masker, self.optimizer, self.schedules, config=cfg,
                                     device=self.device, amp_dtype=self.amp_dtype, dist=self.dist, ddp=ddp,
-                                    health=self.health, on_non_finite=self._non_finite)
+                                    health=self.health)
 
     def _check_memory(self) -> None:
         self.memory_estimate = check_run_memory(self)
@@ -339,26 +339,27 @@ class Trainer:
                 micro = 0
                 usable = len(self.loader) // accumulation * accumulation
                 for images, _labels in self.loader:
-                    micro_index = self.batch_in_epoch
-                    terms = self.train_step.micro(images, epoch=self.epoch, micro_index=micro_index, usable=usable, step=self.step)
+                    self.train_step.micro(images, epoch=self.epoch, micro_index=self.batch_in_epoch, usable=usable, step=self.step)
                     self.batch_in_epoch += 1
                     micro += 1
-                    window.add(images.shape[0], terms)
+                    window.add(images.shape[0])
                     if micro % accumulation:
                         continue
                     step_metrics = self._optimizer_step()
-                    step_metrics.update(window.means())
+                    window.step()
                     for key, value in step_metrics.items():
                         sums[key] = sums.get(key, 0.0) + value
                     count += 1
                     self._after_step(step_metrics, window)
-                    interrupted, stop = any_rank(interrupt.signal is not None, self.stop_reason is not None,
-                                                 info=self.dist, device=self.device)
-                    if interrupted:
-                        return "interrupted"
-                    if stop:
-                        log.info("stopping at step %d: %s", self.step, self.stop_reason or "another rank asked to stop")
-                        return "stopped"
+                    # Under DDP this is an all-reduce: it is done when a line is logged, not every step.
+                    if not self.dist.enabled or self.step % cfg.logging.interval_steps == 0:
+                        interrupted, stop = any_rank(interrupt.signal is not None, self.stop_reason is not None,
+                                                     info=self.dist, device=self.device)
+                        if interrupted:
+                            return "interrupted"
+                        if stop:
+                            log.info("stopping at step %d: %s", self.step, self.stop_reason or "another rank asked to stop")
+                            return "stopped"
                     if self.step >= self.total_steps:
                         break
                     if self.batch_in_epoch + accumulation > len(self.loader):
@@ -368,7 +369,8 @@ class Trainer:
                     return "stopped"
                 self.epoch += 1
                 self.batch_in_epoch = 0
-                epoch_metrics = {k: v / max(count, 1) for k, v in sums.items()}
+                epoch_metrics = self._read_device_figures(self.train_step.epoch_means)
+                epoch_metrics.update({k: v / max(count, 1) for k, v in sums.items()})
                 self._end_epoch(epoch_metrics)
                 if self.step >= self.total_steps and self.epoch < cfg.training.epochs:
                     return "stopped"
@@ -376,10 +378,23 @@ class Trainer:
         finally:
             self._metrics_file.close()
 
-    def _non_finite(self, what: str, value: float, terms: Mapping[str, torch.Tensor]) -> None:
-        last = self.checkpoints.get("latest") or find_latest(self.checkpoint_dir)
-        raise TrainingStopped(non_finite_message(what, value, terms, epoch=self.epoch + 1, step=self.step + 1, last=last,
-                                                 commands=self._fallbacks(last)))
+    def _read_device_figures(self, means: DeviceMeans) -> dict[str, float]:
+        """Read summed figures from the device (one synchronisation) and answer the non-finite steps among them."""
+        figures = means.read()
+        bad = self.train_step.non_finite()
+        if bad.skipped > self.config.training.max_skipped_steps:
+            last = self.checkpoints.get("latest") or find_latest(self.checkpoint_dir)
+            epoch = (bad.step - 1) // max(self.steps_per_epoch, 1) + 1
+            raise TrainingStopped(non_finite_message(bad.what, bad.value, bad.terms, epoch=epoch, step=bad.step, last=last,
+                                                     commands=self._fallbacks(last), skipped=bad.skipped))
+        if bad.skipped:
+            figures["skipped_steps"] = float(bad.skipped)
+            if bad.skipped > self._skipped_seen:
+                log.warning("%d optimizer step(s) skipped so far for a non-finite loss or gradient norm (the first: step %d, "
+                            "the %s was %s); training.max_skipped_steps=%d", bad.skipped, bad.step, bad.what, bad.value,
+                            self.config.training.max_skipped_steps)
+                self._skipped_seen = bad.skipped
+        return figures
 
     def _fallbacks(self, checkpoint: Path | None) -> str:
         """The usual remedies for divergence and collapse, as commands that resume from ``checkpoint``."""
@@ -415,14 +430,16 @@ class Trainer:
         remaining = self.total_steps - self.step
         metrics["eta_s"] = remaining * window.seconds_per_step()
         record = {"step": self.step, "epoch": self.epoch + self.batch_in_epoch / max(len(self.loader), 1)}
-        record.update(metrics)
-        self.last_metrics = dict(metrics)
         if self.step % cfg.logging.interval_steps == 0 or self.step == self.total_steps:
+            # The loss terms and gradient norms of the interval: read from the device here only.
+            metrics.update(self._read_device_figures(self.train_step.interval))
+            record.update(metrics)
             self._metrics_file.write(json.dumps(record) + "\n")
             self._metrics_file.flush()
             log_interval(metrics, epoch=self.epoch + 1, epochs=cfg.training.epochs, step=self.step, total_steps=self.total_steps,
                          rss_mb=peak_rss_mb())
             window.reset()
+        self.last_metrics.update(metrics)
         self._hook("hjepa_step_end", step=self.step, metrics=metrics)
 
     def _end_epoch(self, metrics: dict[str, float]) -> None:

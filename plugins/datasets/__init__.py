@@ -7,8 +7,7 @@ offers ``estimate_bytes(split)`` (decoded size, without decoding) and, where str
 sense (STL-10, image folders), ``open_stream(split)``: a map-style torch dataset of
 ``(uint8 (3, H, W), label)`` for data too big for RAM.
 
-CIFAR and STL-10 are read from the official archives' extracted folders (the plan's
-``--data-path``), downloaded through torchvision when ``download: true``. Their md5 checksums are
+CIFAR and STL-10 are read from the official archives' extracted folders (``--data-path``), downloaded through torchvision when ``download: true``. Their md5 checksums are
 taken from torchvision's dataset classes and checked by default. The CIFAR format is Python pickle,
 which can run code: it is read with an unpickler that only rebuilds numpy arrays, lists, dicts and
 bytes, and refuses anything else. A missing, damaged or foreign file is a

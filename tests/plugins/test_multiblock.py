@@ -16,6 +16,15 @@ from hjepa_kit.plugins import multiblock
 from hjepa_kit.plugins.multiblock import MultiBlockMasker, MultiBlockParams, build_multiblock
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The masks are small tensors: on a busy machine a second intra-op thread slows them down many times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_masker(grid: tuple[int, int], **params) -> MultiBlockMasker:
     return build_multiblock(MultiBlockParams(**params), BuildContext(image_size=32, grid_size=grid))
 
@@ -247,3 +256,142 @@ def test_parameters_structure_strictly_from_yaml_data() -> None:
         structure(MultiBlockParams, {"target_scale": [0.1, 0.2, 0.3]}, path="masker.params")
     with pytest.raises(ValueError, match="masker.params: target_scale: the range must be"):
         structure(MultiBlockParams, {"target_scale": [0.3, 0.2]}, path="masker.params")
+
+
+# --- fixed shapes (torch.compile, CUDA graphs) ---------------------------------------------------
+
+
+FIXED_CASES = [
+    ((8, 8), {}),
+    ((14, 14), {}),
+    ((4, 4), {}),
+    ((6, 10), {"num_targets": 2}),
+    ((2, 2), {"min_context": 1}),
+    ((1, 5), {"min_context": 1}),
+    ((8, 8), {"placement": "uniform", "min_context": 10}),
+    ((4, 4), {"min_context": 15}),
+    ((8, 8), {"context_scale": (0.01, 0.01)}),  # no context block holds K: every sample falls back
+    ((4, 4), {"target_scale": (0.25, 0.25), "target_aspect": (1.0, 1.0)}),  # targets stacked
+    ((8, 8), {"target_aspect": (1.2, 1.3)}),  # no whole block in the aspect range
+]
+
+
+@pytest.mark.parametrize(("grid", "params"), FIXED_CASES)
+def test_fixed_shapes_give_one_shape_per_batch_size_and_keep_every_invariant(grid: tuple[int, int], params: dict) -> None:
+    masker = make_masker(grid, fixed_shapes=True, **params)
+    h, w = masker.target_shapes[0]
+    assert all(a * b == h * w for a, b in masker.target_shapes)
+    assert masker.params.min_context <= masker.context_length <= grid[0] * grid[1] - h * w
+    for batch_size in (1, 7, 32):
+        shapes = set()
+        for seed in range(4):
+            for masks in draw(masker, batches=15, batch_size=batch_size, seed=seed):
+                check_invariants(masks, grid, batch_size, masker.params)
+                shapes.add((masks.context.shape, masks.targets.shape))
+        assert shapes == {((batch_size, masker.context_length), (batch_size, masker.params.num_targets, h * w))}
+
+
+def test_fixed_shapes_do_not_vary_over_many_batches_where_the_default_does() -> None:
+    # Measured over 500 batches of 64: the default gives 13 context and 3 target lengths on 8x8,
+    # 35 and 7 on 14x14; fixed shapes give one of each.
+    for grid in ((8, 8), (14, 14)):
+        default = {(m.context.shape, m.targets.shape) for m in draw(make_masker(grid), 60, 64)}
+        fixed = {(m.context.shape, m.targets.shape) for m in draw(make_masker(grid, fixed_shapes=True), 60, 64)}
+        assert len(default) > 5 and len(fixed) == 1
+
+
+@pytest.mark.parametrize(("grid", "shapes", "length"), [((8, 8), ((3, 4), (4, 3)), 16), ((14, 14), ((5, 6), (6, 5)), 65)])
+def test_fixed_sizes_of_the_default_parameters(grid: tuple[int, int], shapes: tuple, length: int) -> None:
+    # The documented figures (module docstring, configs/gpu_cifar10.yaml).
+    masker = make_masker(grid, fixed_shapes=True)
+    assert masker.target_shapes == shapes and masker.context_length == length
+
+
+def test_fixed_sizes_are_a_function_of_the_parameters_only() -> None:
+    torch.manual_seed(1)
+    first = make_masker((14, 14), fixed_shapes=True)
+    draw(first, 3, 16)  # drawing changes nothing
+    torch.manual_seed(2)
+    second = make_masker((14, 14), fixed_shapes=True)
+    assert (first.target_shapes, first.context_length) == (second.target_shapes, second.context_length)
+    assert make_masker((14, 14)).target_shapes is None and make_masker((14, 14)).context_length is None
+
+
+def test_fixed_target_blocks_keep_scale_and_aspect_and_take_each_allowed_shape() -> None:
+    params = MultiBlockParams(fixed_shapes=True)
+    for grid in ((8, 8), (14, 14), (16, 16), (6, 10)):
+        masker = MultiBlockMasker(params, grid)
+        num_patches = grid[0] * grid[1]
+        for h, w in masker.target_shapes:
+            assert params.target_scale[0] * num_patches <= h * w <= params.target_scale[1] * num_patches
+            assert params.target_aspect[0] <= h / w <= params.target_aspect[1]
+        drawn = {block_shape(m.targets, grid[1]) for m in draw(masker, batches=60, batch_size=2)}
+        assert drawn == set(masker.target_shapes)
+
+
+def test_fixed_target_block_without_an_allowed_shape_is_the_middle_block() -> None:
+    # 8x8, 10-12 patches: 2x5, 5x2, 3x4, 4x3, none with h / w in [1.2, 1.3]; 11.2 patches at 1.25 -> 4x3.
+    assert make_masker((8, 8), fixed_shapes=True, target_aspect=(1.2, 1.3)).target_shapes == ((4, 3),)
+
+
+def test_fixed_shapes_same_seed_same_masks_different_seed_different_masks() -> None:
+    masker = make_masker((14, 14), fixed_shapes=True)
+    torch.manual_seed(1)
+    first = draw(masker, batches=5, batch_size=8, seed=7)
+    torch.manual_seed(2)
+    second = draw(make_masker((14, 14), fixed_shapes=True), batches=5, batch_size=8, seed=7)
+    for a, b in zip(first, second):
+        assert torch.equal(a.context, b.context) and torch.equal(a.targets, b.targets)
+    other = draw(masker, batches=5, batch_size=8, seed=8)
+    assert any(not torch.equal(a.context, b.context) for a, b in zip(first, other))
+    assert any(not torch.equal(a.targets, b.targets) for a, b in zip(first, other))
+
+
+def test_fixed_shapes_keep_balanced_targets_and_unbiased_contexts() -> None:
+    masker = make_masker((8, 8), fixed_shapes=True)
+    targets, context = coverage(masker)
+    assert targets.min() > 0 and targets.max() / targets.min() < 1.6
+    grid = context.view(8, 8)
+    total = grid.sum()
+    assert abs(grid[:4].sum() / total - 0.5) < 0.02
+    assert abs(grid[:, :4].sum() / total - 0.5) < 0.02
+    assert context.max() / context.min() < 2.5
+
+
+def test_fixed_shapes_fallbacks_are_rare_with_the_defaults_and_counted() -> None:
+    masker = make_masker((8, 8), fixed_shapes=True)
+    draw(masker, batches=50, batch_size=64)
+    assert 0 < masker.fallbacks["context"] < 0.05 * 50 * 64  # measured 1.9% over 500 batches
+    assert masker.fallbacks["targets"] == 0
+
+
+def test_fixed_shapes_context_fallback_is_a_random_subset_of_the_non_target_patches() -> None:
+    masker = make_masker((8, 8), fixed_shapes=True, context_scale=(0.01, 0.01))
+    masks = draw(masker, batches=20, batch_size=16)
+    assert masker.fallbacks["context"] == 20 * 16
+    free = 1 - one_hot(masks[0].targets, 64).amax(1)
+    assert int(free.sum(1).min()) >= masker.context_length
+    # Not the first free patches in grid order: the kept patches spread over the whole grid.
+    kept = sum(one_hot(m.context, 64).sum(0) for m in masks).view(8, 8)
+    assert abs(kept[:4].sum() / kept.sum() - 0.5) < 0.05
+
+
+def test_fixed_shapes_stack_targets_to_free_the_context_length() -> None:
+    masker = make_masker((4, 4), fixed_shapes=True, target_scale=(0.25, 0.25), target_aspect=(1.0, 1.0))
+    for masks in draw(masker, batches=20, batch_size=32):
+        check_invariants(masks, (4, 4), 32, masker.params)
+        assert masks.context.shape[1] == masker.context_length
+    assert masker.fallbacks["targets"] > 0
+
+
+def test_fixed_shapes_pass_the_masker_contract() -> None:
+    from hjepa_kit.testing import check_component
+
+    for params in ({"fixed_shapes": True}, {"fixed_shapes": True, "placement": "uniform"}):
+        masker = check_component("masker", "multiblock", params=params)
+        assert masker.context_length is not None
+
+
+def test_fixed_shapes_structure_from_yaml_data() -> None:
+    assert structure(MultiBlockParams, {"fixed_shapes": True}) == MultiBlockParams(fixed_shapes=True)
+    assert MultiBlockParams().fixed_shapes is False
