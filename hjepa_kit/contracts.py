@@ -266,6 +266,10 @@ class Masker(Protocol):
     runs the same check). A masker is any callable, typically an object::
 
         masks = masker(batch_size, generator)   # Masks(context=(B, Nc), targets=(B, M, Nt))
+
+    A masker whose shapes depend on the batch size alone may say so with an attribute
+    ``static_shapes = True``: the trainer then compiles the model for those shapes only (no
+    dynamic-shape graphs), which also makes CUDA graphs possible.
     """
 
     def __call__(self, batch_size: int, generator: torch.Generator) -> Masks:

@@ -177,6 +177,7 @@ class MultiBlockMasker:
         self.fallbacks = {"context": 0, "targets": 0}
         self.target_shapes: tuple[tuple[int, int], ...] | None = None
         self.context_length: int | None = None
+        self.static_shapes = params.fixed_shapes  # read by the trainer: compile for these shapes alone
         if params.fixed_shapes:
             self.target_shapes = self._fixed_target_shapes()
             self.context_length = self._fixed_context_length()

@@ -14,12 +14,17 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = REPO / "examples" / "hjepa-example-plugin"
 
 
+#: Where the tiny runs train: ``cpu`` unless ``HJEPA_TEST_DEVICE`` says otherwise (``cuda``, ``auto``),
+#: so the same tests exercise the CUDA path on a machine with a GPU.
+TEST_DEVICE = os.environ.get("HJEPA_TEST_DEVICE", "cpu")
+
+
 def tiny_config(tmp_path: Path, **sections) -> dict:
     """A run that trains in seconds: 16x16 synthetic images, 4x4 patches, a small batch."""
     config = {
         "name": "tiny",
         "output_dir": str(tmp_path / "results"),
-        "device": "cpu",
+        "device": TEST_DEVICE,
         "seed": 0,
         "data": {
             "dataset": {"name": "synthetic", "params": {"num_train": 96, "num_test": 48, "image_size": 16}},

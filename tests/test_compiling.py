@@ -131,3 +131,25 @@ def test_a_compiled_run_resumes_an_eager_checkpoint_and_finishes(tmp_path):
     model = build_model(Registry().resolve(eager), BuildContext(image_size=16, in_chans=3, device=torch.device("cpu"))).model
     model.load_state_dict(state["model"])  # strict: the same names
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_static_shapes_compile_the_context_side_without_dynamic_graphs():
+    """A masker that declares static shapes gets the context encoder and predictor compiled for them alone."""
+    from types import SimpleNamespace
+
+    from hjepa_kit.training.compiling import compile_for_training
+
+    calls = {}
+
+    def recorder(name):
+        return lambda **kwargs: calls.__setitem__(name, kwargs)
+
+    def model():
+        return SimpleNamespace(target_encoder=SimpleNamespace(compile=recorder("target")),
+                               context_encoder=SimpleNamespace(compile=recorder("context")),
+                               predictor=SimpleNamespace(compile=recorder("predictor")))
+
+    compile_for_training(model())
+    assert calls == {"target": {}, "context": {"dynamic": True}, "predictor": {"dynamic": True}}
+    compile_for_training(model(), static_shapes=True)
+    assert calls == {"target": {}, "context": {"dynamic": False}, "predictor": {"dynamic": False}}

@@ -120,17 +120,19 @@ class FeatureFunction:
         return {name: value[:count] for name, value in out.items()}
 
 
-def compile_for_training(model: Any) -> None:
+def compile_for_training(model: Any, *, static_shapes: bool = False) -> None:
     """Compile the target encoder, the context encoder and the predictor of ``model`` in place.
 
     ``Module.compile`` keeps each module's parameters and ``state_dict`` keys, so checkpoints,
     EMA and DDP see the same modules. The context encoder and the predictor receive as many
     tokens as the masks of the step keep, different every step: they are compiled with dynamic
-    shapes from the first call instead of recompiling at the second size.
+    shapes from the first call instead of recompiling at the second size, unless the masker
+    declares ``static_shapes`` (every batch of a size has the same shapes): then they are compiled
+    for those shapes alone.
     """
     model.target_encoder.compile()
-    model.context_encoder.compile(dynamic=True)
-    model.predictor.compile(dynamic=True)
+    model.context_encoder.compile(dynamic=not static_shapes)
+    model.predictor.compile(dynamic=not static_shapes)
 
 
 def eager(enabled: bool = True) -> Any:

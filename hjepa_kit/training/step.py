@@ -131,7 +131,11 @@ class TrainStep:
         """The masks of a micro-batch: a pure function of (seed, epoch, micro-batch, rank), so a resumed run draws the same ones."""
         seed = self.config.seed * 1_000_003 + epoch * 100_003 + micro_index * 101 + self.dist.rank
         self.mask_generator.manual_seed(seed % (2**63))
-        return self.masker(batch_size, self.mask_generator).to(self.device)
+        masks = self.masker(batch_size, self.mask_generator)
+        if self.device.type == "cuda" and masks.context.device.type == "cpu":
+            # From pinned memory the copy is asynchronous: the host does not wait for it.
+            masks = Masks(context=masks.context.pin_memory(), targets=masks.targets.pin_memory())
+        return masks.to(self.device)
 
     def micro(self, images: torch.Tensor, *, epoch: int, micro_index: int, usable: int, step: int) -> None:
         """Forward and backward of one micro-batch; its loss terms are summed on the device.

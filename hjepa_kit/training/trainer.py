@@ -213,7 +213,7 @@ class Trainer:
         self.compiled = should_compile(cfg.training.compile, self.device, key="training.compile",
                                        large_enough=self.total_steps >= AUTO_TRAIN_MIN_STEPS)
         if self.compiled:
-            compile_for_training(self.model)
+            compile_for_training(self.model, static_shapes=bool(getattr(self.masker, "static_shapes", False)))
         ddp = wrap_ddp(self.model, self.device) if self.dist.enabled else (None, None)
         self.train_step = TrainStep(self.model, self.loss_fn, self.masker, self.optimizer, self.schedules, config=cfg,
                                     device=self.device, amp_dtype=self.amp_dtype, dist=self.dist, ddp=ddp,

@@ -395,3 +395,13 @@ def test_fixed_shapes_pass_the_masker_contract() -> None:
 def test_fixed_shapes_structure_from_yaml_data() -> None:
     assert structure(MultiBlockParams, {"fixed_shapes": True}) == MultiBlockParams(fixed_shapes=True)
     assert MultiBlockParams().fixed_shapes is False
+
+
+def test_fixed_shapes_are_declared_to_the_trainer():
+    """The trainer compiles for static shapes when the masker declares them (Masker contract: ``static_shapes``)."""
+    from hjepa_kit.contracts import BuildContext
+    from hjepa_kit.plugins.multiblock import MultiBlockParams, build_multiblock
+
+    ctx = BuildContext(image_size=32, grid_size=(8, 8))
+    assert build_multiblock(MultiBlockParams(fixed_shapes=True), ctx).static_shapes is True
+    assert build_multiblock(MultiBlockParams(), ctx).static_shapes is False
