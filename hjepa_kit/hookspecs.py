@@ -177,7 +177,11 @@ def hjepa_step_end(trainer: TrainerView, step: int, metrics: Mapping[str, float]
     Args:
         trainer: the running trainer.
         step: the number of optimizer steps done so far (1 after the first).
-        metrics: ``loss``, ``loss/<term>``, ``lr``, ``wd``, ``momentum``, ``images_per_s``, ...
+        metrics: at every step the host's figures: ``lr``, ``wd``, ``momentum``, ``images_per_s``,
+            ``eta_s``. On the steps that write a log line (``logging.interval_steps``) also the
+            figures read from the device: ``loss``, ``loss/<term>`` and ``grad_norm``, means over the
+            interval (the step never waits for the device in between), ``skipped_steps`` when a
+            non-finite step was skipped, and ``features/...`` when feature statistics were due.
     """
 
 

@@ -31,7 +31,6 @@ from contextlib import contextmanager
 import attrs
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from hjepa_kit import hookimpl

@@ -83,11 +83,11 @@ class OnlineEvaluation:
         return out
 
 
-def feature_stats(tokens: torch.Tensor, cfg: LoggingConfig, step: int, warn: bool = True) -> dict[str, float]:
+def feature_stats(tokens: torch.Tensor, cfg: LoggingConfig) -> dict[str, float]:
     """``features/std``, ``features/effective_rank`` and ``features/collapse_warning`` of ``tokens``.
 
-    Logs a warning (when ``warn``), with the fallbacks, where the std or the effective rank falls
-    below the ``logging`` thresholds (``step`` is named in it).
+    The warning flag is set where the std or the effective rank falls below the ``logging``
+    thresholds; the trainer answers it as ``training.on_collapse`` says.
     """
     flat = tokens.float().reshape(-1, tokens.shape[-1])
     std = float(flat.std(dim=0).mean())
@@ -96,13 +96,6 @@ def feature_stats(tokens: torch.Tensor, cfg: LoggingConfig, step: int, warn: boo
     stats = {"features/std": std, "features/effective_rank": rank}
     collapsed = std < cfg.collapse_std_threshold or rank < cfg.collapse_rank_fraction * width
     stats["features/collapse_warning"] = float(collapsed)
-    if collapsed and warn:
-        log.warning(
-            "possible representation collapse at step %d: feature std %.4f (threshold %.3g), effective rank %.1f of %d "
-            "(threshold %.0f). Fallbacks: lower training.lr 5x, raise training.ema_momentum to [0.999, 1.0], "
-            "add the variance regulariser (loss.params.variance_weight), or restart from an earlier checkpoint",
-            step, std, cfg.collapse_std_threshold, rank, width, cfg.collapse_rank_fraction * width,
-        )
     return stats
 
 

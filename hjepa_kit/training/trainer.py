@@ -420,10 +420,9 @@ class Trainer:
     def _after_step(self, metrics: dict[str, float], window: LogWindow) -> None:
         cfg = self.config
         if self.train_step.last_target_tokens is not None:
-            metrics.update(feature_stats(self.train_step.last_target_tokens, cfg.logging, self.step,
-                                         warn=cfg.training.on_collapse == "warn"))
+            metrics.update(feature_stats(self.train_step.last_target_tokens, cfg.logging))
             self.train_step.last_target_tokens = None
-            if metrics.get("features/collapse_warning") and cfg.training.on_collapse == "stop":
+            if metrics.get("features/collapse_warning"):  # a warning or a stop, with the remedies as commands
                 self._check_collapse(f"the target tokens' std is {metrics['features/std']:.4g} and their effective rank "
                                      f"{metrics['features/effective_rank']:.1f} (thresholds logging.collapse_*)")
         metrics["images_per_s"] = window.images_per_s()
