@@ -61,7 +61,7 @@ _LAZY = {
     "export": ".api",
     "embed": ".api",
     "Trainer": ".training.trainer",
-    "TrainResult": ".training.trainer",
+    "TrainResult": ".training.state",
     "Registry": ".registry",
     "BuildContext": ".contracts",
     "Masks": ".contracts",
@@ -87,7 +87,8 @@ if TYPE_CHECKING:
     from .errors import CheckpointError, ConfigError, DataError, OutputError, PluginError, UserError
     from .params import param
     from .registry import Registry
-    from .training.trainer import Trainer, TrainResult
+    from .training.state import TrainResult
+    from .training.trainer import Trainer
 
 
 def __getattr__(name: str) -> Any:

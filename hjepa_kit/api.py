@@ -42,7 +42,7 @@ def train(
         console: echo the log to stderr.
 
     Returns:
-        A :class:`~hjepa_kit.training.trainer.TrainResult`: status, folders, checkpoint paths, final metrics.
+        A :class:`~hjepa_kit.training.state.TrainResult`: status, folders, checkpoint paths, final metrics.
 
     Raises:
         hjepa_kit.errors.UserError: for any mistake in the configuration, data or plugins.

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fallback_commands", "loss_remedies", "non_finite_message", "collapse_message"]
+__all__ = ["fallback_commands", "loss_remedies", "non_finite_message", "describe_skipped", "collapse_message"]
 
 
 def loss_remedies(loss: Any) -> list[dict[str, Any]]:
@@ -47,14 +47,23 @@ def fallback_commands(config_file: Path, checkpoint: Path | None, lr: float,
     return "\n".join(f"  {base} " + " ".join(f"--set {c}" for c in change) + resume for change in changes)
 
 
-def non_finite_message(what: str, value: float, terms: Mapping[str, float], *, epoch: int, step: int,
-                       last: Path | None, commands: str, skipped: int = 1) -> str:
-    """Why a run stopped on a NaN or infinite loss or gradient norm, what was kept, and what to try."""
-    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+def non_finite_message(bad: Any, *, steps_per_epoch: int, last: Path | None, commands: str) -> str:
+    """Why a run stopped on a NaN or infinite loss or gradient norm, what was kept, and what to try.
+
+    ``bad`` is the step's :class:`~hjepa_kit.training.step.NonFinite` record.
+    """
+    epoch = (bad.step - 1) // max(steps_per_epoch, 1) + 1
+    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in bad.terms.items())
     kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-    count = f" ({skipped} non-finite steps skipped; training.max_skipped_steps allows fewer)" if skipped > 1 else ""
-    return (f"training stopped at epoch {epoch}, step {step}: the {what} is {value}"
+    count = f" ({bad.skipped} non-finite steps skipped; training.max_skipped_steps allows fewer)" if bad.skipped > 1 else ""
+    return (f"training stopped at epoch {epoch}, step {bad.step}: the {bad.what} is {bad.value}"
             + (f" ({detail})" if detail else "") + count + f"; {kept}. Try one of:\n" + commands)
+
+
+def describe_skipped(bad: Any) -> str:
+    """One line on the steps skipped so far for a non-finite loss or gradient norm."""
+    return (f"{bad.skipped} optimizer step(s) skipped so far for a non-finite loss or gradient norm "
+            f"(the first: step {bad.step}, the {bad.what} was {bad.value})")
 
 
 def collapse_message(reason: str, *, epoch: int, step: int, last: Path | None, commands: str) -> str:

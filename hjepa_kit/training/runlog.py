@@ -80,6 +80,20 @@ def close_run_log(handlers: list[logging.Handler]) -> None:
     handlers.clear()
 
 
+def open_run_outputs(log_dir: Path, checkpoint_dir: Path, console: bool, *, main: bool = True) -> list[logging.Handler]:
+    """Prepare the run's folders and open its log (rank 0 only: the other ranks write nothing)."""
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not main:
+        return []
+    for folder in (log_dir, checkpoint_dir):
+        prepare_output_folder(folder)
+    from .checkpoint import remove_stale_temporaries
+
+    remove_stale_temporaries(checkpoint_dir)
+    return open_run_log(log_dir, console)
+
+
 def log_run_start(trainer: Any) -> None:
     """The two lines a run starts its log with: what trains where, and for how long."""
     cfg = trainer.config

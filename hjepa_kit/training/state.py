@@ -1,4 +1,5 @@
-"""What a checkpoint holds of a run, and how a resumed run takes it back.
+"""What a run keeps: what its checkpoints hold, how a resumed run takes it back, its resolved
+configuration, and the :class:`TrainResult` it ends with.
 
 A checkpoint is a plain dictionary (``torch.save``; loaded with ``weights_only=True``): the resolved
 configuration and build context (enough to rebuild the model for evaluation), the model and
@@ -14,15 +15,40 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from .. import __version__
 from ..config import dump_config
 from ..runtime import restore_rng_state, rng_state
 from .checkpoint import load_training_state
 from .distributed import rescale_position
 
-__all__ = ["training_state", "restore_training_state", "write_resolved_config"]
+__all__ = ["TrainResult", "training_state", "restore_training_state", "write_resolved_config"]
 
 log = logging.getLogger("hjepa_kit")
+
+
+@attrs.frozen
+class TrainResult:
+    """What :func:`hjepa_kit.train` returns.
+
+    Attributes:
+        status: ``completed``, ``interrupted`` (SIGINT/SIGTERM) or ``stopped`` (``max_steps``).
+        log_dir: folder of training.log, metrics.jsonl, config.yaml and TensorBoard events.
+        checkpoint_dir: folder of the checkpoints.
+        checkpoints: reason (``latest``, ``best``, ``final``, ``epoch_5`` ...) -> path.
+        metrics: the last epoch's metrics (loss, online evaluation figures).
+        steps: optimizer steps done.
+        epochs: epochs done.
+    """
+
+    status: str
+    log_dir: Path
+    checkpoint_dir: Path
+    checkpoints: dict[str, Path]
+    metrics: dict[str, float]
+    steps: int
+    epochs: int
 
 
 def training_state(trainer: Any) -> dict[str, Any]:

@@ -18,12 +18,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 
 from ..build import Built, build_dataset, build_model, build_named, make_context
 from .checkpoint import (
-    find_latest, load_checkpoint, remove_stale_temporaries, resume_target, save_checkpoint,
+    find_latest, load_checkpoint, resume_target, save_checkpoint,
 )
 from .compiling import AUTO_TRAIN_MIN_STEPS, compile_for_training, eager, should_compile
 from ..config import RunConfig, dump_config, load_config
@@ -37,13 +36,13 @@ from .heap import HeapTrimmer
 from .memory import check_run_memory
 from .online import OnlineEvaluation, feature_stats, new_best
 from .optim import Schedules, make_optimizer
-from .remedies import collapse_message, fallback_commands, loss_remedies, non_finite_message
+from .remedies import collapse_message, describe_skipped, fallback_commands, loss_remedies, non_finite_message
 from ..registry import Registry
-from .runlog import LogWindow, close_run_log, log_interval, log_run_start, open_run_log, prepare_output_folder
+from .runlog import LogWindow, close_run_log, log_interval, log_run_start, open_run_outputs
 from ..runtime import autocast_dtype, peak_rss_mb, resolve_device, seed_everything
 from .signals import Interrupt
 from .step import DeviceMeans, TrainStep
-from .state import restore_training_state, training_state, write_resolved_config
+from .state import TrainResult, restore_training_state, training_state, write_resolved_config
 from .stopping import EarlyStopping
 from ..process import apply_cpu_defaults
 from ..threads import configure_threads
@@ -51,29 +50,6 @@ from ..threads import configure_threads
 __all__ = ["Trainer", "TrainResult"]
 
 log = logging.getLogger("hjepa_kit")
-
-
-@attrs.frozen
-class TrainResult:
-    """What :func:`hjepa_kit.train` returns.
-
-    Attributes:
-        status: ``completed``, ``interrupted`` (SIGINT/SIGTERM) or ``stopped`` (``max_steps``).
-        log_dir: folder of training.log, metrics.jsonl, config.yaml and TensorBoard events.
-        checkpoint_dir: folder of the checkpoints.
-        checkpoints: reason (``latest``, ``best``, ``final``, ``epoch_5`` ...) -> path.
-        metrics: the last epoch's metrics (loss, online evaluation figures).
-        steps: optimizer steps done.
-        epochs: epochs done.
-    """
-
-    status: str
-    log_dir: Path
-    checkpoint_dir: Path
-    checkpoints: dict[str, Path]
-    metrics: dict[str, float]
-    steps: int
-    epochs: int
 
 
 class Trainer:
@@ -161,14 +137,7 @@ class Trainer:
     # --- setup ------------------------------------------------------------------------------
 
     def _setup_outputs(self) -> None:
-        log.setLevel(logging.INFO)
-        log.propagate = False
-        if not self.dist.is_main:
-            return  # rank 0 alone writes logs and checkpoints
-        for folder in (self.log_dir, self.checkpoint_dir):
-            prepare_output_folder(folder)
-        remove_stale_temporaries(self.checkpoint_dir)
-        self._handlers = open_run_log(self.log_dir, self.console)
+        self._handlers = open_run_outputs(self.log_dir, self.checkpoint_dir, self.console, main=self.dist.is_main)
 
     def _teardown_outputs(self) -> None:
         close_run_log(self._handlers)
@@ -384,15 +353,11 @@ class Trainer:
         bad = self.train_step.non_finite()
         if bad.skipped > self.config.training.max_skipped_steps:
             last = self.checkpoints.get("latest") or find_latest(self.checkpoint_dir)
-            epoch = (bad.step - 1) // max(self.steps_per_epoch, 1) + 1
-            raise TrainingStopped(non_finite_message(bad.what, bad.value, bad.terms, epoch=epoch, step=bad.step, last=last,
-                                                     commands=self._fallbacks(last), skipped=bad.skipped))
+            raise TrainingStopped(non_finite_message(bad, steps_per_epoch=self.steps_per_epoch, last=last, commands=self._fallbacks(last)))
         if bad.skipped:
             figures["skipped_steps"] = float(bad.skipped)
             if bad.skipped > self._skipped_seen:
-                log.warning("%d optimizer step(s) skipped so far for a non-finite loss or gradient norm (the first: step %d, "
-                            "the %s was %s); training.max_skipped_steps=%d", bad.skipped, bad.step, bad.what, bad.value,
-                            self.config.training.max_skipped_steps)
+                log.warning("%s; training.max_skipped_steps=%d", describe_skipped(bad), self.config.training.max_skipped_steps)
                 self._skipped_seen = bad.skipped
         return figures
 
