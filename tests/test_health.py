@@ -137,12 +137,13 @@ def test_a_short_quickstart_on_real_digits_beats_its_own_random_init(tmp_path) -
     initial = InitialFigures()
     result = hjepa_kit.train(
         "quickstart", plugins=[initial], console=False,
-        overrides=[f"output_dir={tmp_path}", "training.epochs=4", "training.threads=2", "callbacks=[]",
+        overrides=[f"output_dir={tmp_path}", "training.max_steps=152", "training.threads=2", "callbacks=[]",
                    "checkpoint.save_final=false"],
     )
     before, after = initial.figures["online/knn/top1@20"], result.metrics["online/knn/top1@20"]
     # level0 (max-pooled patch tokens) of the untrained ViT already scores ~0.90 on the digits:
-    # 4 epochs (76 steps) must beat it clearly, and never collapse.
+    # the first 8 of the quickstart's 15 epochs (152 steps, its own schedule) must beat it
+    # clearly (0.896 -> 0.929 on the machine it was written on), and never collapse.
     assert before > 0.8
     assert after > before + 0.02, (before, after)
     assert result.metrics["health/rankme/level0"] > 60
