@@ -53,27 +53,22 @@ __all__ = [
 ]
 
 
+#: name, factory, parameters, summary: one row per dataset.
+_DATASETS = (
+    ("cifar10", build_cifar10, Cifar10Params, "CIFAR-10 (50k/10k, 32x32, 10 classes) from the python archive, in RAM."),
+    ("cifar100", build_cifar100, Cifar100Params, "CIFAR-100 (50k/10k, 32x32, 100 fine or 20 coarse classes), in RAM."),
+    ("stl10", build_stl10, Stl10Params,
+     "STL-10 (96x96; unlabeled 100k, train 5k, test 8k, train+unlabeled) from the binary archive."),
+    ("image_folder", build_image_folder, ImageFolderParams,
+     "ImageNet-style class folders decoded with PIL; in RAM when small, streamed otherwise."),
+    ("synthetic", build_synthetic, SyntheticParams,
+     "Embedded labelled shapes generated in memory (no files): smoke tests and quick runs."),
+)
+
+
 # Registered here, once: the entry point ``datasets`` names this package, and its modules carry no
 # hook implementations of their own.
 @hookimpl
 def hjepa_register_datasets(register: Callable[..., None]) -> None:
-    register(
-        "cifar10", build_cifar10, params=Cifar10Params,
-        summary="CIFAR-10 (50k/10k, 32x32, 10 classes) from the python archive, in RAM.",
-    )
-    register(
-        "cifar100", build_cifar100, params=Cifar100Params,
-        summary="CIFAR-100 (50k/10k, 32x32, 100 fine or 20 coarse classes), in RAM.",
-    )
-    register(
-        "stl10", build_stl10, params=Stl10Params,
-        summary="STL-10 (96x96; unlabeled 100k, train 5k, test 8k, train+unlabeled) from the binary archive.",
-    )
-    register(
-        "image_folder", build_image_folder, params=ImageFolderParams,
-        summary="ImageNet-style class folders decoded with PIL; in RAM when small, streamed otherwise.",
-    )
-    register(
-        "synthetic", build_synthetic, params=SyntheticParams,
-        summary="Embedded labelled shapes generated in memory (no files): smoke tests and quick runs.",
-    )
+    for name, factory, params, summary in _DATASETS:
+        register(name, factory, params=params, summary=summary)

@@ -27,8 +27,17 @@ import attrs
 import numpy as np
 
 from hjepa_kit.errors import DataError
+from hjepa_kit.params import param
 
-__all__ = ["Archive", "FileChecker", "prepare_folder", "download_root", "torchvision_class", "file_md5", "safe_unpickle"]
+__all__ = ["ArchiveParams", "Archive", "FileChecker", "prepare_folder", "download_root", "torchvision_class", "file_md5", "safe_unpickle"]
+
+
+@attrs.frozen(kw_only=True)
+class ArchiveParams:
+    """What every dataset read from an official archive takes beside its ``root``: download and checksums."""
+
+    download: bool = param(False, help="Download and extract the archive through torchvision when files are missing.")
+    verify: bool = param(True, help="Verify the md5 checksum of every file read against the official archive's.")
 
 
 def file_md5(path: Path) -> str:

@@ -17,33 +17,23 @@ from hjepa_kit.contracts import BuildContext, ImageData
 from hjepa_kit.errors import DataError
 from hjepa_kit.params import param
 
-from .archives import Archive, FileChecker, download_root, prepare_folder, safe_unpickle, torchvision_class
+from .archives import Archive, ArchiveParams, FileChecker, download_root, prepare_folder, safe_unpickle, torchvision_class
 
 __all__ = ["Cifar10Params", "Cifar100Params", "CifarDataset", "build_cifar10", "build_cifar100"]
 
 
 @attrs.frozen(kw_only=True)
-class Cifar10Params:
+class Cifar10Params(ArchiveParams):
     """Parameters of ``cifar10``."""
 
-    root: str = param(
-        "./data/cifar10",
-        help="Folder holding cifar-10-batches-py (the extracted cifar-10-python.tar.gz), or that folder itself.",
-    )
-    download: bool = param(False, help="Download and extract the archive through torchvision when files are missing.")
-    verify: bool = param(True, help="Verify the md5 checksum of every file read against the official archive's.")
+    root: str = param("./data/cifar10", help="Folder holding cifar-10-batches-py (the extracted cifar-10-python.tar.gz), or that folder itself.")
 
 
 @attrs.frozen(kw_only=True)
-class Cifar100Params:
+class Cifar100Params(ArchiveParams):
     """Parameters of ``cifar100``."""
 
-    root: str = param(
-        "./data/cifar100",
-        help="Folder holding cifar-100-python (the extracted cifar-100-python.tar.gz), or that folder itself.",
-    )
-    download: bool = param(False, help="Download and extract the archive through torchvision when files are missing.")
-    verify: bool = param(True, help="Verify the md5 checksum of every file read against the official archive's.")
+    root: str = param("./data/cifar100", help="Folder holding cifar-100-python (the extracted cifar-100-python.tar.gz), or that folder itself.")
     labels: str = param("fine", choices=("fine", "coarse"), help="Label set: the 100 fine classes or the 20 coarse superclasses.")
 
 
