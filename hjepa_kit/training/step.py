@@ -86,11 +86,15 @@ class TrainStep:
 
     Args:
         model: the :class:`~hjepa_kit.model.HJEPA` module.
-        loss_fn, masker: the run's loss and masker components.
-        optimizer, schedules: AdamW and the lr / weight-decay / EMA schedules.
+        loss_fn: the run's loss component.
+        masker: the run's masker component.
+        optimizer: AdamW over the context encoder and the predictor.
+        schedules: the lr / weight-decay / EMA schedules.
         config: the run's configuration (seed, accumulation, clipping, logging intervals).
-        device, amp_dtype: where the step runs, and the autocast dtype (``None``: float32).
-        dist: the distributed setup; ``ddp``: the DDP wrappers of the context encoder and predictor.
+        device: where the step runs.
+        amp_dtype: the autocast dtype (``None``: float32).
+        dist: the distributed setup.
+        ddp: the DDP wrappers of the context encoder and predictor (``None`` without DDP).
         health: the monitor fed with the pooled target features of the epoch's last images.
 
     Attributes:
@@ -142,7 +146,8 @@ class TrainStep:
 
         Args:
             images: the augmented ``(B, C, H, W)`` batch.
-            epoch, micro_index: position in the run (they seed the masks).
+            epoch: epochs done (it seeds the masks).
+            micro_index: the micro-batch's index in the epoch (it seeds the masks).
             usable: micro-batches of the epoch that make whole optimizer steps (the health monitor
                 takes the last of them).
             step: optimizer steps done (feature statistics are due every N steps).
