@@ -136,6 +136,13 @@ class SIGReg(nn.Module):
         self._calls = 0
         self._generator = torch.Generator()
 
+    def get_extra_state(self) -> dict[str, int]:
+        """The call counter, saved with the loss in checkpoints: a resumed run draws the same directions."""
+        return {"calls": self._calls}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self._calls = int(state.get("calls", 0))
+
     def forward(self, embeddings: Tensor) -> Tensor:
         """SIGReg of ``(N, D)`` embeddings (``(..., D)`` is flattened to rows); a float32 scalar."""
         rows = embeddings.reshape(-1, embeddings.shape[-1])

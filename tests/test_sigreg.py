@@ -105,3 +105,26 @@ def test_pooled_regularisers_of_a_single_image_are_zero_and_keep_the_graph() -> 
     assert out.terms["sigreg"].item() == 0.0 and out.terms["variance"].item() == 0.0
     out.total.backward()
     assert context.grad is not None
+
+
+def test_a_resumed_sigreg_run_draws_the_same_directions(tmp_path):
+    """SIGReg's call counter is saved with the loss: resuming after epoch 1 ends with the uninterrupted weights."""
+    import hjepa_kit
+    from conftest import tiny_config
+    from hjepa_kit.training.checkpoint import load_checkpoint
+
+    loss = {"name": "smooth_l1", "params": {"sigreg_weight": 0.05}}
+
+    def run(folder, **training):
+        config = tiny_config(tmp_path / folder, loss=loss, callbacks=[], training={"epochs": 2, **training})
+        return config
+
+    straight = hjepa_kit.train(run("straight"), console=False)
+    first = hjepa_kit.train(run("resumed", max_steps=6), console=False)
+    assert first.status == "stopped"
+    state = load_checkpoint(first.checkpoints["final"])
+    assert state["loss"]["sigreg._extra_state"]["calls"] > 0
+    resumed = hjepa_kit.train(run("resumed"), resume=first.checkpoints["final"], console=False)
+    a = load_checkpoint(straight.checkpoints["final"])["model"]
+    b = load_checkpoint(resumed.checkpoints["final"])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import torch
 
 from .. import __version__
 from ..config import dump_config
@@ -51,6 +52,11 @@ class TrainResult:
     epochs: int
 
 
+def _module_state(module: Any) -> dict[str, Any]:
+    """A component's own state when it is a module with one (``{}`` otherwise)."""
+    return dict(module.state_dict()) if isinstance(module, torch.nn.Module) else {}
+
+
 def training_state(trainer: Any) -> dict[str, Any]:
     """Everything a resumed run needs, plus what evaluation needs to rebuild the model."""
     ctx = trainer.ctx
@@ -59,6 +65,7 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "config": trainer.resolved_config(),
         "build": {"image_size": ctx.image_size, "in_chans": ctx.in_chans, "num_classes": ctx.num_classes},
         "model": trainer.model.state_dict(),
+        "loss": _module_state(trainer.loss_fn),
         "optimizer": trainer.optimizer.state_dict(),
         "step": trainer.step,
         "epoch": trainer.epoch,
@@ -74,6 +81,8 @@ def training_state(trainer: Any) -> dict[str, Any]:
 def restore_training_state(trainer: Any, state: dict[str, Any], path: Path) -> None:
     """Put ``trainer`` where the run of ``state`` (read from ``path``) stopped: weights, optimizer, position, RNG."""
     load_training_state(state, trainer.model, trainer.optimizer, path)
+    if state.get("loss") and isinstance(trainer.loss_fn, torch.nn.Module):
+        trainer.loss_fn.load_state_dict(state["loss"], strict=False)  # a loss with state (SIGReg's counter)
     trainer.epoch = int(state["epoch"])
     trainer.step, trainer.batch_in_epoch = rescale_position(
         int(state["step"]), int(state.get("batch_in_epoch", 0)), int(state.get("world_size", 1)), trainer.dist.world_size
