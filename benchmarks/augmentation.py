@@ -1,6 +1,6 @@
 """Augmentation throughput beside a training-step proxy: is data ever the bottleneck?
 
-Prints images/s of :class:`hjepa_kit.data.loader.BatchAugment` (per-sample random resized crop + flip +
+Prints images/s of :class:`hjepa_kit.data.augment.BatchAugment` (per-sample random resized crop + flip +
 normalise, uint8 in, float out) for 32->32 and 32->224 at batch 64 and 128, the same work done with
 ``F.grid_sample`` (the alternative we measured against), a whole in-RAM epoch through the training
 loader, the streamed loader on a temporary JPEG folder, and a ViT-Tiny forward+backward at the same

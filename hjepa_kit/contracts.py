@@ -337,6 +337,11 @@ class Loss(Protocol):
     ``nn.Module`` (the core moves it to the run's device)::
 
         out = loss(predictions, targets, context)   # LossOutput(total=(), terms={"level0": (), ...})
+
+    Two optional members: ``collapse_remedies()`` returns parameter changes (``[{"weight": 2.0}]``)
+    that a run stopped by a collapse or a non-finite loss suggests as ``--set loss.params.<key>=...``
+    commands beside the core's own; and, for a module, its ``state_dict`` (buffers, extra state) is
+    saved in checkpoints and restored on resume.
     """
 
     def __call__(

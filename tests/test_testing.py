@@ -17,7 +17,6 @@ from torch import nn
 import hjepa_kit
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import EncoderOutput, EvalResult, Grade, LossOutput, Masks
-from hjepa_kit.params import param
 from hjepa_kit.registry import Registry
 from hjepa_kit.testing import check_component, components, hjepa_plugins, probe_masks, registry_with  # noqa: F401
 

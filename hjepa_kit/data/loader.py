@@ -44,7 +44,6 @@ from ..config import DataConfig
 from ..contracts import Dataset, ImageData
 from ..errors import DataError
 from .augment import BatchAugment, eval_transform
-from .augment import CropParams, resample_weights, sample_crop_boxes  # noqa: F401 (importable from here as before)
 
 __all__ = [
     "iter_eval_batches",

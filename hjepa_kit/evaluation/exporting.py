@@ -250,7 +250,7 @@ def _preprocessing(pretrained: Pretrained) -> dict[str, Any]:
 
 
 def _config(pretrained: Pretrained, formats: Sequence[str], representation: str) -> dict[str, Any]:
-    model, ctx, state = pretrained.model, pretrained.ctx, pretrained.state
+    ctx, state = pretrained.ctx, pretrained.state
     component, _ = pretrained.resolved["model.encoder"]
     pooling = (
         "mean over the patch grid of the target encoder's final (layer-normed) tokens; no class token"

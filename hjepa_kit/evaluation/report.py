@@ -12,7 +12,7 @@
 The report grades exactly the figures it is given a :class:`~hjepa_kit.contracts.Grade` for
 (evaluators declare them in :attr:`EvalResult.grades <hjepa_kit.contracts.EvalResult>`); it knows
 no evaluator's figure names. TensorBoard records are written by
-:func:`hjepa_kit.evaluation.tensorboard_writer.write_tensorboard` (also importable from here).
+:func:`hjepa_kit.evaluation.tensorboard_writer.write_tensorboard`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,10 @@ import attrs
 from ..contracts import Grade
 from .figures import MaskExamples, draw_figures
 from .metrics import grade
-from .tensorboard_writer import write_tensorboard
 
 __all__ = [
     "MaskExamples",
     "write_report",
-    "write_tensorboard",
     "to_jsonable",
     "read_metrics_log",
     "grade_figures",

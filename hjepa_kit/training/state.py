@@ -24,7 +24,7 @@ from ..runtime import restore_rng_state, rng_state
 from .checkpoint import load_training_state
 from .distributed import rescale_position
 
-__all__ = ["TrainResult", "training_state", "restore_training_state", "write_resolved_config"]
+__all__ = ["TrainResult", "training_state", "restore_training_state", "write_resolved_config", "resolved_config_text"]
 
 log = logging.getLogger("hjepa_kit")
 
@@ -96,10 +96,15 @@ def restore_training_state(trainer: Any, state: dict[str, Any], path: Path) -> N
     log.info("resumed from %s at epoch %d, step %d", path, trainer.epoch, trainer.step)
 
 
+def resolved_config_text(trainer: Any) -> str:
+    """The run's configuration as YAML, with every component's parameters filled in."""
+    params = {path: p for path, (_, p) in trainer.resolved.items()}
+    return dump_config(trainer.config, params)
+
+
 def write_resolved_config(trainer: Any) -> Path:
     """Write ``<log_dir>/config.yaml``: the run's configuration with every component's parameters filled in (atomic)."""
-    params = {path: p for path, (_, p) in trainer.resolved.items()}
-    text = dump_config(trainer.config, params)
+    text = resolved_config_text(trainer)
     target = trainer.log_dir / "config.yaml"
     tmp = target.with_suffix(".yaml.tmp")
     tmp.write_text(f"# resolved configuration of run '{trainer.config.name}' (hjepa-kit {__version__})\n" + text)

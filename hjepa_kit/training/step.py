@@ -98,8 +98,8 @@ class TrainStep:
         health: the monitor fed with the pooled target features of the epoch's last images.
 
     Attributes:
-        interval, epoch_means: loss terms (per micro-batch) and gradient norms (per step) since the
-            last log line / since the epoch began, on the device.
+        interval, epoch_means: each step's mean loss terms and its gradient norm since the last log
+            line / since the epoch began, on the device.
         last_target_tokens: the target tokens of the last micro-step due for feature statistics
             (``logging.feature_stats_every_steps``), or ``None``.
         health_widths: width of each pooled representation fed to ``health``.
@@ -125,7 +125,9 @@ class TrainStep:
         self.interval = DeviceMeans()
         self.epoch_means = DeviceMeans()
         self._fused = bool(optimizer.defaults.get("fused"))
-        self._step_terms: dict[str, torch.Tensor] = {}
+        self._step_terms: dict[str, torch.Tensor] = {}  # this step's loss terms, summed over its micro-batches
+        self._step_micro = 0
+        self._term_names: list[str] = []
         zero = torch.zeros((), device=device)
         self._skipped = zero.long()
         self._first = {"step": zero.long(), "loss_bad": zero.bool(), "loss": zero.clone(), "grad_norm": zero.clone()}
@@ -167,13 +169,11 @@ class TrainStep:
                 self.health.add(pooled)
         if (step + 1) % self.config.logging.feature_stats_every_steps == 0:
             self.last_target_tokens = out.target.tokens.detach()
-        terms = {"loss": loss_out.total.detach()}
-        terms.update({f"loss/{k}": v.detach() for k, v in loss_out.terms.items()})
-        self.interval.add(terms)
-        self.epoch_means.add(terms)
+        terms = {"loss": loss_out.total, **{f"loss/{k}": v for k, v in loss_out.terms.items()}}
         for key, value in terms.items():
-            value = value.float()
+            value = value.detach().float()
             self._step_terms[key] = self._step_terms[key] + value if key in self._step_terms else value
+        self._step_micro += 1
 
     def update(self, step: int) -> dict[str, float]:
         """The optimizer update that ends optimizer step ``step + 1``: schedules, clipping, AdamW, EMA.
@@ -185,7 +185,7 @@ class TrainStep:
         wd = self.schedules.weight_decay_at(step)
         set_schedule(self.optimizer, lr, wd)
         grad_norm = gradient_norm(self.optimizer, self.config.training.grad_clip).to(self.device)
-        terms, self._step_terms = self._step_terms, {}
+        terms, micro, self._step_terms, self._step_micro = self._step_terms, self._step_micro, {}, 0
         loss = terms.get("loss", torch.zeros((), device=self.device))
         # Under DDP a rank's loss is its own, but the all-reduced gradient norm is every rank's:
         # judging by it alone keeps the ranks in step (they skip, and stop, together).
@@ -201,8 +201,10 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         momentum = self.schedules.momentum_at(step)
         self.model.update_target(momentum)
-        self.interval.add({"grad_norm": grad_norm})
-        self.epoch_means.add({"grad_norm": grad_norm})
+        # The step's mean terms (over its micro-batches) and its gradient norm, still on the device.
+        figures = {**{k: v / max(micro, 1) for k, v in terms.items()}, "grad_norm": grad_norm}
+        self.interval.add(figures)
+        self.epoch_means.add(figures)
         every = self.config.training.ddp_check_every_steps
         if self.dist.enabled and every and (step + 1) % every == 0:
             modules = [self.model.context_encoder, self.model.target_encoder, self.model.predictor]
@@ -235,6 +237,6 @@ class TrainStep:
                                          first["loss"], first["grad_norm"]]), terms]).tolist()
         skipped, step, loss_bad, loss, grad_norm = values[:5]
         what = "loss" if loss_bad else "gradient norm"
-        names = [k.removeprefix("loss/") for k in getattr(self, "_term_names", [])]
+        names = [k.removeprefix("loss/") for k in self._term_names]
         return NonFinite(skipped=int(skipped), step=int(step), what=what, value=loss if loss_bad else grad_norm,
                          terms={k: v for k, v in zip(names, values[5:]) if k != "loss"})

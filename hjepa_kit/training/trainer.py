@@ -25,7 +25,7 @@ from .checkpoint import (
     find_latest, load_checkpoint, resume_target, save_checkpoint,
 )
 from .compiling import AUTO_TRAIN_MIN_STEPS, compile_for_training, eager, should_compile
-from ..config import RunConfig, dump_config, load_config
+from ..config import RunConfig, load_config
 from ..data.loader import build_train_loader
 from .distributed import (
     DistInfo, any_rank, setup_distributed, teardown_distributed, wrap_ddp,
@@ -42,7 +42,7 @@ from .runlog import LogWindow, close_run_log, log_interval, log_run_start, open_
 from ..runtime import autocast_dtype, peak_rss_mb, resolve_device, seed_everything
 from .signals import Interrupt
 from .step import DeviceMeans, TrainStep
-from .state import TrainResult, restore_training_state, training_state, write_resolved_config
+from .state import TrainResult, resolved_config_text, restore_training_state, training_state, write_resolved_config
 from .stopping import EarlyStopping
 from ..process import apply_cpu_defaults
 from ..threads import configure_threads
@@ -195,8 +195,7 @@ class Trainer:
         """The configuration as plain data with every component's parameters filled in."""
         import yaml
 
-        params = {path: p for path, (_, p) in self.resolved.items()}
-        return yaml.safe_load(dump_config(self.config, params))
+        return yaml.safe_load(resolved_config_text(self))
 
     # --- checkpoints ------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ import socket
 import tarfile
 import time
 import urllib.error
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from hjepa_kit.contracts import BuildContext, Dataset, ImageData
 from hjepa_kit.errors import DataError
 from hjepa_kit.plugins import datasets as ds
 
-from datafiles import CIFAR10_NAMES, _pickle, write_cifar10, write_cifar100, write_image_folder, write_stl10
+from datafiles import _pickle, write_cifar10, write_cifar100, write_image_folder, write_stl10
 
 CTX = BuildContext(image_size=32)
 
