@@ -178,13 +178,15 @@ class HJEPABench:
     def step(self) -> None:
         """One optimizer step exactly as ``Trainer._loop`` runs it."""
         t = self.trainer
-        for _ in range(self.accumulation):
+        done = None
+        while done is None:
             images = next(self.batches)
             # the micro-batch's place in an epoch, as the trainer's loop passes it (the health monitor
             # pools the features of the epoch's last micro-batches only)
-            t.train_step.micro(images, epoch=t.epoch, micro_index=self.micro % len(t.loader), usable=len(t.loader), step=t.step)
+            done = t.train_step.feed(images, epoch=t.epoch, batch_index=self.micro % len(t.loader))
             self.micro += 1
-        t._optimizer_step()
+        t.step = done.step
+        t.heap.after_step(t.step)
 
     def phased_step(self, watch: _machine.Stopwatch) -> None:
         """The same step, timed phase by phase (``TrainStep.micro`` / ``TrainStep.update`` unrolled).

@@ -1,6 +1,6 @@
 """The benchmarks still run against the current trainer and evaluation (tiny settings, seconds).
 
-They drive the trainer's internals (``_build``, ``train_step.micro``, ``_optimizer_step``) and
+They drive the trainer's internals (``_build``, ``train_step.feed``) and
 ``run_evaluation``; these tests catch a change there that would break them. The figures are not
 checked, only that every promised field is there and sane. The CUDA run is skipped without a GPU.
 """

@@ -77,3 +77,60 @@ def test_resume_a_one_process_checkpoint_with_two_processes(tmp_path):
     state = load_checkpoint(tmp_path / "results" / "checkpoints" / "tiny" / "final.pth")
     # 6 one-process steps are 3 two-process steps; epoch 2 adds 3 more
     assert state["step"] == 3 + 3 and state["epoch"] == 2 and state["world_size"] == 2
+
+
+def _accumulating_config(tmp_path, **training):
+    # 256 images in micro-batches of 8, 4 per optimizer step: 8 steps an epoch on 1 process, 4 on 2
+    return tiny_config(tmp_path, data={"dataset": {"name": "synthetic", "params": {"num_train": 256, "num_test": 48, "image_size": 16}},
+                                       "batch_size": 8},
+                       training={"epochs": 1, "threads": 1, "accumulation_steps": 4, "ddp_check_every_steps": 1, **training},
+                       callbacks=[])
+
+
+def test_resume_mid_epoch_with_accumulation_one_to_two_processes_keeps_the_ranks_identical(tmp_path):
+    config = _accumulating_config(tmp_path, max_steps=3)  # stops at micro-batch 12 of 32
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    first = subprocess.run([sys.executable, "-m", "hjepa_kit.cli", "train", "--config", str(path)],
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    del config["training"]["max_steps"]
+    path.write_text(yaml.safe_dump(config))
+    second = torchrun(2, path, "--resume", "auto")
+    assert second.returncode == 0, second.stderr[-3000:]
+    # 12 micro-batches of 1 process are 6 of 2, rounded down to the step boundary 4: the stated rule
+    assert "the epoch resumes at micro-batch 4, an optimizer-step boundary" in second.stderr
+    log = (tmp_path / "results" / "logs" / "tiny" / "training.log").read_text()
+    state = load_checkpoint(tmp_path / "results" / "checkpoints" / "tiny" / "final.pth")
+    # step 3 * 1 // 2 = 1, then micro-batches 4..15 of 16 make 3 more steps
+    assert state["step"] == 4 and state["epoch"] == 1 and state["world_size"] == 2
+    for step in (2, 3, 4):
+        assert f"step {step}: parameters identical on 2 ranks" in log
+
+
+def test_resume_mid_epoch_with_accumulation_two_to_one_process(tmp_path):
+    config = _accumulating_config(tmp_path, max_steps=3)  # stops at micro-batch 12 of 16 per process
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    first = torchrun(2, path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    log = (tmp_path / "results" / "logs" / "tiny" / "training.log").read_text()
+    for step in (1, 2, 3):
+        assert f"step {step}: parameters identical on 2 ranks" in log
+    del config["training"]["max_steps"]
+    path.write_text(yaml.safe_dump(config))
+    second = subprocess.run([sys.executable, "-m", "hjepa_kit.cli", "train", "--config", str(path), "--resume", "auto"],
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "results" / "checkpoints" / "tiny" / "final.pth")
+    # 3 two-process steps are 6 one-process steps, at micro-batch 24 of 32: 2 more steps end the epoch
+    assert state["step"] == 8 and state["epoch"] == 1 and state["world_size"] == 1
+
+
+def test_a_rescaled_position_falls_on_an_optimizer_step_boundary():
+    from hjepa_kit.training.distributed import rescale_position
+
+    assert rescale_position(3, 12, 1, 2, accumulation=4) == (1, 4)  # 6 micro-batches of 2 processes -> 4
+    assert rescale_position(3, 12, 2, 1, accumulation=4) == (6, 24)  # already a boundary
+    assert rescale_position(5, 20, 1, 1, accumulation=4) == (5, 20)
+    assert rescale_position(4, 8, 1, 2, accumulation=4) == (2, 4)

@@ -58,8 +58,7 @@ def _prepared(tmp_path, **training):
 def _steps(trainer, count: int) -> None:
     images = next(iter(trainer.loader))[0]
     for step in range(count):
-        trainer.train_step.micro(images, epoch=0, micro_index=step, usable=len(trainer.loader), step=step)
-        trainer.train_step.update(step)
+        assert trainer.train_step.feed(images, epoch=0, batch_index=step) is not None
 
 
 def test_steps_read_nothing_from_the_device(tmp_path):
@@ -70,7 +69,7 @@ def test_steps_read_nothing_from_the_device(tmp_path):
     with counting_reads(reads):
         _steps(trainer, 3)
     assert reads == [], f"{len(reads)} device reads in 3 steps; the first:\n{reads[0] if reads else ''}"
-    figures = trainer.train_step.interval.read()  # one read per log line
+    figures = trainer.train_step.read_interval()  # one read per log line
     assert set(figures) >= {"loss", "grad_norm"} and all(v == v for v in figures.values())
 
 
@@ -80,9 +79,9 @@ def test_a_non_finite_step_is_skipped_on_the_device_and_counted(tmp_path):
     before = [p.detach().clone() for p in trainer.model.context_encoder.parameters()]
     state_steps = [s["step"].clone() for s in trainer.optimizer.state.values()]
     images = next(iter(trainer.loader))[0]
-    trainer.train_step.micro(images, epoch=0, micro_index=5, usable=len(trainer.loader), step=1)
+    trainer.train_step.forward_backward(images, epoch=0, micro_index=5, sync=True)
     next(trainer.model.context_encoder.parameters()).grad.fill_(float("nan"))  # a poisoned gradient
-    trainer.train_step.update(1)
+    trainer.train_step.optimizer_update(1)
     after = list(trainer.model.context_encoder.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, after)), "a non-finite step changed the parameters"
     assert all(torch.equal(s["step"], old) for s, old in zip(trainer.optimizer.state.values(), state_steps))

@@ -156,18 +156,37 @@ def parameters_match(modules: list[torch.nn.Module], info: DistInfo, device: tor
     return spread == 0.0, spread
 
 
-def rescale_position(step: int, batch_in_epoch: int, saved_world: int, world: int) -> tuple[int, int]:
+def rescale_position(step: int, batch_in_epoch: int, saved_world: int, world: int, accumulation: int = 1) -> tuple[int, int]:
     """A checkpoint's position written by ``saved_world`` processes, for a run of ``world`` processes.
 
     Steps and micro-batches count batches of all processes: rescaling them keeps the images seen,
-    and so the position in the schedules and in the epoch (rounded down, with a warning, where
-    the images do not divide evenly).
+    and so the position in the schedules and in the epoch. The rule where they do not divide
+    evenly: the step is rounded down, and the micro-batch in the epoch is rounded down to an
+    optimizer-step boundary of the new run (a multiple of ``accumulation``), so that every resumed
+    step accumulates whole; the images between the two positions are trained on again, and the
+    warning says how many.
 
     Returns:
         (optimizer step, micro-batch in the epoch).
     """
-    if saved_world == world:
+    if saved_world == world and batch_in_epoch % accumulation == 0:
         return step, batch_in_epoch
+    if saved_world != world:
+        step = step * saved_world // world
+        log.info("resuming a %d-process checkpoint with %d processes: step rescaled to %d", saved_world, world, step)
+    if batch_in_epoch:
+        seen = batch_in_epoch * saved_world  # micro-batches of all processes
+        rescaled = seen // world
+        boundary = rescaled // accumulation * accumulation
+        if boundary * world != seen:
+            log.warning(
+                "resuming mid-epoch at micro-batch %d of %d process(es) with %d process(es) and accumulation %d: "
+                "the epoch resumes at micro-batch %d, an optimizer-step boundary; %d micro-batch(es) of %d process(es) "
+                "are trained on again", batch_in_epoch, saved_world, world, accumulation, boundary,
+                (seen - boundary * world + world - 1) // world, world,
+            )
+        batch_in_epoch = boundary
+    return step, batch_in_epoch
     step = step * saved_world // world
     log.info("resuming a %d-process checkpoint with %d processes: step rescaled to %d", saved_world, world, step)
     if batch_in_epoch:

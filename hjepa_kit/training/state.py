@@ -78,14 +78,15 @@ def training_state(trainer: Any) -> dict[str, Any]:
     }
 
 
-def restore_training_state(trainer: Any, state: dict[str, Any], path: Path) -> None:
+def restore_training_state(trainer: Any, state: dict[str, Any], path: Path, *, accumulation: int = 1) -> None:
     """Put ``trainer`` where the run of ``state`` (read from ``path``) stopped: weights, optimizer, position, RNG."""
     load_training_state(state, trainer.model, trainer.optimizer, path)
     if state.get("loss") and isinstance(trainer.loss_fn, torch.nn.Module):
         trainer.loss_fn.load_state_dict(state["loss"], strict=False)  # a loss with state (SIGReg's counter)
     trainer.epoch = int(state["epoch"])
     trainer.step, trainer.batch_in_epoch = rescale_position(
-        int(state["step"]), int(state.get("batch_in_epoch", 0)), int(state.get("world_size", 1)), trainer.dist.world_size
+        int(state["step"]), int(state.get("batch_in_epoch", 0)), int(state.get("world_size", 1)), trainer.dist.world_size,
+        accumulation,
     )
     trainer.best = dict(state.get("best", {}))
     trainer.last_metrics = dict(state.get("metrics", {}))

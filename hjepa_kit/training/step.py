@@ -1,13 +1,16 @@
 """One optimizer step of JEPA training, in one place, without waiting for the device.
 
-A step is ``accumulation_steps`` micro-steps and one update::
+A step is ``accumulation_steps`` micro-batches and one update::
 
-    micro-step: masks (seeded) -> model.forward_step -> loss -> backward   (x accumulation_steps)
-    update:     schedules -> gradient norm (clip) -> AdamW -> EMA of the target encoder
+    forward_backward: masks (seeded) -> model.forward_step -> loss -> backward   (x accumulation_steps)
+    optimizer_update: schedules -> gradient norm (clip) -> AdamW -> EMA of the target encoder
 
 The forward itself is :meth:`hjepa_kit.model.HJEPA.forward_step`; :class:`TrainStep` adds the
-masks, precision, DDP gradient sync, the loss and the optimizer. The trainer calls it from its loop
-and the throughput benchmark times it.
+masks, precision, DDP gradient sync, the loss and the optimizer. It owns the optimizer-step and
+accumulation counters: the trainer hands it each micro-batch with :meth:`TrainStep.feed`, once, and
+gets a :class:`StepDone` back when that micro-batch ended an optimizer step. DDP's gradient sync
+and the update are decided by the same counter, so they always fall on the same micro-batch,
+wherever in an epoch a run resumed. The throughput benchmark times the same call.
 
 Nothing in a step reads a value back from the device: loss terms and gradient norms are summed
 on the device (:class:`DeviceMeans`) and read once per log line; a step whose loss or gradient
@@ -32,7 +35,7 @@ from .distributed import DistInfo, no_sync, parameters_match
 from .health import HealthMonitor
 from .optim import Schedules, gradient_norm, set_schedule
 
-__all__ = ["TrainStep", "DeviceMeans", "NonFinite"]
+__all__ = ["TrainStep", "StepDone", "DeviceMeans", "NonFinite"]
 
 log = logging.getLogger("hjepa_kit")
 
@@ -81,8 +84,24 @@ class NonFinite:
     terms: dict[str, float]
 
 
+@attrs.frozen
+class StepDone:
+    """What the trainer gets back from the micro-batch that ended an optimizer step.
+
+    Attributes:
+        step: optimizer steps done, this one included.
+        scheduled: the step's scheduled figures (``lr``, ``wd``, ``momentum``): host values.
+        target_tokens: the target tokens of the step's last micro-batch when feature statistics are
+            due at this step (``logging.feature_stats_every_steps``), else ``None``.
+    """
+
+    step: int
+    scheduled: dict[str, float]
+    target_tokens: torch.Tensor | None = None
+
+
 class TrainStep:
-    """Micro-steps and the optimizer update of a run.
+    """The micro-batches and the optimizer update of a run; the owner of the step counters.
 
     Args:
         model: the :class:`~hjepa_kit.model.HJEPA` module.
@@ -96,18 +115,20 @@ class TrainStep:
         dist: the distributed setup.
         ddp: the DDP wrappers of the context encoder and predictor (``None`` without DDP).
         health: the monitor fed with the pooled target features of the epoch's last images.
+        epoch_batches: micro-batches per epoch (the health monitor takes the last images of those
+            that make whole optimizer steps).
 
     Attributes:
+        step: optimizer steps done.
+        pending: micro-batches accumulated towards the next optimizer step (0 at a step boundary).
         interval, epoch_means: each step's mean loss terms and its gradient norm since the last log
             line / since the epoch began, on the device.
-        last_target_tokens: the target tokens of the last micro-step due for feature statistics
-            (``logging.feature_stats_every_steps``), or ``None``.
         health_widths: width of each pooled representation fed to ``health``.
     """
 
     def __init__(self, model: HJEPA, loss_fn: Any, masker: Any, optimizer: torch.optim.Optimizer, schedules: Schedules, *,
                  config: RunConfig, device: torch.device, amp_dtype: torch.dtype | None, dist: DistInfo,
-                 ddp: tuple[Any, Any] = (None, None), health: HealthMonitor) -> None:
+                 ddp: tuple[Any, Any] = (None, None), health: HealthMonitor, epoch_batches: int = 0) -> None:
         self.model = model
         self.loss_fn = loss_fn
         self.masker = masker
@@ -120,7 +141,11 @@ class TrainStep:
         self.ddp = ddp
         self.health = health
         self.mask_generator = torch.Generator()
-        self.last_target_tokens: torch.Tensor | None = None
+        self.accumulation = config.training.accumulation_steps
+        self.usable = epoch_batches // self.accumulation * self.accumulation
+        self.step = 0
+        self.pending = 0
+        self._target_tokens: torch.Tensor | None = None
         self.health_widths: dict[str, int] = {}
         self.interval = DeviceMeans()
         self.epoch_means = DeviceMeans()
@@ -133,6 +158,34 @@ class TrainStep:
         self._first = {"step": zero.long(), "loss_bad": zero.bool(), "loss": zero.clone(), "grad_norm": zero.clone()}
         self._first_terms: torch.Tensor | None = None
 
+    def resume(self, step: int) -> None:
+        """Continue counting from ``step`` optimizer steps done, at a step boundary."""
+        if self.pending:
+            raise RuntimeError(f"cannot resume at step {step}: {self.pending} micro-batch(es) of a step are pending")
+        self.step = int(step)
+
+    def feed(self, images: torch.Tensor, *, epoch: int, batch_index: int) -> StepDone | None:
+        """One micro-batch: forward and backward, and the optimizer update when it completes a step.
+
+        Args:
+            images: the augmented ``(B, C, H, W)`` batch.
+            epoch: epochs done (it seeds the masks).
+            batch_index: the micro-batch's index in the epoch (it seeds the masks and says whether
+                the health monitor takes its features).
+
+        Returns:
+            A :class:`StepDone` when this micro-batch ended an optimizer step, else ``None``.
+        """
+        self.forward_backward(images, epoch=epoch, micro_index=batch_index, sync=self.pending + 1 == self.accumulation)
+        self.pending += 1
+        if self.pending < self.accumulation:
+            return None
+        self.pending = 0
+        scheduled = self.optimizer_update(self.step)
+        self.step += 1
+        tokens, self._target_tokens = self._target_tokens, None
+        return StepDone(step=self.step, scheduled=scheduled, target_tokens=tokens)
+
     def masks(self, batch_size: int, epoch: int, micro_index: int) -> Masks:
         """The masks of a micro-batch: a pure function of (seed, epoch, micro-batch, rank), so a resumed run draws the same ones."""
         seed = self.config.seed * 1_000_003 + epoch * 100_003 + micro_index * 101 + self.dist.rank
@@ -143,43 +196,44 @@ class TrainStep:
             masks = Masks(context=masks.context.pin_memory(), targets=masks.targets.pin_memory())
         return masks.to(self.device)
 
-    def micro(self, images: torch.Tensor, *, epoch: int, micro_index: int, usable: int, step: int) -> None:
+    def forward_backward(self, images: torch.Tensor, *, epoch: int, micro_index: int, sync: bool) -> None:
         """Forward and backward of one micro-batch; its loss terms are summed on the device.
+
+        Call :meth:`feed` instead: it decides ``sync`` and when the update runs.
 
         Args:
             images: the augmented ``(B, C, H, W)`` batch.
             epoch: epochs done (it seeds the masks).
             micro_index: the micro-batch's index in the epoch (it seeds the masks).
-            usable: micro-batches of the epoch that make whole optimizer steps (the health monitor
-                takes the last of them).
-            step: optimizer steps done (feature statistics are due every N steps).
+            sync: whether DDP all-reduces the gradients after this backward (the step's last micro-batch).
         """
-        accumulation = self.config.training.accumulation_steps
+        accumulation = self.accumulation
         masks = self.masks(images.shape[0], epoch, micro_index)
         images = images.to(self.device, non_blocking=True)
-        sync = (micro_index + 1) % accumulation == 0
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
             with no_sync(self.ddp, not sync):
                 out = self.model.forward_step(images, masks, *self.ddp)
                 loss_out = self.loss_fn(out.predictions, out.targets, out.context)
                 (loss_out.total / accumulation).backward()
-            if self.health.enabled and (usable - micro_index) * images.shape[0] <= self.health.samples + images.shape[0]:
+            if self.health.enabled and (self.usable - micro_index) * images.shape[0] <= self.health.samples + images.shape[0]:
                 pooled = self.model.pooled(out.target)
                 self.health_widths = {k: int(v.shape[1]) for k, v in pooled.items()}
                 self.health.add(pooled)
-        if (step + 1) % self.config.logging.feature_stats_every_steps == 0:
-            self.last_target_tokens = out.target.tokens.detach()
+        if sync and (self.step + 1) % self.config.logging.feature_stats_every_steps == 0:
+            self._target_tokens = out.target.tokens.detach()
         terms = {"loss": loss_out.total, **{f"loss/{k}": v for k, v in loss_out.terms.items()}}
         for key, value in terms.items():
             value = value.detach().float()
             self._step_terms[key] = self._step_terms[key] + value if key in self._step_terms else value
         self._step_micro += 1
 
-    def update(self, step: int) -> dict[str, float]:
+    def optimizer_update(self, step: int) -> dict[str, float]:
         """The optimizer update that ends optimizer step ``step + 1``: schedules, clipping, AdamW, EMA.
 
-        A step whose loss or gradient norm is not finite changes no parameter and no optimizer
-        state; it is counted for :meth:`non_finite`. Returns the scheduled figures (no device value).
+        Call :meth:`feed` instead: it counts the steps. A step whose loss or gradient norm is not
+        finite changes no parameter and no optimizer state (the EMA still moves the target encoder
+        towards the unchanged context encoder); it is counted for :meth:`non_finite`. Returns the
+        scheduled figures (no device value).
         """
         lr = self.schedules.lr_at(step)
         wd = self.schedules.weight_decay_at(step)
@@ -228,6 +282,14 @@ class TrainStep:
             self._first_terms = torch.where(first, stacked, torch.zeros_like(stacked))
         else:
             self._first_terms = torch.where(first, stacked, self._first_terms)
+
+    def read_interval(self) -> dict[str, float]:
+        """The mean of each figure since the last log line (one synchronisation); starts a new interval."""
+        return self.interval.read()
+
+    def read_epoch(self) -> dict[str, float]:
+        """The mean of each figure since the epoch began (one synchronisation); starts a new epoch."""
+        return self.epoch_means.read()
 
     def non_finite(self) -> NonFinite:
         """Read the non-finite steps from the device (one synchronisation)."""

@@ -41,7 +41,7 @@ from ..registry import Registry
 from .runlog import LogWindow, close_run_log, log_interval, log_run_start, open_run_outputs
 from ..runtime import autocast_dtype, peak_rss_mb, resolve_device, seed_everything
 from .signals import Interrupt
-from .step import DeviceMeans, TrainStep
+from .step import TrainStep
 from .state import TrainResult, resolved_config_text, restore_training_state, training_state, write_resolved_config
 from .stopping import EarlyStopping
 from ..process import apply_cpu_defaults
@@ -186,7 +186,7 @@ class Trainer:
         ddp = wrap_ddp(self.model, self.device) if self.dist.enabled else (None, None)
         self.train_step = TrainStep(self.model, self.loss_fn, self.masker, self.optimizer, self.schedules, config=cfg,
                                     device=self.device, amp_dtype=self.amp_dtype, dist=self.dist, ddp=ddp,
-                                    health=self.health)
+                                    health=self.health, epoch_batches=micro_batches)
 
     def _check_memory(self) -> None:
         self.memory_estimate = check_run_memory(self)
@@ -217,7 +217,9 @@ class Trainer:
     def _resume(self) -> None:
         target = resume_target(self.resume_from, self.checkpoint_dir)
         if target is not None:
-            restore_training_state(self, load_checkpoint(target, map_location=self.device), Path(target))
+            restore_training_state(self, load_checkpoint(target, map_location=self.device), Path(target),
+                                   accumulation=self.config.training.accumulation_steps)
+            self.train_step.resume(self.step)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -304,21 +306,19 @@ class Trainer:
                 sums: dict[str, float] = {}
                 count = 0
                 window = LogWindow()
-                micro = 0
-                usable = len(self.loader) // accumulation * accumulation
                 for images, _labels in self.loader:
-                    self.train_step.micro(images, epoch=self.epoch, micro_index=self.batch_in_epoch, usable=usable, step=self.step)
+                    done = self.train_step.feed(images, epoch=self.epoch, batch_index=self.batch_in_epoch)
                     self.batch_in_epoch += 1
-                    micro += 1
                     window.add(images.shape[0])
-                    if micro % accumulation:
+                    if done is None:
                         continue
-                    step_metrics = self._optimizer_step()
+                    self.step = done.step
+                    self.heap.after_step(self.step)
                     window.step()
-                    for key, value in step_metrics.items():
+                    for key, value in done.scheduled.items():
                         sums[key] = sums.get(key, 0.0) + value
                     count += 1
-                    self._after_step(step_metrics, window)
+                    self._after_step(dict(done.scheduled), done.target_tokens, window)
                     # Under DDP this is an all-reduce: it is done when a line is logged, not every step.
                     if not self.dist.enabled or self.step % cfg.logging.interval_steps == 0:
                         interrupted, stop = any_rank(interrupt.signal is not None, self.stop_reason is not None,
@@ -337,7 +337,7 @@ class Trainer:
                     return "stopped"
                 self.epoch += 1
                 self.batch_in_epoch = 0
-                epoch_metrics = self._read_device_figures(self.train_step.epoch_means)
+                epoch_metrics = self._read_device_figures(self.train_step.read_epoch())
                 epoch_metrics.update({k: v / max(count, 1) for k, v in sums.items()})
                 self._end_epoch(epoch_metrics)
                 if self.step >= self.total_steps and self.epoch < cfg.training.epochs:
@@ -346,9 +346,8 @@ class Trainer:
         finally:
             self._metrics_file.close()
 
-    def _read_device_figures(self, means: DeviceMeans) -> dict[str, float]:
-        """Read summed figures from the device (one synchronisation) and answer the non-finite steps among them."""
-        figures = means.read()
+    def _read_device_figures(self, figures: dict[str, float]) -> dict[str, float]:
+        """Answer the non-finite steps among figures just read from the device (one more synchronisation)."""
         bad = self.train_step.non_finite()
         if bad.skipped > self.config.training.max_skipped_steps:
             last = self.checkpoints.get("latest") or find_latest(self.checkpoint_dir)
@@ -375,17 +374,10 @@ class Trainer:
             raise CollapseDetected(message + "\n(training.on_collapse=stop; set it to warn to train on)")
         log.warning("%s", message)
 
-    def _optimizer_step(self) -> dict[str, float]:
-        metrics = self.train_step.update(self.step)
-        self.step += 1
-        self.heap.after_step(self.step)
-        return metrics
-
-    def _after_step(self, metrics: dict[str, float], window: LogWindow) -> None:
+    def _after_step(self, metrics: dict[str, float], target_tokens: torch.Tensor | None, window: LogWindow) -> None:
         cfg = self.config
-        if self.train_step.last_target_tokens is not None:
-            metrics.update(feature_stats(self.train_step.last_target_tokens, cfg.logging))
-            self.train_step.last_target_tokens = None
+        if target_tokens is not None:
+            metrics.update(feature_stats(target_tokens, cfg.logging))
             if metrics.get("features/collapse_warning"):  # a warning or a stop, with the remedies as commands
                 self._check_collapse(f"the target tokens' std is {metrics['features/std']:.4g} and their effective rank "
                                      f"{metrics['features/effective_rank']:.1f} (thresholds logging.collapse_*)")
@@ -395,7 +387,7 @@ class Trainer:
         record = {"step": self.step, "epoch": self.epoch + self.batch_in_epoch / max(len(self.loader), 1)}
         if self.step % cfg.logging.interval_steps == 0 or self.step == self.total_steps:
             # The loss terms and gradient norms of the interval: read from the device here only.
-            metrics.update(self._read_device_figures(self.train_step.interval))
+            metrics.update(self._read_device_figures(self.train_step.read_interval()))
             record.update(metrics)
             self._metrics_file.write(json.dumps(record) + "\n")
             self._metrics_file.flush()
