@@ -115,7 +115,7 @@ def build_model(resolved: Resolved, ctx: BuildContext) -> Built:
 
 def make_context(config: RunConfig, device: torch.device, image_size: int | None = None) -> BuildContext:
     """The initial build context of a run."""
-    return BuildContext(image_size=image_size or config.data.image_size or 0, device=device)
+    return BuildContext(image_size=image_size or config.data.image_size or 0, device=device, views=config.data.views)
 
 
 def build_named(registry: Registry, resolved: Resolved, path: str, ctx: BuildContext) -> Any:

@@ -79,6 +79,12 @@ class DataConfig:
     dataset: ComponentSpec = param(_spec("synthetic"), help="The dataset component (`synthetic`, `cifar10`, ...).")
     image_size: int | None = param(None, help="Side of the square images the encoder sees; null: the dataset's native size.", ge=8)
     batch_size: int = param(64, help="Images per micro-batch (per process).", ge=1)
+    views: int = param(
+        1,
+        help="Augmented views of each image per micro-batch: 1 (I-JEPA) or more, for a cross-view level of the "
+        "predictor; the step then sees views x batch_size images, view after view.",
+        ge=1,
+    )
     eval_batch_size: int = param(256, help="Images per batch when extracting features for evaluation.", ge=1)
     num_workers: int = param(0, help="Loader worker processes for streamed datasets (in-RAM data never uses workers).", ge=0)
     in_memory: Literal["auto", "always", "never"] = param(

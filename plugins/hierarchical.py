@@ -19,6 +19,14 @@ the last row/column of cells is narrower and averages only the patches it holds 
 with ``ceil_mode=True`` and no padding). A cell side larger than the grid is clipped to the grid,
 so the cell is the whole image.
 
+**The cross-view level** (``cross_view_weight > 0``) sits above the spatial levels: its cell is the
+whole image. An MLP maps each view's mean context token to a prediction of the mean normalised
+target token of the *other* augmented views of the same image (``data.views >= 2``; with one view,
+of its own full image). It is the invariance term of LeJEPA (Balestriero & LeCun 2025) and of
+VICReg, made a JEPA level: the pooled embedding, otherwise never compared with anything of its own
+image, is asked to agree across crops. Its evaluation feature ``level<L>`` is the mean normalised
+target token.
+
 Each level may read a different block of the target encoder (``level_blocks``); by default every
 level reads the encoder's final output, and :attr:`HierarchicalPredictor.target_blocks` is ``()``.
 
@@ -107,21 +115,26 @@ class HierarchicalPredictor(nn.Module):
         grid_size: tuple[int, int],
         encoder_depth: int | None = None,
         fused_attn: bool = False,
+        views: int = 1,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.grid_size = (int(grid_size[0]), int(grid_size[1]))
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.encoder_depth = encoder_depth
-        self.num_levels = params.num_levels
-        self.level_weights = params.resolved_level_weights
-        self.pool_sides = params.resolved_pool
+        self.views = int(views)
+        self.cross_view = params.cross_view_weight > 0
+        extra = (params.cross_view_weight,) if self.cross_view else ()
+        self.num_levels = params.num_levels + len(extra)
+        self.level_weights = params.resolved_level_weights + extra
+        # the cross-view level's cell is the whole grid
+        self.pool_sides = params.resolved_pool + tuple(max(self.grid_size) for _ in extra)
         self.layout = params.layout
         self.renorm_coarse = params.renorm_coarse
         self.feature_pool = params.feature_pool
         self.fused_attn = fused_attn
 
-        blocks = params.level_blocks or (None,) * params.num_levels
+        blocks = (params.level_blocks or (None,) * params.num_levels) + (None,) * len(extra)
         # Normalise negative block indices so the encoder is asked for, and keys, one index per block.
         self.level_sources: tuple[int | None, ...] = tuple(
             None if b is None else (b % encoder_depth if encoder_depth else b) for b in blocks
@@ -140,6 +153,10 @@ class HierarchicalPredictor(nn.Module):
             block.attn.fused_attn = fused_attn
         self.norm = norm_layer(width)
         self.heads = nn.ModuleList(nn.Linear(width, embed_dim) for _ in range(params.num_levels))
+        hidden = params.cross_view_hidden * embed_dim
+        self.cross_view_head = (
+            nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, embed_dim)) if self.cross_view else None
+        )
 
         # Fixed tables, rebuilt from the grid: not persistent, so checkpoints hold only weights.
         self.register_buffer("pos_embed", sincos_pos_embed_2d(width, self.grid_size)[0], persistent=False)
@@ -174,7 +191,8 @@ class HierarchicalPredictor(nn.Module):
             masks: context indices ``(B, Nc)`` and target indices ``(B, M, Nt)``.
 
         Returns:
-            ``num_levels`` tensors, each ``(B, M, Nt, D)``, shaped like :meth:`make_targets`.
+            ``num_levels`` tensors, each ``(B, M, Nt, D)``, shaped like :meth:`make_targets`; the
+            cross-view level's is ``(B, M, 1, D)``, one prediction per image repeated per block.
         """
         self._check_masks(masks)
         if context.ndim != 3 or context.shape[-1] != self.embed_dim or context.shape[:2] != masks.context.shape:
@@ -197,7 +215,11 @@ class HierarchicalPredictor(nn.Module):
             x = block(x)
         # Only the mask tokens are predictions; slicing before the norm skips the context tokens.
         out = self.norm(x[:, Nc:].reshape(B, M, Nt, W))
-        return [head(out) for head in self.heads]
+        predictions = [head(out) for head in self.heads]
+        if self.cross_view_head is not None:
+            # one prediction per image, repeated per target block to keep the (B, M, T, D) contract
+            predictions.append(self.cross_view_head(context.mean(dim=1)).view(B, 1, 1, -1).expand(B, M, 1, -1))
+        return predictions
 
     # --- targets --------------------------------------------------------------------------------
 
@@ -212,7 +234,8 @@ class HierarchicalPredictor(nn.Module):
 
         Returns:
             ``num_levels`` tensors, each ``(B, M, Nt, D)``: level 0 the normalised token of each
-            target patch, level ``l`` the mean normalised token of the cell holding it.
+            target patch, level ``l`` the mean normalised token of the cell holding it; the
+            cross-view level's ``(B, M, 1, D)``, the mean normalised token of the other views.
         """
         self._check_masks(masks)
         B, M, Nt = masks.targets.shape
@@ -225,9 +248,25 @@ class HierarchicalPredictor(nn.Module):
                 raise ValueError(
                     f"target tokens have batch size {cells.shape[0]} but masks.targets has shape {tuple(masks.targets.shape)}"
                 )
+            if self.cross_view and level == self.num_levels - 1:
+                targets.append(self._other_views(cells[:, 0]).view(B, 1, 1, -1).expand(B, M, 1, -1))
+                continue
             index = flat if self.pool_sides[level] == 1 else self.cell_of_patch[level][flat]
             targets.append(_gather(cells, index).reshape(B, M, Nt, -1))
         return targets
+
+    def _other_views(self, pooled: Tensor) -> Tensor:
+        """``(V * B, D)`` per-view features -> for each row, the mean of the same image's other views.
+
+        Rows ``v * B + i`` are view ``v`` of image ``i``. A batch that does not hold ``V`` whole
+        views (one image, as the memory estimate passes) keeps each row's own feature.
+        """
+        views = self.views
+        if views < 2 or pooled.shape[0] % views:
+            return pooled
+        grouped = pooled.view(views, pooled.shape[0] // views, -1)
+        others = (grouped.sum(dim=0, keepdim=True) - grouped) / (views - 1)
+        return others.reshape_as(pooled)
 
     @torch.no_grad()
     def level_features(self, target: EncoderOutput) -> dict[str, Tensor]:
@@ -323,7 +362,8 @@ def build_hierarchical(params: HierarchicalParams, ctx: BuildContext) -> Hierarc
         raise ConfigError(problems)
     fused = torch.device(ctx.device).type == "cuda" if params.fused_attn == "auto" else bool(params.fused_attn)
     return HierarchicalPredictor(
-        params, embed_dim=ctx.embed_dim, grid_size=ctx.grid_size, encoder_depth=ctx.depth, fused_attn=fused
+        params, embed_dim=ctx.embed_dim, grid_size=ctx.grid_size, encoder_depth=ctx.depth, fused_attn=fused,
+        views=ctx.views,
     )
 
 

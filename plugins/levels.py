@@ -61,6 +61,14 @@ class HierarchicalParams:
     renorm_coarse: bool = param(
         False, help="Layer-normalise the pooled coarse targets again, so every level's targets have unit scale."
     )
+    cross_view_weight: float = param(
+        0.0,
+        help="Loss weight of the cross-view level, one level above the others (0 = off): an MLP on each view's "
+        "pooled context tokens predicts the other views' pooled normalised target tokens (with data.views: 1, "
+        "its own full image's). Evaluated as level<num_levels>.",
+        ge=0.0,
+    )
+    cross_view_hidden: int = param(4, help="Hidden width of the cross-view level's MLP as a multiple of the encoder width.", ge=1)
     feature_pool: Literal["max", "mean"] = param(
         "max",
         help="How level_features pools each level's cell map for evaluation: max over cells (differs per level) or mean.",

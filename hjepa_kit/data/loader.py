@@ -165,16 +165,17 @@ def _mix_seed(*values: int) -> int:
 class TrainLoader:
     """Shuffled, sharded, augmented training batches; resumable inside an epoch.
 
-    Iterating yields ``len(self)`` batches ``(images, labels)``: ``(B, 3, S, S)`` float32
-    normalised images on ``device``, and ``(B,)`` int64 labels on the CPU (``None`` when the split
-    is unlabelled). Incomplete batches are dropped (every rank yields the same number of batches, as
+    Iterating yields ``len(self)`` batches ``(images, labels)``: ``(V * B, 3, S, S)`` float32
+    normalised images on ``device`` (``V`` augmented views of the same ``B`` images, view after view:
+    rows ``v * B + i`` are views of image ``i``), and ``(B,)`` int64 labels on the CPU (``None`` when
+    the split is unlabelled). Incomplete batches are dropped (every rank yields the same number of batches, as
     DDP needs). Iteration starts at the current position of the epoch: 0 after :meth:`set_epoch`,
     ``n`` after :meth:`skip` ``(n)``; iterating again after a completed pass repeats the epoch.
 
     Attributes:
         in_memory: whether the split is held in RAM (else streamed).
         num_samples: images in the split (all ranks).
-        batch_size, image_size, seed, rank, world_size: as built.
+        batch_size, image_size, seed, rank, world_size, views: as built.
         has_labels: whether batches carry labels.
         epoch: the current epoch (set with :meth:`set_epoch`).
     """
@@ -193,6 +194,7 @@ class TrainLoader:
         device: torch.device | str | None,
         has_labels: bool,
         split: str,
+        views: int = 1,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
@@ -212,6 +214,9 @@ class TrainLoader:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.has_labels = has_labels
         self.split = split
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        self.views = int(views)
         self.epoch = 0
         self._num_batches = per_rank // batch_size
         self._position = 0
@@ -292,7 +297,10 @@ class TrainLoader:
         batches = list(self.shard_indices().view(len(self), self.batch_size)[start:])
         for batch_index, (images, labels) in enumerate(self._uint8_batches(batches), start=start):
             images = images.to(self.device, non_blocking=True)
-            augmented = self.augment(images, self.batch_generator(batch_index))
+            generator = self.batch_generator(batch_index)
+            augmented = self.augment(images, generator)
+            if self.views > 1:  # each view draws its own crops and flips, one after the other
+                augmented = torch.cat([augmented, *(self.augment(images, generator) for _ in range(self.views - 1))])
             # Counted before the yield: the batch is handed out, so a checkpoint taken while the
             # trainer works on it resumes after it.
             self._position = batch_index + 1
@@ -397,6 +405,7 @@ def build_train_loader(
         world_size=world_size,
         device=device,
         split=split,
+        views=data_cfg.views,
     )
     if choose_in_memory(dataset, split, data_cfg.in_memory, data_cfg.memory_limit_mb):
         data = dataset.load(split)

@@ -115,7 +115,7 @@ def _check_predictor(check: _Check, predictor: Any, ctx: BuildContext, options: 
     check.that(all(-depth <= b < depth for b in blocks), f"target_blocks {tuple(blocks)} name blocks outside the encoder's depth {depth}")
     for method in ("make_targets", "level_features"):
         check.that(callable(getattr(predictor, method, None)), f"it has no method {method}")
-    batch = 2
+    batch = 2 * max(ctx.views, 1)  # with data.views, a batch holds every view of each image
     grid = ctx.grid_size
     embed_dim = ctx.embed_dim
     encoder = options["encoder"]

@@ -24,15 +24,14 @@ log = logging.getLogger("hjepa_kit")
 __all__ = ["MemoryEstimate", "saved_activation_bytes", "activation_bytes", "estimate_peak_memory", "check_memory_budget", "check_run_memory"]
 
 _MB = 1024 * 1024
-#: The interpreter, torch, timm and faiss once imported, measured at about 600 MB.
+#: The interpreter, torch, timm and faiss once imported, with some room (docs/performance.md, "Memory").
 FRAMEWORK_BYTES = 700 * _MB
 #: Temporaries during backward on top of the saved activations.
 TRANSIENT_FACTOR = 1.5
 #: What the process gains in its first ~100 training steps beyond live tensors, on the CPU:
 #: oneDNN's kernel cache (a kernel per matrix shape; the masks change the shapes every step)
-#: and the allocator's free-but-kept pages. Measured on a 2-core AMD EPYC, torch 2.15, ViT-Tiny:
-#: +0.9 GB (224/16, batch 8, 1 thread) and +0.8 GB (32/4, batch 128, 2 threads) over the
-#: estimate's other parts; peak RSS 2.0-2.4 GB for both.
+#: and the allocator's free-but-kept pages. Not computable from the model, so a measured
+#: allowance (docs/performance.md, "Memory").
 RUNTIME_BYTES = 1024 * _MB
 
 
@@ -169,7 +168,7 @@ def check_run_memory(trainer: Any) -> MemoryEstimate:
     cfg, ctx = trainer.config, trainer.ctx
     data_bytes = estimate_bytes(trainer.dataset, cfg.data.train_split) or 0
     estimate = estimate_peak_memory(
-        trainer.model, trainer.loss_fn, trainer.masker, batch_size=cfg.data.batch_size, image_size=ctx.image_size,
+        trainer.model, trainer.loss_fn, trainer.masker, batch_size=cfg.data.batch_size * cfg.data.views, image_size=ctx.image_size,
         in_chans=ctx.in_chans, data_bytes=data_bytes, autocast_dtype=trainer.amp_dtype, device=trainer.device,
     )
     budget = cfg.training.memory_budget_gb

@@ -1,0 +1,92 @@
+"""Several augmented views per image: the loader's layout, the cross-view level, its contract."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from hjepa_kit.config import DataConfig
+from hjepa_kit.contracts import BuildContext, EncoderOutput, ImageData
+from hjepa_kit.data.loader import build_train_loader
+from hjepa_kit.plugins.hierarchical import HierarchicalParams, build_hierarchical
+from hjepa_kit.testing import check_component
+from test_data import _Dataset
+
+D = 32
+
+
+def make_masks(grid, batch: int, blocks: int = 3, per_block: int = 5, context: int = 10, seed: int = 0):
+    """Context patches and target blocks from disjoint parts of a random permutation."""
+    from hjepa_kit.contracts import Masks
+
+    gen = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    orders = [torch.randperm(n, generator=gen) for _ in range(batch)]
+    return Masks(context=torch.stack([o[:context] for o in orders]),
+                 targets=torch.stack([o[context:context + blocks * per_block].view(blocks, per_block) for o in orders]))
+
+
+def _loader(views: int):
+    cfg = attrs.evolve(DataConfig(batch_size=4), views=views)
+    return build_train_loader(_Dataset(16), cfg, image_size=8, seed=7)
+
+
+def test_the_loader_yields_the_views_of_each_image_view_after_view():
+    one = list(_loader(1))
+    two = list(_loader(2))
+    assert len(one) == len(two) == 4
+    for (single, labels1), (double, labels2) in zip(one, two):
+        assert double.shape == (8, *single.shape[1:])
+        assert torch.equal(labels1, labels2)  # labels of the images, once
+        assert torch.equal(double[:4], single)  # view 0 draws exactly what a one-view run draws
+        assert not torch.equal(double[:4], double[4:])  # view 1 is another crop of the same images
+
+
+def _predictor(views: int, **params) -> torch.nn.Module:
+    ctx = BuildContext(image_size=32, grid_size=(8, 8), patch_size=4, embed_dim=D, depth=4, views=views)
+    torch.manual_seed(0)
+    return build_hierarchical(HierarchicalParams(width=32, num_heads=2, **params), ctx)
+
+
+def test_the_cross_view_level_predicts_the_other_views_pooled_target():
+    predictor = _predictor(2, cross_view_weight=0.5)
+    assert predictor.num_levels == 3 and predictor.level_weights == (1.0, 0.5, 0.5)
+    masks = make_masks((8, 8), batch=6)  # 3 images x 2 views
+    tokens = torch.randn(6, 64, D)
+    targets = predictor.make_targets(EncoderOutput(tokens=tokens), masks)
+    pooled = F.layer_norm(tokens, (D,)).mean(dim=1)
+    assert targets[2].shape == (6, 3, 1, D)
+    # view 0 of image i is asked for view 1's pooled target, and the other way round
+    assert torch.allclose(targets[2][:3, 0, 0], pooled[3:], atol=1e-6)
+    assert torch.allclose(targets[2][3:, 0, 0], pooled[:3], atol=1e-6)
+    context = torch.randn(6, 10, D, requires_grad=True)
+    predictions = predictor(context, masks)
+    assert [p.shape for p in predictions] == [t.shape for t in targets]
+    predictions[2].sum().backward()
+    assert predictor.cross_view_head[0].weight.grad is not None and context.grad is not None
+    # its evaluation feature is the pooled normalised target token
+    assert torch.allclose(predictor.level_features(EncoderOutput(tokens=tokens))["level2"], pooled, atol=1e-6)
+
+
+def test_with_one_view_the_cross_view_level_predicts_its_own_full_image():
+    predictor = _predictor(1, cross_view_weight=1.0)
+    tokens = torch.randn(4, 64, D)
+    targets = predictor.make_targets(EncoderOutput(tokens=tokens), make_masks((8, 8), batch=4))
+    assert torch.allclose(targets[2][:, 0, 0], F.layer_norm(tokens, (D,)).mean(dim=1), atol=1e-6)
+
+
+def test_off_by_default_and_the_single_view_path_is_unchanged():
+    plain, off = _predictor(2), _predictor(2, cross_view_weight=0.0)
+    assert plain.num_levels == off.num_levels == 2 and plain.cross_view_head is None
+    masks = make_masks((8, 8), batch=4)
+    tokens = torch.randn(4, 64, D)
+    for a, b in zip(plain.make_targets(EncoderOutput(tokens=tokens), masks), off.make_targets(EncoderOutput(tokens=tokens), masks)):
+        assert torch.equal(a, b)
+
+
+def test_the_predictor_contract_check_covers_a_batch_of_views():
+    from hjepa_kit.testing.standins import tiny_context
+
+    ctx = attrs.evolve(tiny_context(), views=2)
+    check_component("predictor", "hierarchical", params={"cross_view_weight": 1.0, "depth": 1}, ctx=ctx)
