@@ -53,16 +53,7 @@ def train(
 
 
 def _source(config: Any) -> tuple[Any, str]:
-    """Resolve ``None`` and bundled config names to files."""
-    from .bundled import find_bundled
+    """Resolve ``None`` and bundled config names to files (:func:`hjepa_kit.bundled.resolve_config_source`)."""
+    from .bundled import resolve_config_source
 
-    if config is None:
-        return find_bundled("quickstart"), "quickstart"
-    if isinstance(config, (str, os.PathLike)):
-        path = str(config)
-        if not os.path.exists(path):
-            bundled = find_bundled(path)
-            if bundled is not None:
-                return bundled, path
-        return path, path
-    return config, "<config>"
+    return resolve_config_source(config)

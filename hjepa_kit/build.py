@@ -20,7 +20,7 @@ from .config import RunConfig
 from .contracts import BuildContext, Dataset
 from .errors import ConfigError, DataError, PluginError
 from .model import HJEPA
-from .registry import Component, Registry, Resolved, hook_problems
+from .registry import Component, Resolved, hook_problems
 
 __all__ = ["Built", "build_dataset", "build_model", "build_component", "check_build", "check_contract"]
 
@@ -116,11 +116,6 @@ def build_model(resolved: Resolved, ctx: BuildContext) -> Built:
 def make_context(config: RunConfig, device: torch.device, image_size: int | None = None) -> BuildContext:
     """The initial build context of a run."""
     return BuildContext(image_size=image_size or config.data.image_size or 0, device=device, views=config.data.views)
-
-
-def build_named(registry: Registry, resolved: Resolved, path: str, ctx: BuildContext) -> Any:
-    """Build the component at key path ``path`` (an evaluator or callback); see :func:`build_component`."""
-    return build_component(resolved, path, ctx)
 
 
 def check_build(resolved: Resolved, config: RunConfig) -> list[str]:

@@ -23,6 +23,13 @@ from .evaluation.selection import EVAL_TYPES
 __all__ = ["main", "build_parser"]
 
 DEFAULT_CONFIG = "configs/quickstart.yaml"
+CONFIG_HELP = ("YAML run configuration, or the name of a bundled one (quickstart, cpu_cifar10 ...); "
+               f"default: {DEFAULT_CONFIG} when present, else the bundled quickstart")
+
+
+#: The default of ``--representation`` of export and embed, as their help states it.
+REPRESENTATION_DEFAULT = ("default: the run's evaluated representation (evaluation.representation in the checkpoint, "
+                          "what its evaluation graded)")
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = sub.add_parser("train", help="pretrain a model", description="Pretrain an H-JEPA model from a YAML configuration.")
-    train.add_argument("--config", default=None, help=f"YAML run configuration (default: {DEFAULT_CONFIG} when present, else the built-in quickstart)")
+    train.add_argument("--config", default=None, help=CONFIG_HELP)
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the configured device")
     train.add_argument("--output-dir", help="root folder of the run's logs and checkpoints (default: results)")
     train.add_argument("--name", help="run name (folder under logs/ and checkpoints/)")
@@ -66,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", nargs="+", default=["timm"], metavar="FORMAT",
                         help="timm (model.safetensors, loadable by timm.create_model) and/or onnx (model.onnx, dynamic batch; "
                              "needs pip install 'hjepa-kit[export]')")
-    export.add_argument("--representation", default="encoder",
-                        help="what the exported model returns: encoder (the only one timm can hold), or for onnx a level: level0, level1 ...")
+    export.add_argument("--representation", default=None,
+                        help=f"what the exported model returns: encoder (mean-pooled tokens, the only one timm can hold), or for "
+                             f"onnx a level: level0, level1 ...; {REPRESENTATION_DEFAULT}")
     export.add_argument("--force", action="store_true", help="replace DIR when it holds an earlier export")
 
     embed = sub.add_parser(
@@ -82,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--split", action="append", metavar="SPLIT", help="a split of the dataset to embed (repeatable; default: all)")
     embed.add_argument("--out", required=True, metavar="FILE",
                        help="FILE.npy (features only) or FILE.npz (features, labels, classes, paths or splits)")
-    embed.add_argument("--representation", default="encoder", help="encoder, or a hierarchy level: level0, level1 ...")
+    embed.add_argument("--representation", default=None, help=f"encoder, or a hierarchy level: level0, level1 ...; {REPRESENTATION_DEFAULT}")
     embed.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the encoder")
     embed.add_argument("--batch-size", type=int, help="images per batch (default: the run's data.eval_batch_size)")
     embed.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32", help="fp32 (exact) or bf16 autocast")
@@ -95,18 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--kind", help="restrict to one kind (encoder, masker, predictor, loss, evaluator, dataset, callback)")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
 
-    config = sub.add_parser("config", help="show or validate a configuration")
+    config = sub.add_parser("config", help="show or validate a configuration (the one hjepa train would run)")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
     for action, text in (("show", "print the resolved configuration"),
                          ("validate", "check a configuration and build its components without data (exit 0 or 2)")):
         p = config_sub.add_parser(action, help=text)
-        p.add_argument("--config", default=None, help="YAML run configuration (default: the built-in quickstart)")
+        p.add_argument("--config", default=None, help=CONFIG_HELP)
         _add_set(p)
     return parser
 
 
 def _config_source(path: str | None) -> str | None:
-    """``None`` -> ./configs/quickstart.yaml when present (else the bundled quickstart)."""
+    """``None`` -> ./configs/quickstart.yaml when present (else ``None``: the bundled quickstart).
+
+    Every command passes the result on to :func:`hjepa_kit.bundled.resolve_config_source`, as
+    :func:`hjepa_kit.train` does, so a bundled name and the default resolve alike everywhere.
+    """
     if path is None and Path(DEFAULT_CONFIG).is_file():
         return DEFAULT_CONFIG
     return path
@@ -152,6 +164,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .api import export
 
     result = export(args.checkpoint, args.out, formats=args.format, representation=args.representation, force=args.force)
+    print(_representation_line(result.config["representation"], result.config["evaluation_representation"]))
     for name, path in result.files.items():
         check = result.config.get(name, {}).get("verified") if name != "config" else None
         note = f"  (max abs difference {check['max_abs_difference']:.2g} from hjepa-kit's features)" if isinstance(check, dict) else (
@@ -174,9 +187,17 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     )
     for path in result.skipped:
         print(f"hjepa embed: skipped unreadable image {path}", file=sys.stderr)
+    print(_representation_line(result.representation, result.evaluated_representation))
     print(f"{result.count} images -> {result.path}: {result.representation} features of width {result.feature_dim} "
           f"({result.seconds:.1f}s on {result.device}{f', {len(result.skipped)} skipped' if result.skipped else ''})")
     return 0
+
+
+def _representation_line(chosen: str, evaluated: str) -> str:
+    """Which representation export / embed computed, and whether it is the one the run graded."""
+    if chosen == evaluated:
+        return f"representation {chosen}: the run's evaluated representation (evaluation.representation)"
+    return f"representation {chosen}: chosen with --representation; the run evaluated {evaluated}"
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -235,14 +256,15 @@ def _row_dict(row: Any) -> dict[str, Any]:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
+    from .bundled import resolve_config_source
     from .config import dump_config, load_config
     from .registry import Registry
 
     if args.config_command is None:
         raise UserError("hjepa config: choose an action: show or validate")
-    source = args.config
+    source, name = resolve_config_source(_config_source(args.config))  # what `hjepa train` would run
     config = load_config(source, args.overrides)
-    resolved = Registry().resolve(config, source or "<defaults>")
+    resolved = Registry().resolve(config, name)
     if args.config_command == "show":
         print(dump_config(config, {path: params for path, (_, params) in resolved.items()}), end="")
         return 0
@@ -250,7 +272,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
     notes = check_build(resolved, config)  # every build-time check that needs no data, as `hjepa train` runs it
     built = "components checked" if not notes else "components; some not built, see below"
-    print(f"{source or '<defaults>'}: valid ({len(resolved)} {built})")
+    print(f"{name}: valid ({len(resolved)} {built})")
     for note in notes:
         print(f"note: {note}")
     return 0

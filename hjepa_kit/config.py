@@ -305,7 +305,7 @@ def load_config(
 
     Args:
         source: a YAML file path, a mapping of plain data, a :class:`RunConfig`, or ``None`` for
-            the defaults (the quickstart run).
+            the built-in :class:`RunConfig` defaults (the CLI and :func:`hjepa_kit.train` run the bundled quickstart instead).
         overrides: ``KEY=VALUE`` strings applied on top (dotted key paths, YAML-typed values).
 
     Returns:

@@ -27,6 +27,8 @@ __all__ = [
     "LossOutput",
     "ImageData",
     "FeatureSet",
+    "TOKEN_DTYPES",
+    "needs_tokens",
     "Grade",
     "EvalResult",
     "Encoder",
@@ -56,6 +58,8 @@ class BuildContext:
         in_chans: number of image channels.
         device: where the model runs.
         num_classes: number of labelled classes of the dataset, if it has labels.
+        views: augmented views of each image in a training micro-batch (``data.views``): the step's
+            ``(V * B, C, H, W)`` images hold view ``v`` of image ``i`` at row ``v * B + i``.
         grid_size: ``(rows, cols)`` of the encoder's patch grid.
         patch_size: side of one square patch in pixels.
         embed_dim: width ``D`` of the encoder's tokens.
@@ -69,6 +73,7 @@ class BuildContext:
     in_chans: int = 3
     device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
     num_classes: int | None = None
+    views: int = 1
     grid_size: tuple[int, int] | None = None
     patch_size: int | None = None
     embed_dim: int | None = None
@@ -150,9 +155,21 @@ class ImageData:
         return int(self.images.shape[0])
 
 
+#: Dtypes the patch tokens of a :class:`FeatureSet` may have (half precision saves memory).
+TOKEN_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
+
+
 @attrs.frozen
 class FeatureSet:
     """Frozen features of one representation for both evaluation splits.
+
+    The pooled features are always there. The patch tokens they were pooled from are there only
+    when an evaluator of the evaluation declared it reads them (``needs_tokens``, see
+    :class:`Evaluator`), and only for a representation made of tokens (``encoder``); they are
+    kept in half precision (``float16`` when every value fits its range, ``bfloat16`` otherwise)
+    because they are ``T`` times larger than the pooled features: CIFAR-10's 50,000 training
+    images x 64 tokens x 192 take 1.2 GB in half precision. Convert a slice to float32 before
+    computing with it (``tokens[rows].float()``).
 
     Attributes:
         train: ``(N_train, D)`` float32 features.
@@ -160,6 +177,9 @@ class FeatureSet:
         test: ``(N_test, D)`` float32 features.
         test_labels: ``(N_test,)`` int64 labels.
         num_classes: number of classes.
+        train_tokens: ``(N_train, T, D)`` patch tokens of the train images (``T`` patches in grid
+            order, a dtype of :data:`TOKEN_DTYPES`), or ``None`` when they were not extracted.
+        test_tokens: ``(N_test, T, D)`` tokens of the test images; set exactly when ``train_tokens`` is.
     """
 
     train: Tensor
@@ -167,6 +187,30 @@ class FeatureSet:
     test: Tensor
     test_labels: Tensor
     num_classes: int
+    train_tokens: Tensor | None = attrs.field(default=None, kw_only=True)
+    test_tokens: Tensor | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.train_tokens is None) != (self.test_tokens is None):
+            raise ValueError("FeatureSet: train_tokens and test_tokens must be given together")
+        if self.train_tokens is None or self.test_tokens is None:
+            return
+        for split, tokens, rows in (("train", self.train_tokens, self.train), ("test", self.test_tokens, self.test)):
+            if tokens.ndim != 3 or tokens.shape[0] != rows.shape[0]:
+                raise ValueError(
+                    f"FeatureSet: {split}_tokens must be ({rows.shape[0]}, T, D) like {split}'s rows, got {tuple(tokens.shape)}"
+                )
+            if tokens.dtype not in TOKEN_DTYPES:
+                raise ValueError(f"FeatureSet: {split}_tokens must be one of {TOKEN_DTYPES}, got {tokens.dtype}")
+        if self.train_tokens.shape[1:] != self.test_tokens.shape[1:]:
+            raise ValueError(
+                f"FeatureSet: train and test tokens differ in shape: {tuple(self.train_tokens.shape)} vs {tuple(self.test_tokens.shape)}"
+            )
+
+    @property
+    def has_tokens(self) -> bool:
+        """Whether the patch tokens were extracted for this representation."""
+        return self.train_tokens is not None
 
 
 def _thresholds(values: Sequence[float]) -> tuple[float, float, float]:
@@ -224,6 +268,11 @@ class EvalResult:
     metrics: Mapping[str, float]
     artifacts: Mapping[str, Any] = attrs.field(factory=dict)
     grades: Mapping[str, Grade] = attrs.field(factory=dict)
+
+
+def needs_tokens(evaluator: Any) -> bool:
+    """Whether an evaluator declared that it reads patch tokens (``evaluator.needs_tokens``; default False)."""
+    return bool(getattr(evaluator, "needs_tokens", False))
 
 
 @runtime_checkable
@@ -351,7 +400,9 @@ class Loss(Protocol):
 
         Args:
             predictions: one tensor per hierarchy level, level ``l`` shaped ``(B, M, T_l, D)``
-                (``T_0 = Nt`` patch tokens; coarser levels have fewer tokens per target block).
+                (``T_0 = Nt`` patch tokens; the built-in ``hierarchical`` predictor keeps ``T_l = Nt``
+                at every level, each token the mean of the pooled cell holding that target patch,
+                and gives its cross-view level ``T = 1``; a predictor may choose other ``T_l``).
             targets: the same shapes, made by the predictor's ``make_targets`` from the target
                 encoder; they carry no gradient.
             context: ``(B, Nc, D)`` context-encoder tokens, for a regulariser on the features
@@ -437,6 +488,17 @@ class Evaluator(Protocol):
     a :class:`Grade` (the check's label and its minimum / good / excellent thresholds). The report
     shows every grade it is given, in the evaluator's table and, unless ``summary=False``, in the
     summary table at the top; it knows no figure name of its own.
+
+    **Patch tokens.** An evaluator that reads the tokens a representation was pooled from (an
+    attentive probe) says so with an attribute on the callable, ``needs_tokens = True``
+    (:func:`needs_tokens` reads it). ``hjepa evaluate`` builds every selected evaluator before
+    it extracts features; when one of them needs tokens, the ``encoder`` representation's
+    :class:`FeatureSet` carries ``train_tokens`` and ``test_tokens`` (``(N, T, D)``, half
+    precision), shared by every evaluator of the run; otherwise they are not extracted (no time,
+    no memory) and are ``None``. Representations that are not made of tokens (the levels) never
+    carry them, and the online evaluation during training extracts none: an evaluator that needs
+    tokens should raise :class:`~hjepa_kit.errors.UserError` when ``has_tokens`` is False. (The
+    attribute is optional, so it is not a member of this protocol.)
     """
 
     def __call__(self, features: Mapping[str, FeatureSet], default: str) -> dict[str, float] | EvalResult:

@@ -223,6 +223,7 @@ def hjepa_fit_end(trainer: TrainerView, status: str) -> None:
 
     Args:
         trainer: the trainer.
-        status: ``completed``, ``stopped`` (``training.max_steps`` reached), ``failed`` or
-            ``interrupted`` (SIGINT/SIGTERM).
+        status: ``completed``, ``stopped`` (``training.max_steps`` reached, early stopping or
+            ``trainer.request_stop``), ``collapsed`` (collapse detected with
+            ``training.on_collapse: stop``), ``failed`` or ``interrupted`` (SIGINT/SIGTERM).
     """

@@ -130,8 +130,7 @@ def _threads_for(size: int) -> Iterator[None]:
     """Use one torch thread for small problems, the run's setting otherwise, then restore.
 
     A small fit is hundreds of tiny tensor ops; waking a second thread for each costs more than
-    the op (measured: 800 x 32 features fit in 0.04 s on one thread, 1.7 s on two of a busy
-    2-core machine).
+    the op, most of all on a busy machine (figures on docs/performance.md).
     """
     previous = torch.get_num_threads()
     if size < SMALL_PROBLEM and previous > 1:
@@ -230,8 +229,8 @@ def fit_linear_classifier(
             line_search_fn="strong_wolfe",
         )
 
-        # Classes along dim 0: softmax over a short last dimension (10 classes) is ~25x slower
-        # on the CPU than over the first one (measured, torch 2.15).
+        # Classes along dim 0: on the CPU, softmax over a short last dimension (10 classes) is
+        # much slower than over the first one (figures on docs/performance.md).
         zt = z.T.contiguous()  # (D, N)
         minus_one = torch.full((1, min(n, batch_size)), -1.0)
 

@@ -72,9 +72,8 @@ class VitParams:
         4096,
         help=(
             "Without gradients on the CPU (the target encoder, evaluation), encode at most about this many "
-            "tokens at once, splitting the batch by images: the activations then stay in the CPU's cache. "
-            "Measured on a 2-core AMD EPYC, ViT-Tiny/4 at 32px, 512 images: 122 images/s whole, 205 in "
-            "chunks of 4096 tokens. 0 never splits."
+            "tokens at once, splitting the batch by images: the activations then stay in the CPU's cache, "
+            "which is faster than one large batch (see the performance page). 0 never splits."
         ),
         ge=0,
     )

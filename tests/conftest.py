@@ -77,6 +77,18 @@ def checkpoint(tmp_path_factory) -> Path:
     return hjepa_kit.train(tiny_config(root, training={"epochs": 1}), console=False).checkpoints["final"]
 
 
+@pytest.fixture(scope="session")
+def level0_checkpoint(checkpoint, tmp_path_factory) -> Path:
+    """The tiny run's final checkpoint as if it had evaluated ``level0`` (``evaluation.representation``), as the quickstart does."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["config"]["evaluation"]["representation"] = "level0"
+    path = tmp_path_factory.mktemp("level0run") / "final.pth"
+    torch.save(state, path)
+    return path
+
+
 def pip_install_target(target: Path, *packages: Path) -> None:
     """Install local packages into ``target`` (no network, no dependencies)."""
     subprocess.run(

@@ -98,6 +98,47 @@ def test_config_validate_exit_codes(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+def test_config_commands_resolve_the_config_as_train_does(tmp_path, monkeypatch, capsys):
+    from hjepa_kit.api import _source
+    from hjepa_kit.bundled import find_bundled
+
+    monkeypatch.chdir(tmp_path)  # no ./configs/quickstart.yaml here: the bundled one, as `hjepa train` runs
+    assert _source(None) == (find_bundled("quickstart"), "quickstart")
+    assert _source("quickstart") == (find_bundled("quickstart"), "quickstart")
+    shown = []
+    for args in ([], ["--config", "quickstart"], ["--config", find_bundled("quickstart")]):
+        assert main(["config", "show", *args]) == 0
+        shown.append(capsys.readouterr().out)
+    assert shown[0] == shown[1] == shown[2]
+    config = yaml.safe_load(shown[0])
+    assert config["name"] == "quickstart" and config["data"]["dataset"]["name"] == "digits"
+    assert main(["config", "validate"]) == 0
+    assert capsys.readouterr().out.startswith("quickstart: valid (")
+    assert main(["config", "validate", "--config", "cpu_cifar10"]) == 0
+    assert capsys.readouterr().out.startswith("cpu_cifar10: valid (")
+    assert main(["config", "show", "--config", "no_such_config"]) == 2
+    assert "no_such_config: file not found" in capsys.readouterr().err
+
+
+def test_unknown_eval_type_lists_each_allowed_name_once_sorted():
+    import pytest
+
+    from hjepa_kit.errors import UserError
+    from hjepa_kit.evaluation.selection import select_evaluators
+
+    class Evaluators:  # the part of a Registry that select_evaluators reads
+        components = {"evaluator": dict.fromkeys(["knn_faiss", "linear_probe", "feature_quality", "hierarchy", "extra"])}
+
+        def names(self, kind):
+            return sorted(self.components[kind])
+
+    with pytest.raises(UserError) as caught:
+        select_evaluators(["knnn"], [], Evaluators())
+    allowed = str(caught.value).split("allowed: ")[1].split(", ")
+    # Shorthands of registered evaluators and the component names, one sorted list, each once.
+    assert allowed == ["all", "extra", "feature_quality", "hierarchy", "knn", "knn_faiss", "linear_probe"]
+
+
 def test_yaml_syntax_error_exit_2(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("training:\n  epochs: [\n")
@@ -186,7 +227,8 @@ def test_eval_type_choices_have_one_source():
     assert cli.EVAL_TYPES == ("all", *EVAL_TYPE_EVALUATORS)
     result = run_cli("evaluate", "--help")
     assert result.returncode == 0, result.stderr
-    assert "all, knn, linear_probe, feature_quality, hierarchy, or any registered" in " ".join(result.stdout.split())
+    assert cli.EVAL_TYPES[:5] == ("all", "knn", "linear_probe", "feature_quality", "hierarchy")
+    assert f"{', '.join(cli.EVAL_TYPES)}, or any registered" in " ".join(result.stdout.split())
 
 
 def test_the_command_line_loads_without_torch():

@@ -38,8 +38,6 @@ def test_auto_compiles_only_large_cpu_work_and_off_never():
     assert should_compile("auto", cpu, large_enough=False, key="k") is False
     assert should_compile("auto", cuda, large_enough=True, key="k") is False
     assert should_compile(True, cuda, large_enough=False, key="k") is True
-    with pytest.raises(ValueError, match="k: expected true, false or auto, got 'on'"):
-        should_compile("on", cpu, large_enough=True, key="k")
     if compiling.cpp_compiler() is not None:
         assert should_compile("auto", cpu, large_enough=True, key="k") is True
 

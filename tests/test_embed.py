@@ -68,6 +68,25 @@ def test_a_dataset_split_and_a_level_as_npy(checkpoint, evaluated, tmp_path):
     assert not np.allclose(saved, features["encoder"].numpy(), atol=1e-3)  # a level is not the encoder
 
 
+def test_the_default_representation_is_the_one_the_run_evaluated(checkpoint, level0_checkpoint, evaluated, tmp_path, capsys):
+    """A run graded on level0 (as the quickstart) embeds level0 unless told otherwise: users get what was graded."""
+    _, features = evaluated
+    out = tmp_path / "default.npz"
+    assert main(["embed", "--checkpoint", str(level0_checkpoint), "--dataset", "synthetic", "--split", "test",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    assert "representation level0: the run's evaluated representation (evaluation.representation)" in capsys.readouterr().out
+    saved = np.load(out)
+    assert str(saved["representation"]) == "level0"
+    np.testing.assert_allclose(saved["features"], features["level0"].numpy(), atol=1e-5)
+
+    result = hjepa_kit.embed(checkpoint, tmp_path / "encoder.npy", dataset="synthetic", splits=["test"], device="cpu")
+    assert result.representation == result.evaluated_representation == "encoder"  # a run graded on the encoder
+    result = hjepa_kit.embed(level0_checkpoint, tmp_path / "explicit.npy", dataset="synthetic", splits=["test"],
+                             representation="encoder", device="cpu")
+    assert (result.representation, result.evaluated_representation) == ("encoder", "level0")
+    np.testing.assert_allclose(np.load(tmp_path / "explicit.npy"), features["encoder"].numpy(), atol=1e-5)
+
+
 def test_every_split_of_a_dataset_goes_to_one_npz(checkpoint, evaluated, tmp_path):
     data, features = evaluated
     out = tmp_path / "all.npz"
@@ -106,6 +125,9 @@ def test_an_unreadable_image_is_named_or_skipped(checkpoint, evaluated, tmp_path
         (["--out", "{tmp}/f.csv"], "--out {tmp}/f.csv: name a .npy file"),
         (["--representation", "level5"], "--representation 'level5': unknown representation; this model has encoder, level0, level1"),
         (["--split", "validation"], "--split 'validation': dataset 'synthetic' has the splits train, test"),
+        (["--set", "evaluation.representation=level7"],
+         "--representation defaults to the run's evaluated representation (evaluation.representation) 'level7', "
+         "which this model does not have; pass --representation with one of encoder, level0, level1"),
     ],
 )
 def test_bad_options_exit_2_and_write_nothing(checkpoint, tmp_path, capsys, args, message):

@@ -67,7 +67,9 @@ def test_the_plans_evaluate_command_on_a_cifar10_folder(one_epoch_checkpoint, tm
 def test_unknown_eval_type_and_missing_dataset_are_clear_errors(one_epoch_checkpoint, tmp_path):
     ckpt = str(one_epoch_checkpoint.checkpoints["final"])
     bad = run_cli("evaluate", "--checkpoint", ckpt, "--eval-type", "knnn")
-    assert bad.returncode == 2 and "--eval-type 'knnn': unknown evaluation; allowed: all, knn" in bad.stderr
+    assert bad.returncode == 2 and "--eval-type 'knnn': unknown evaluation; allowed: all, " in bad.stderr
+    allowed = bad.stderr.split("allowed: ")[1].strip().split(", ")
+    assert allowed == sorted(set(allowed)) and {"knn", "knn_faiss", "linear_probe"} <= set(allowed)  # once each, sorted
     missing = run_cli("evaluate", "--checkpoint", ckpt, "--dataset", "cifar10", "--data-path", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr
 

@@ -87,6 +87,53 @@ def test_onnx_export_gives_the_level_features_for_any_batch(checkpoint, referenc
         assert (got - features["level1"][:count]).abs().max() <= TOLERANCE
 
 
+def test_the_default_representation_is_the_one_the_run_evaluated(level0_checkpoint, reference, tmp_path, capsys):
+    """A run graded on level0 (as the quickstart) exports level0 unless told otherwise: users get what was graded."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    out = tmp_path / "onnx"
+    assert main(["export", "--checkpoint", str(level0_checkpoint), "--out", str(out), "--format", "onnx"]) == 0
+    assert "representation level0: the run's evaluated representation (evaluation.representation)" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["representation"] == config["evaluation_representation"] == "level0" and "level 0" in config["pooling"]
+    assert config["onnx"]["verified"]["max_abs_difference"] <= TOLERANCE
+    images, features = reference  # the same weights
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(["features"], {"images": images.numpy()})[0])
+    assert (got - features["level0"]).abs().max() <= TOLERANCE
+
+
+def test_timm_refuses_an_evaluated_level_by_default_and_says_how_to_choose_encoder(level0_checkpoint, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert main(["export", "--checkpoint", str(level0_checkpoint), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--representation defaults to the run's evaluated representation 'level0' (evaluation.representation" in err
+    assert "the timm format holds the encoder alone" in err and "--format onnx" in err and "`hjepa embed`" in err
+    assert "pass --representation encoder explicitly" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+    # Asked for explicitly, the encoder is exported for timm, and the output says it is not what was graded.
+    assert main(["export", "--checkpoint", str(level0_checkpoint), "--out", str(out), "--representation", "encoder"]) == 0
+    assert "representation encoder: chosen with --representation; the run evaluated level0" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert (config["representation"], config["evaluation_representation"]) == ("encoder", "level0")
+    assert config["timm"]["verified"]["max_abs_difference"] <= TOLERANCE
+
+
+@pytest.mark.parametrize("formats", [["timm"], ["timm", "onnx"]])
+def test_timm_cannot_hold_a_level_and_the_error_names_it_and_the_alternatives(checkpoint, tmp_path, formats):
+    """level0 layer-normalises the final tokens again before its max; timm has one norm before its pool, so it is refused."""
+    with pytest.raises(UserError) as info:
+        hjepa_kit.export(checkpoint, tmp_path / "export", formats=formats, representation="level0")
+    message = str(info.value)
+    assert message.startswith("--representation 'level0': the timm format holds the encoder alone")
+    assert "gives only the 'encoder' representation" in message and "no timm VisionTransformer configuration" in message
+    assert "--format onnx" in message and "`hjepa embed --representation level0`" in message
+    assert "defaults to" not in message and "--representation encoder" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_onnx_without_its_packages_is_a_clear_error(checkpoint, tmp_path, monkeypatch):
     for module in ("onnx", "onnxscript"):
         monkeypatch.setitem(sys.modules, module, None)  # import fails as when not installed

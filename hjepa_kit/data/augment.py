@@ -4,10 +4,9 @@ Augmentation: a per-sample random resized crop (the I-JEPA scale range, sampled 
 ``RandomResizedCrop`` does, with its centre-crop fallback) and a per-sample horizontal flip. The
 crop and resize are one separable resampling per sample, done as two batched matrix products
 (``W_y @ X @ W_x^T``) with bilinear weights (antialiased when shrinking, as torchvision's
-``antialias=True``). Measured on a shared 2-core AMD EPYC (``benchmarks/augmentation.py``) it is
-3-4x faster than ``F.grid_sample`` at 32->224 and 1-3x at 32->32: one thread augments about 30,000
-images/s at 32->32 and 1,500 images/s at 32->224, hundreds of times a training step's rate. It
-runs on the device of its input, so a trainer may move uint8 batches to the GPU and augment there.
+``antialias=True``): a few batched matrix products instead of a per-sample sampling grid, fast
+enough that augmentation is never the step's bottleneck (docs/performance.md has the figures of
+``benchmarks/augmentation.py``). It runs on the device of its input, so a trainer may move uint8 batches to the GPU and augment there.
 
 The evaluation transform (:func:`eval_transform`) resizes the whole image with the same kernel and
 normalises it, without randomness. The loaders of :mod:`hjepa_kit.data.loader` apply both.

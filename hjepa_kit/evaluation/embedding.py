@@ -1,7 +1,8 @@
 """Features of every image of a folder or a dataset, from a checkpoint: ``hjepa embed``.
 
 Images are decoded and normalised exactly as evaluation sees them (the run's image size and
-mean / std), encoded a batch at a time by the target encoder, and the chosen representation is
+mean / std), encoded a batch at a time by the target encoder, and the chosen representation (by
+default the run's evaluated one, ``evaluation.representation``: what its evaluation graded) is
 written as ``.npy`` (the features alone) or ``.npz`` (features with paths or splits, labels and
 class names). The file appears whole or not at all.
 """
@@ -27,7 +28,7 @@ from ..data.loader import choose_in_memory, iter_eval_batches
 from ..errors import DataError, UserError
 from ..data.images import decode_square
 from .outputs import atomic_file, check_new_file
-from .pretrained import Pretrained, check_representation_name, load_pretrained
+from .pretrained import Pretrained, choose_representation, load_pretrained
 from ..runtime import autocast_dtype, resolve_device
 from ..threads import configure_threads, physical_cores
 
@@ -51,6 +52,7 @@ class EmbedResult:
         skipped: images that could not be read and were skipped (``skip_bad``), as given.
         seconds: wall time of decoding and encoding.
         device: where the model ran.
+        evaluated_representation: the run's ``evaluation.representation`` (the default), for comparison.
     """
 
     path: Path
@@ -60,6 +62,7 @@ class EmbedResult:
     skipped: tuple[str, ...]
     seconds: float
     device: str
+    evaluated_representation: str = ""
 
 
 def find_images(folder: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
@@ -153,7 +156,7 @@ def embed_images(
     dataset: str | None = None,
     data_path: str | os.PathLike[str] | None = None,
     splits: Sequence[str] | None = None,
-    representation: str = "encoder",
+    representation: str | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     precision: str = "fp32",
@@ -179,7 +182,9 @@ def embed_images(
             run's own dataset keeps the run's parameters, another starts from its defaults.
         data_path: the dataset folder (sets ``data.dataset.params.root``).
         splits: the dataset's splits to embed, in order (default: all it has).
-        representation: ``encoder`` or a hierarchy level (``level0``, ``level1`` ...).
+        representation: ``encoder`` or a hierarchy level (``level0``, ``level1`` ...); ``None``
+            (default): the run's evaluated representation, ``evaluation.representation`` in the
+            checkpoint, i.e. the features its evaluation graded (``result.representation`` says which).
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: images per batch (default: the run's ``data.eval_batch_size``).
         precision: ``fp32`` (default, exact), ``bf16`` or ``auto`` (bf16 where it is fast).
@@ -190,7 +195,8 @@ def embed_images(
         progress: report progress on stderr: a bar on a terminal, a line per ~10% elsewhere.
 
     Returns:
-        An :class:`~hjepa_kit.evaluation.embedding.EmbedResult`: path, count, feature width, skipped files.
+        An :class:`~hjepa_kit.evaluation.embedding.EmbedResult`: path, count, feature width, the
+        representation written, skipped files.
 
     Raises:
         hjepa_kit.errors.UserError: a foreign checkpoint, an unknown representation or split, an
@@ -212,7 +218,7 @@ def embed_images(
     files = find_images(images) if images is not None else None
     run_device = resolve_device(device)
     pretrained = load_pretrained(checkpoint, device=run_device, dataset=dataset, data_path=data_path, overrides=overrides, plugins=plugins)
-    check_representation_name(representation, pretrained.representations)
+    representation = choose_representation(pretrained, representation)  # None: the run's evaluated one
     configure_threads(pretrained.config.training.threads)
     amp = autocast_dtype(precision, run_device)
     size = int(batch_size or pretrained.config.data.eval_batch_size)
@@ -231,6 +237,7 @@ def embed_images(
     return EmbedResult(
         path=out, count=int(features.shape[0]), feature_dim=int(features.shape[1]), representation=representation,
         skipped=tuple(skipped), seconds=time.perf_counter() - started, device=str(run_device),
+        evaluated_representation=pretrained.evaluated_representation,
     )
 
 

@@ -11,6 +11,13 @@ The timm format is a contract between the core and the encoder plugin: an encode
 loaded by plain timm offers ``export_timm()`` returning a :class:`TimmExport` (architecture,
 model arguments, state dict). The core writes and checks it; it knows no encoder. The ONNX format
 traces the model's own ``features`` and so works for any encoder and any representation.
+
+The representation exported is by default the run's evaluated one (``evaluation.representation``,
+what training and ``hjepa evaluate`` graded). timm holds only ``encoder``: a level is the
+predictor's own pooling (the hierarchical predictor layer-normalises the final tokens a second
+time, without affine parameters, before max-pooling), and a timm ``VisionTransformer`` applies one
+norm per token before its global pool and ``fc_norm`` only after it, so no configuration of it
+computes a level exactly; such a request is refused, naming ``--format onnx`` and ``hjepa embed``.
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ from typing import Any
 
 import attrs
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import __version__
 from ..errors import PluginError, UserError
+from .onnx_export import require_onnx, write_onnx
 from .outputs import atomic_folder, check_new_folder
-from .pretrained import Pretrained, check_representation_name, load_pretrained
+from .pretrained import Pretrained, choose_representation, load_pretrained
 
 __all__ = [
     "EXPORT_FORMAT", "FORMATS", "TOLERANCE", "TimmExport", "ExportResult", "export_checkpoint", "load_export_config",
@@ -113,7 +121,7 @@ def export_checkpoint(
     out: str | os.PathLike[str],
     *,
     formats: Sequence[str] = ("timm",),
-    representation: str = "encoder",
+    representation: str | None = None,
     force: bool = False,
     verify: bool = True,
     plugins: Iterable[Any] = (),
@@ -132,9 +140,11 @@ def export_checkpoint(
         out: the export folder; it must not exist unless ``force``.
         formats: ``timm`` and/or ``onnx``. ONNX needs the ``onnx`` and ``onnxscript`` packages
             (``pip install 'hjepa-kit[export]'``).
-        representation: what the exported model returns: ``encoder`` (the target encoder's final
-            tokens, averaged; the only one timm can hold) or, for ONNX only, a hierarchy level
-            (``level0``, ``level1`` ...).
+        representation: what the exported model returns; ``None`` (default): the run's evaluated
+            representation, ``evaluation.representation`` in the checkpoint, i.e. what its
+            evaluation graded. ``encoder`` (the target encoder's final tokens, averaged; the only
+            one timm can hold) or, for ONNX only, a hierarchy level (``level0``, ``level1`` ...).
+            A timm export of a run that evaluated a level therefore needs ``"encoder"`` explicitly.
         force: replace ``out`` when it holds an earlier export (never another folder).
         verify: load each export back (timm; ONNX with onnxruntime when installed) and require its
             features on a probe batch to match hjepa-kit's within
@@ -153,16 +163,12 @@ def export_checkpoint(
     out = Path(out)
     check_new_folder(out, force=force, replaceable=_is_export)
     pretrained = load_pretrained(checkpoint, device="cpu", plugins=plugins)
-    check_representation_name(representation, pretrained.representations)
+    asked, representation = representation, choose_representation(pretrained, representation)  # None: the evaluated one
     if "timm" in formats and representation != "encoder":
-        raise UserError(
-            f"--representation {representation!r}: the timm format holds the encoder alone, whose pooled output is the "
-            f"'encoder' representation; export {representation} with --format onnx, or compute it with "
-            f"`hjepa embed --representation {representation}`"
-        )
+        raise UserError(_timm_cannot_hold(representation, defaulted=asked is None))
     timm_spec = _timm_spec(pretrained) if "timm" in formats else None
     if "onnx" in formats:
-        _require_onnx()
+        require_onnx()
     model = pretrained.model
     files: dict[str, Path] = {}
     config = _config(pretrained, formats, representation)
@@ -174,7 +180,7 @@ def export_checkpoint(
             config["timm"] = _write_timm(timm_spec, pretrained, tmp / _FILES["timm"], probe, expected, verify)
             files["timm"] = out / _FILES["timm"]
         if "onnx" in formats:
-            config["onnx"] = _write_onnx(model, representation, tmp / _FILES["onnx"], probe, expected, verify)
+            config["onnx"] = write_onnx(model, representation, tmp / _FILES["onnx"], probe, expected, verify, _compare)
             files["onnx"] = out / _FILES["onnx"]
         if timm_spec is not None:
             config["usage"] = {"timm": f"import timm\nmodel = {timm_call(config, str(out))}\nmodel.eval()"}
@@ -182,6 +188,20 @@ def export_checkpoint(
         files["config"] = out / "config.json"
     log.info("exported %s (%s) to %s", pretrained.path, ", ".join(formats), out)
     return ExportResult(folder=out, files=files, config=config)
+
+
+def _timm_cannot_hold(representation: str, *, defaulted: bool) -> str:
+    """Why the timm format refuses ``representation`` and what to do instead (``defaulted``: it was not asked for)."""
+    asked = (f"--representation defaults to the run's evaluated representation {representation!r} (evaluation.representation, "
+             "what its evaluation graded), and" if defaulted else f"--representation {representation!r}:")
+    return (
+        f"{asked} the timm format holds the encoder alone, whose timm pooling gives only the 'encoder' representation "
+        f"(the mean of its final normed tokens); {representation} is the predictor's own pooling of those tokens (hierarchical: "
+        "a second layer norm per token, then a maximum), which no timm VisionTransformer configuration computes. Export "
+        f"{representation} exactly with --format onnx, or compute it with `hjepa embed{'' if defaulted else ' --representation ' + representation}`"
+        + ("; or pass --representation encoder explicitly for timm weights of the mean-pooled encoder (not what was graded)"
+           if defaulted else "")
+    )
 
 
 def _check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
@@ -219,20 +239,6 @@ def _timm_spec(pretrained: Pretrained) -> TimmExport:
             f"{type(spec).__name__}, expected hjepa_kit.evaluation.exporting.TimmExport"
         )
     return spec
-
-
-def _require_onnx() -> None:
-    missing = []
-    for module in ("onnx", "onnxscript"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        raise UserError(
-            f"--format onnx needs the package{'s' if len(missing) > 1 else ''} {' and '.join(missing)}, which "
-            "are not installed: pip install 'hjepa-kit[export]' (or pip install onnx onnxscript)"
-        )
 
 
 def _preprocessing(pretrained: Pretrained) -> dict[str, Any]:
@@ -330,59 +336,6 @@ def _write_timm(spec: TimmExport, pretrained: Pretrained, path: Path, probe: Ten
                 f"{spec.architecture}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             ) from exc
         section["verified"] = _compare("timm", got, expected, pretrained.encoder_name)
-    return section
-
-
-class _Representation(nn.Module):
-    """``images (B, C, S, S) -> features (B, D)`` of one representation of an HJEPA model."""
-
-    def __init__(self, model: nn.Module, representation: str) -> None:
-        super().__init__()
-        self.model = model
-        self.representation = representation
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.model.features(images)[self.representation]
-
-
-def _write_onnx(model: nn.Module, representation: str, path: Path, probe: Tensor, expected: Tensor, verify: bool) -> dict[str, Any]:
-    import warnings
-
-    wrapper = _Representation(model, representation).eval()
-    batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's own chatter (deprecations, opset notes)
-        try:
-            program = torch.onnx.export(  # traced on 2 images, checked on 3: a batch baked into the graph shows
-                wrapper, (probe[:2],), dynamo=True, input_names=["images"], output_names=["features"],
-                dynamic_shapes={"images": {0: batch}}, external_data=False, verbose=False,
-            )
-            program.save(str(path))
-        except Exception as exc:
-            raise PluginError(
-                f"ONNX export of representation {representation!r} failed (torch {torch.__version__}): "
-                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            ) from exc
-    section: dict[str, Any] = {
-        "input": {"name": "images", "shape": ["batch", *probe.shape[1:]], "dtype": "float32"},
-        "output": {"name": "features", "shape": ["batch", int(expected.shape[1])], "dtype": "float32"},
-        "torch_version": torch.__version__,
-    }
-    if verify:
-        try:
-            import onnxruntime
-        except ImportError:
-            section["verified"] = "not checked: onnxruntime is not installed"
-            return section
-        try:
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            got = torch.from_numpy(session.run(["features"], {"images": probe.numpy()})[0])
-        except Exception as exc:
-            raise PluginError(
-                f"the onnx export of {representation!r} does not run in ONNX Runtime on {probe.shape[0]} images "
-                f"(traced on 2): {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            ) from exc
-        section["verified"] = _compare("onnx", got, expected, representation)
     return section
 
 

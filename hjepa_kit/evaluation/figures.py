@@ -9,6 +9,8 @@
 - ``level_accuracy.png``: every evaluator's ``level_accuracy`` artifact as grouped bars, a dashed
   line at each series' minimum;
 - ``confusion_matrix.png``: every evaluator's ``confusion_matrix`` artifact, row-normalised;
+- ``accuracy_vs_labels.png``: every evaluator's ``label_curve`` artifact, accuracy against labelled
+  images per class (log scale) with a shaded interval, all series on one plot;
 - ``mask_examples.png``: a few images with the masks a masker drew for them.
 
 The figures know artifact kinds, never an evaluator's name or figure names. matplotlib is imported
@@ -56,14 +58,17 @@ def draw_figures(
 
     Args:
         figure_dir: the folder of the PNG files.
-        artifacts: evaluator name -> its artifacts; ``singular_values``, ``level_accuracy`` and
-            ``confusion_matrix`` (with ``classes``) of any evaluator are drawn.
+        artifacts: evaluator name -> its artifacts; ``singular_values``, ``level_accuracy``,
+            ``confusion_matrix`` (with ``classes``) and ``label_curve`` (series label ->
+            ``{"labels_per_class": [k, ...], "mean": [...], "low": [...], "high": [...]}``,
+            accuracies in ``[0, 1]``) of any evaluator are drawn.
         records: the training metrics records (``step``, ``loss``, ``loss/<term>``, ``lr``).
         mask_examples: a :class:`MaskExamples` or the tuple ``(images, context, targets, grid)``.
 
     Returns:
         name -> path of each figure drawn, in the report's order: ``loss_curves``,
-        ``singular_values``, ``level_accuracy``, ``confusion_matrix``, ``mask_examples``; an
+        ``singular_values``, ``level_accuracy``, ``confusion_matrix``, ``accuracy_vs_labels``,
+        ``mask_examples``; an
         evaluator's name is appended when several evaluators give one kind.
     """
     figures: dict[str, Path] = {}
@@ -84,6 +89,10 @@ def draw_figures(
         path = figure_dir / f"{key}.png"
         _draw_confusion(items["confusion_matrix"], items.get("classes"), name, path)
         figures[key] = path
+
+    curves = {label: entry for a in artifacts.values() if isinstance(a.get("label_curve"), Mapping) for label, entry in a["label_curve"].items()}
+    if curves and _draw_label_curves(curves, figure_dir / "accuracy_vs_labels.png"):
+        figures["accuracy_vs_labels"] = figure_dir / "accuracy_vs_labels.png"
 
     if mask_examples is not None:
         examples = mask_examples if isinstance(mask_examples, MaskExamples) else MaskExamples(*mask_examples)
@@ -256,6 +265,42 @@ def _draw_confusion(matrix: Any, classes: Sequence[str] | None, evaluator: str, 
                     colour = "white" if rates[i, j] > 0.5 else "black"
                     axis.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize="x-small", color=colour)
     fig.savefig(path)
+
+
+def _draw_label_curves(series: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
+    """Accuracy against labelled images per class, one line per series with its interval shaded.
+
+    False (nothing drawn) when no series has a finite point.
+    """
+    fig = _figure(6, 4)
+    axis = fig.subplots()
+    drawn = False
+    for i, (label, entry) in enumerate(series.items()):
+        ks = [number(k) for k in entry.get("labels_per_class") or ()]
+        mean = [number(v) for v in entry.get("mean") or ()]
+        points = [(k, m, number(lo), number(hi)) for k, m, lo, hi in zip(ks, mean, entry.get("low") or mean, entry.get("high") or mean)]
+        points = [p for p in points if p[0] is not None and p[0] > 0 and p[1] is not None]
+        if not points:
+            continue
+        colour = _SERIES_COLOURS[i % len(_SERIES_COLOURS)]
+        k, m, lo, hi = zip(*points)
+        axis.plot(k, [100 * v for v in m], marker="o", color=colour, label=label)
+        if all(v is not None for v in lo + hi):
+            axis.fill_between(k, [100 * v for v in lo], [100 * v for v in hi], color=colour, alpha=0.2)
+        drawn = True
+    if not drawn:
+        return False
+    axis.set_xscale("log")
+    ticks = sorted({int(k) for entry in series.values() for k in entry.get("labels_per_class") or () if number(k)})
+    axis.set_xticks(ticks, [str(t) for t in ticks])
+    axis.set_xlabel("labelled images per class")
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_ylim(0, 100)
+    axis.set_title("Accuracy against labels per class (shaded: 95% interval)")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize="small")
+    fig.savefig(path)
+    return True
 
 
 def _draw_masks(examples: MaskExamples, path: Path) -> None:

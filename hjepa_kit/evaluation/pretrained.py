@@ -8,6 +8,7 @@ caller builds one (``hjepa embed --dataset``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +25,9 @@ from ..errors import CheckpointError, UserError
 from ..model import HJEPA
 from ..registry import Component, Registry
 
-__all__ = ["Pretrained", "load_pretrained", "check_representation_name"]
+__all__ = ["Pretrained", "load_pretrained", "check_representation_name", "choose_representation"]
+
+log = logging.getLogger("hjepa_kit")
 
 
 @attrs.define
@@ -58,6 +61,11 @@ class Pretrained:
     def representations(self) -> tuple[str, ...]:
         """The representations :meth:`HJEPA.features` returns: ``encoder``, ``level0``, ``level1`` ..."""
         return ("encoder", *(f"level{i}" for i in range(int(self.model.predictor.num_levels))))
+
+    @property
+    def evaluated_representation(self) -> str:
+        """The run's ``evaluation.representation``: the one training and ``hjepa evaluate`` graded."""
+        return str(self.config.evaluation.representation)
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -144,4 +152,29 @@ def check_representation_name(name: str, available: Sequence[str], option: str =
     """``name`` when it is one of ``available``, else a UserError listing them."""
     if name not in available:
         raise UserError(f"{option} {name!r}: unknown representation; this model has {', '.join(available)}")
+    return name
+
+
+def choose_representation(pretrained: Pretrained, name: str | None, option: str = "--representation") -> str:
+    """The representation ``hjepa export`` and ``hjepa embed`` compute: ``name``, or by default the graded one.
+
+    ``None`` (the default of both) means the run's evaluated representation, the checkpoint's
+    ``evaluation.representation`` (:attr:`Pretrained.evaluated_representation`): users get the
+    features that training's online evaluation and ``hjepa evaluate`` scored. The choice is logged.
+
+    Raises:
+        UserError: ``name`` is not one of the model's representations, or (``None``) the run's
+            evaluated one is not (a configuration naming a representation the model lacks).
+    """
+    evaluated = pretrained.evaluated_representation
+    if name is None:
+        if evaluated not in pretrained.representations:
+            raise UserError(
+                f"{option} defaults to the run's evaluated representation (evaluation.representation) {evaluated!r}, "
+                f"which this model does not have; pass {option} with one of {', '.join(pretrained.representations)}"
+            )
+        log.info("representation %s: the run's evaluated representation (evaluation.representation)", evaluated)
+        return evaluated
+    check_representation_name(name, pretrained.representations, option)
+    log.info("representation %s: chosen with %s (the run evaluated %s)", name, option, evaluated)
     return name

@@ -209,7 +209,7 @@ def write_report(
         output_dir: the folder to write into (created).
         results: figure name -> value, from every evaluator.
         artifacts: evaluator name -> its artifacts (``confusion_matrix``, ``singular_values``,
-            ``level_accuracy``, ``verdict`` ...). Those of a kind
+            ``level_accuracy``, ``label_curve``, ``verdict`` ...). Those of a kind
             :func:`~hjepa_kit.evaluation.figures.draw_figures` knows are drawn, whichever
             evaluator gives them.
         grades: figure name -> its :class:`~hjepa_kit.contracts.Grade`, as the evaluators
@@ -225,7 +225,8 @@ def write_report(
     Returns:
         name -> path of each file written: ``results_json``, ``report_md`` and one per figure
         (``loss_curves``, ``singular_values``, ``level_accuracy``, ``confusion_matrix``,
-        ``mask_examples``; an evaluator's name is appended when several evaluators give one kind).
+        ``accuracy_vs_labels``, ``mask_examples``; an evaluator's name is appended when several
+        evaluators give one kind).
     """
     out = Path(output_dir)
     figure_dir = out / "figures"

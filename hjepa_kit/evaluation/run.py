@@ -15,10 +15,10 @@ import torch
 from ..build import build_dataset, build_model
 from ..training.checkpoint import load_checkpoint
 from ..config import load_config
-from ..contracts import BuildContext, Grade, ImageData
+from ..contracts import BuildContext, Grade, ImageData, needs_tokens
 from ..errors import CheckpointError, UserError
 from ..training.compiling import AUTO_EVAL_MIN_IMAGES, FeatureFunction, should_compile
-from .features import check_representation, extract_features, feature_sets
+from .features import check_representation, extract_features_and_tokens, feature_sets
 from .selection import EVAL_TYPE_EVALUATORS, select_evaluators
 from ..registry import Registry
 from ..runtime import autocast_dtype, resolve_device
@@ -57,8 +57,8 @@ def run_evaluation(
             configuration).
         dataset: evaluate on this dataset component instead of the training one.
         data_path: the dataset folder (sets ``data.dataset.params.root``).
-        eval_types: ``all``, ``linear_probe``, ``knn``, ``feature_quality``, ``hierarchy`` or any
-            registered evaluator name.
+        eval_types: ``all``, ``linear_probe``, ``knn``, ``feature_quality``, ``hierarchy``,
+            ``few_shot``, ``attentive_probe`` or any registered evaluator name.
         device: ``auto``, ``cpu`` or ``cuda``.
         output_dir: where ``results.json``, ``report.md`` and the figures go.
         overrides: ``KEY=VALUE`` overrides applied to the checkpoint's configuration.
@@ -109,32 +109,30 @@ def run_evaluation(
     test_split: ImageData = data.load("test")
     timings = {"load_data_s": time.perf_counter() - t0}
     images = len(train_split) + len(test_split)
-    compiled = should_compile(config.evaluation.compile, run_device, large_enough=images >= AUTO_EVAL_MIN_IMAGES,
-                              key="evaluation.compile")
+    evaluators = _build_evaluators(registry, eval_specs, ctx)
+    tokens = [spec.name for spec, evaluator in evaluators if needs_tokens(evaluator)]
+    # Tokens come from the target encoder called directly (eager): the compiled feature
+    # function returns pooled features only.
+    compiled = not tokens and should_compile(config.evaluation.compile, run_device,
+                                             large_enough=images >= AUTO_EVAL_MIN_IMAGES, key="evaluation.compile")
     grid = built.ctx.grid_size
     features = FeatureFunction(built.model, compile=compiled, tokens_per_image=grid[0] * grid[1])
     kwargs = dict(image_size=ctx.image_size, batch_size=config.data.eval_batch_size, mean=config.data.augmentation.mean,
                   std=config.data.augmentation.std, device=run_device, autocast_dtype=amp, features=features)
     t0 = time.perf_counter()
-    train_features = extract_features(built.model, train_split, **kwargs)
-    test_features = extract_features(built.model, test_split, **kwargs)
+    train_features, train_tokens = extract_features_and_tokens(built.model, train_split, tokens=bool(tokens), **kwargs)
+    test_features, test_tokens = extract_features_and_tokens(built.model, test_split, tokens=bool(tokens), **kwargs)
     timings["features_s"] = time.perf_counter() - t0
-    log.info("features of %d images in %.1fs (%s)", images, timings["features_s"],
-             "compiled, frozen weights" if features.compiled else "uncompiled")
-    sets = feature_sets(train_features, train_split.labels, test_features, test_split.labels, int(data.num_classes))
+    log.info("features of %d images in %.1fs (%s%s)", images, timings["features_s"],
+             "compiled, frozen weights" if features.compiled else "uncompiled",
+             f"; patch tokens for {', '.join(tokens)}" if tokens else "")
+    sets = feature_sets(train_features, train_split.labels, test_features, test_split.labels, int(data.num_classes),
+                        train_tokens=train_tokens, test_tokens=test_tokens)
     representation = check_representation(config.evaluation.representation, sets)
     metrics: dict[str, float] = {}
     artifacts: dict[str, dict[str, Any]] = {}
     grades: dict[str, Grade] = {}
-    for spec in eval_specs:
-        component = registry.get("evaluator", spec.name)
-        from ..params import structure
-
-        problems: list[str] = []
-        params = structure(component.params, spec.params, f"evaluation.evaluators[{spec.name}].params", problems)
-        if problems:
-            raise UserError("\n".join(problems))
-        evaluator = component.build(params, ctx)
+    for spec, evaluator in evaluators:
         t0 = time.perf_counter()
         result = evaluator(sets, representation)
         timings[f"{spec.name}_s"] = time.perf_counter() - t0
@@ -171,6 +169,22 @@ def run_evaluation(
     log.info("evaluation of %s done in %.1fs (%d threads)", path, timings["total_s"], threads)
     return {"metrics": metrics, "paths": paths, "timings": timings, "artifacts": artifacts, "grades": grades,
             "features_compiled": features.compiled}
+
+
+def _build_evaluators(registry: Registry, specs: Sequence[Any], ctx: BuildContext) -> list[tuple[Any, Any]]:
+    """``(spec, evaluator)`` of each selected evaluator, built before the features are extracted
+    (so that what they declare, e.g. ``needs_tokens``, decides what is extracted)."""
+    from ..params import structure
+
+    built = []
+    for spec in specs:
+        component = registry.get("evaluator", spec.name)
+        problems: list[str] = []
+        params = structure(component.params, spec.params, f"evaluation.evaluators[{spec.name}].params", problems)
+        if problems:
+            raise UserError("\n".join(problems))
+        built.append((spec, component.build(params, ctx)))
+    return built
 
 
 def _mask_examples(built: Any, data: ImageData, count: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]] | None:

@@ -17,7 +17,14 @@ if TYPE_CHECKING:
 __all__ = ["EVAL_TYPE_EVALUATORS", "EVAL_TYPES", "select_evaluators"]
 
 #: ``--eval-type`` shorthands -> evaluator component names.
-EVAL_TYPE_EVALUATORS = {"knn": "knn_faiss", "linear_probe": "linear_probe", "feature_quality": "feature_quality", "hierarchy": "hierarchy"}
+EVAL_TYPE_EVALUATORS = {
+    "knn": "knn_faiss",
+    "linear_probe": "linear_probe",
+    "feature_quality": "feature_quality",
+    "hierarchy": "hierarchy",
+    "few_shot": "few_shot",
+    "attentive_probe": "attentive_probe",
+}
 
 #: The ``--eval-type`` choices besides any registered evaluator name: ``all`` and the shorthands.
 EVAL_TYPES: tuple[str, ...] = ("all", *EVAL_TYPE_EVALUATORS)
@@ -39,7 +46,9 @@ def select_evaluators(eval_types: Sequence[str], configured: Sequence[ComponentS
             continue
         name = EVAL_TYPE_EVALUATORS.get(item, item)
         if name not in registry.components["evaluator"]:
-            allowed = ", ".join([*EVAL_TYPES, *registry.names("evaluator")])
+            known = registry.names("evaluator")  # one sorted list, each name once: shorthands and component names
+            shorthands = [short for short, target in EVAL_TYPE_EVALUATORS.items() if target in known]
+            allowed = ", ".join(sorted({"all", *shorthands, *known}))
             raise UserError(f"--eval-type {item!r}: unknown evaluation; allowed: {allowed}")
         spec = next((s for s in configured if s.name == name), ComponentSpec(name=name))
         if spec not in chosen:

@@ -51,7 +51,9 @@ def check_component(
     - **loss**: returns :class:`~hjepa_kit.contracts.LossOutput` whose ``total`` is a finite
       scalar, whose ``terms`` are named scalars, and whose backward reaches the predictions.
     - **evaluator**: on small random labelled features (``encoder``, ``level0``, ``level1``)
-      returns a non-empty mapping of names to numbers, or an :class:`~hjepa_kit.contracts.EvalResult`.
+      returns a non-empty mapping of names to numbers, or an :class:`~hjepa_kit.contracts.EvalResult`
+      whose grades name figures it returns. An evaluator that declares ``needs_tokens = True``
+      gets ``(N, 8, 16)`` float16 patch tokens on ``encoder`` (none on the levels), as in a run.
     - **dataset**: ``splits``, ``image_size``, ``num_classes``; each split in ``load_splits``
       loads as ``(N, C, H, W)`` uint8 with ``(N,)`` int64 labels in range; where offered,
       ``estimate_bytes`` gives a byte count and ``open_stream`` the same images one by one.

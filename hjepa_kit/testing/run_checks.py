@@ -36,8 +36,13 @@ LIFECYCLE_HOOKS = (
 
 def _check_evaluator(check: _Check, evaluator: Any, ctx: BuildContext, options: Mapping[str, Any]) -> Any:
     check.that(callable(evaluator), f"the factory returned {type(evaluator).__name__}, which is not callable")
-    features = random_feature_sets()
-    result = check.call("evaluating small random features", evaluator, features, "encoder")
+    wants = getattr(evaluator, "needs_tokens", False)
+    check.that(isinstance(wants, bool), f"its needs_tokens attribute must be True or False, got {wants!r}")
+    # As in a run: patch tokens (on ``encoder`` only) exactly when the evaluator declares it needs them.
+    features = random_feature_sets(tokens=8 if wants else 0)
+    result = check.call(
+        "evaluating small random features" + (" with patch tokens" if wants else ""), evaluator, features, "encoder"
+    )
     metrics = result.metrics if isinstance(result, EvalResult) else result
     check.that(isinstance(metrics, Mapping), f"it returned {type(result).__name__}, not a mapping of figures or an EvalResult")
     check.that(len(metrics) > 0, "it returned no figures")

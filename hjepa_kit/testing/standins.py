@@ -106,18 +106,30 @@ def random_feature_sets(
     dim: int = 16,
     num_classes: int = 4,
     seed: int = 0,
+    tokens: int = 0,
 ) -> dict[str, FeatureSet]:
-    """Small labelled features with some class structure, one :class:`FeatureSet` per name."""
+    """Small labelled features with some class structure, one :class:`FeatureSet` per name.
+
+    With ``tokens`` (``T > 0``), the ``encoder`` set also carries ``(N, T, dim)`` float16 patch
+    tokens whose mean over the ``T`` tokens is its pooled features, as in a run where an evaluator
+    declared ``needs_tokens``; the other names carry none (like the levels of a run).
+    """
     generator = torch.Generator().manual_seed(seed)
     centres = torch.randn(num_classes, dim, generator=generator) * 2.0
     sets = {}
     for name in names:
-        def split(count: int) -> tuple[Tensor, Tensor]:
-            labels = torch.arange(count) % num_classes
-            features = centres[labels] + torch.randn(count, dim, generator=generator)
-            return features.float(), labels.long()
+        with_tokens = tokens > 0 and name == "encoder"
 
-        train, train_labels = split(num_train)
-        test, test_labels = split(num_test)
-        sets[name] = FeatureSet(train=train, train_labels=train_labels, test=test, test_labels=test_labels, num_classes=num_classes)
+        def split(count: int) -> tuple[Tensor, Tensor, Tensor | None]:
+            labels = torch.arange(count) % num_classes
+            if not with_tokens:
+                features = centres[labels] + torch.randn(count, dim, generator=generator)
+                return features.float(), labels.long(), None
+            patches = (centres[labels][:, None, :] + torch.randn(count, tokens, dim, generator=generator)).half()
+            return patches.float().mean(1), labels.long(), patches
+
+        train, train_labels, train_tokens = split(num_train)
+        test, test_labels, test_tokens = split(num_test)
+        sets[name] = FeatureSet(train=train, train_labels=train_labels, test=test, test_labels=test_labels, num_classes=num_classes,
+                                train_tokens=train_tokens, test_tokens=test_tokens)  # fmt: skip
     return sets

@@ -4,13 +4,13 @@ Two uses, each behind a configuration key with the values ``auto``, ``true`` and
 
 * ``evaluation.compile``: the feature extractor of ``hjepa evaluate`` is compiled with frozen
   weights (inductor's ``freezing``: weights become constants, oneDNN linear layers are pre-packed
-  and fused with their element-wise neighbours). Measured on a 2-core AMD EPYC, ViT-Tiny/4 at
-  32 px in bf16: 326 -> 437 images/s, after about 15 s of compiling. Frozen weights are only
-  correct while the weights do not change, so this is used for one evaluation, never in training.
+  and fused with their element-wise neighbours; docs/performance.md, "Compiling", has the gain).
+  Frozen weights are only correct while the weights do not change, so this is used for one
+  evaluation, never in training.
 * ``training.compile``: the encoders and the predictor are compiled in place
   (``Module.compile``; parameter names and checkpoints are unchanged). The context encoder and
-  the predictor see a different number of tokens every step, so they are compiled for dynamic
-  shapes from the start.
+  the predictor see as many tokens as the step's masks keep: compiled for dynamic shapes from
+  the start, unless the masker declares ``static_shapes`` (then for those fixed shapes alone).
 
 ``auto`` compiles where the work is large enough to repay the compile time and a C++ compiler
 exists (the CPU backend generates C++); on a GPU ``auto`` leaves things eager (not measured
@@ -29,11 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["COMPILE_CHOICES", "cpp_compiler", "should_compile", "FeatureFunction", "compile_for_training", "eager"]
+__all__ = ["cpp_compiler", "should_compile", "FeatureFunction", "compile_for_training", "eager"]
 
 log = logging.getLogger("hjepa_kit")
-
-COMPILE_CHOICES = ("auto", True, False)
 
 #: Evaluation compiles (auto) from this many images to encode: compiling costs ~15 s, which
 #: 10,000 images at ~100 extra images/s repay.
@@ -59,10 +57,9 @@ def cpp_compiler() -> str | None:
 def should_compile(choice: bool | str, device: torch.device, *, large_enough: bool, key: str) -> bool:
     """Resolve ``choice`` (``"auto"``, True or False) of configuration key ``key`` for ``device``.
 
-    True on a CPU without a C++ compiler warns and returns False (the run goes on eagerly).
+    The configuration has checked ``choice`` already. True on a CPU without a C++ compiler warns
+    and returns False (the run goes on eagerly).
     """
-    if choice not in COMPILE_CHOICES:
-        raise ValueError(f"{key}: expected true, false or auto, got {choice!r}")
     if choice is False or (choice == "auto" and (device.type != "cpu" or not large_enough)):
         return False
     if device.type == "cpu" and cpp_compiler() is None:

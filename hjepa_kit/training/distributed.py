@@ -22,7 +22,7 @@ import torch.distributed as dist
 from ..errors import UserError
 
 __all__ = [
-    "DistInfo", "setup_distributed", "teardown_distributed", "wrap_ddp", "no_sync", "all_agree", "any_rank", "parameters_match",
+    "DistInfo", "setup_distributed", "teardown_distributed", "wrap_ddp", "no_sync", "any_rank", "parameters_match",
     "rescale_position",
 ]
 
@@ -120,11 +120,6 @@ def no_sync(wrapped: Sequence[Any], skip: bool) -> contextlib.AbstractContextMan
     for module in wrapped:
         stack.enter_context(module.no_sync())
     return stack
-
-
-def all_agree(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on any rank (e.g. a signal received by one)."""
-    return any_rank(flag, info=info, device=device)[0]
 
 
 def any_rank(*flags: bool, info: DistInfo, device: torch.device) -> tuple[bool, ...]:

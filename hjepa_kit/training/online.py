@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..build import Resolved, build_named
+from ..build import Resolved, build_component
 from ..config import LoggingConfig, RunConfig
 from ..contracts import BuildContext, Dataset, ImageData
 from .health import select_metric
@@ -75,7 +75,7 @@ class OnlineEvaluation:
         train_features = extract_features(model, train, **kwargs)
         test_features = extract_features(model, test, **kwargs)
         sets = feature_sets(train_features, train.labels, test_features, test.labels, int(self.dataset.num_classes))
-        evaluator = build_named(self.registry, self.resolved, "evaluation.online", self.ctx)
+        evaluator = build_component(self.resolved, "evaluation.online", self.ctx)
         result = evaluator(sets, check_representation(ev.representation, sets))
         figures = getattr(result, "metrics", result)
         out = {f"online/{k}": float(v) for k, v in figures.items()}

@@ -1,9 +1,10 @@
 """The run's log: output folders, training.log and console handlers, the per-interval figures, durations.
 
 Every module logs to the ``hjepa_kit`` logger; a run attaches a file handler (``training.log``)
-and, unless quiet, a console handler while it trains. :class:`LogWindow` gathers the figures of
-one logging interval (loss sums, images, time) for the interval line and the ETA. The module
-imports no torch: the progress bar callback uses :func:`format_duration`.
+and, unless quiet, a console handler while it trains. :class:`LogWindow` counts what the host sees
+of one logging interval (images, optimizer steps, time; the loss terms stay on the device) for the
+interval line and the ETA. The module imports no torch: the progress bar callback uses
+:func:`format_duration`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..build import Built, build_dataset, build_model, build_named, make_context
+from ..build import Built, build_component, build_dataset, build_model, make_context
 from .checkpoint import (
     find_latest, load_checkpoint, resume_target, save_checkpoint,
 )
@@ -235,7 +235,7 @@ class Trainer:
             if self.dist.is_main:
                 write_resolved_config(self)
             for spec_path in (p for p in self.resolved if p.startswith("callbacks[") and self.dist.is_main):
-                callback = build_named(self.registry, self.resolved, spec_path, self.ctx)
+                callback = build_component(self.resolved, spec_path, self.ctx)
                 self.registry.add_plugin(callback, name=f"{spec_path}:{self.resolved[spec_path][0].name}")
                 self._callbacks.append(callback)
             log_run_start(self)

@@ -1,0 +1,457 @@
+"""Evaluator ``attentive_probe``: a cross-attention probe on the frozen patch tokens.
+
+Pooling the tokens of a masked-prediction encoder before a linear probe throws away what it
+spreads over the patches; a probe that learns where to look reads more of it. This is the probe of
+V-JEPA (Bardes et al. 2024, "Revisiting Feature Prediction for Learning Visual Representations from
+Video", ``src/models/attentive_pooler.py`` of ``facebookresearch/jepa``), whose use for masked
+image models Psomas et al. 2025 ("Attention, Please! Revisiting Attentive Probing for Masked Image
+Modeling") examine on seven benchmarks. Written here from its description:
+
+- **one learned query** ``q0`` (``D``), attending over the ``T`` tokens of an image;
+- **one cross-attention block**: ``q0 + proj(attn(q0, LN(tokens)))``, ``H`` heads of
+  ``D / H`` (``num_heads``; default ``D / 64``, at least 1), then a residual MLP of hidden width
+  ``mlp_ratio * D`` (4) behind a LayerNorm, GELU;
+- **a linear layer** to the classes.
+
+Initialisation follows V-JEPA: weights and the query from a normal of standard deviation 0.02,
+biases zero, LayerNorms identity, the two output projections (attention and MLP) divided by
+``sqrt(2)``. Trained with AdamW (weight decay on the weights and the query, not on biases or
+LayerNorms; torch's betas and eps), a linear warmup and a cosine decay to 0, cross-entropy,
+mini-batches of train tokens.
+
+**Several heads, one pass.** As V-JEPA 2 does, a grid of ``lr x weight_decay`` probes is trained
+together: every mini-batch of tokens is read and normalised once and goes through every probe
+(their parameters are stacked; one AdamW update, with each probe's own learning rate and weight
+decay, updates them all). The probes are trained
+on the train split minus a held-out ``val_fraction`` (drawn with ``seed``); the probe with the
+best held-out top-1 (ties: the lower held-out loss) is chosen and its **test** accuracy is
+reported, so the test split chooses nothing.
+
+**Cost.** With a single query, the keys and values of the ``T`` tokens never need to be formed:
+the attention logits are ``q_h . (W_k,h (g * x_t + b)) = (g * W_k,h^T q_h) . x_t + const`` (``x_t``
+the normalised token, ``g, b`` the LayerNorm's affine; a constant in ``t`` does not change the
+softmax, so the key bias is omitted: it cannot change the function), and the attended value is
+``W_v,h (g * sum_t a_t x_t + b) + b_v`` since the weights ``a_t`` sum to one. Per image and probe
+the work is ``O(T D H + D^2)`` instead of ``O(T D^2)``: the same function as the block written with
+full keys and values, about ``T`` times cheaper. The tokens stay in half precision in the shared
+:class:`~hjepa_kit.contracts.FeatureSet`; the train tokens are standardised once (the first
+LayerNorm's parameter-free part, shared by every probe) into a copy of the same dtype, and each
+mini-batch is converted to float32. The probes train on the run's device (``ctx.device``; the
+tokens are moved there once). Training costs about 2.5 MFLOP per image, probe and epoch
+at ``D = 192`` (forward and backward; most of it the probes' MLPs): CIFAR-10-sized tokens (45,000
+train images of 64 x 192), 20 epochs, the default 4 probes make about 9 TFLOP, minutes on two
+free CPU cores and several times longer on busy ones; cut ``epochs`` or the grid for a quicker
+read, or evaluate with ``--device cuda``.
+
+Metrics (accuracies are fractions in ``[0, 1]``): ``attentive_probe/top1``, ``attentive_probe/top5``
+(test, the chosen probe), ``attentive_probe/val_top1`` (its held-out accuracy),
+``attentive_probe/lr`` and ``attentive_probe/weight_decay`` (its grid point),
+``attentive_probe/train_top1`` (its running accuracy over the last epoch). Artifacts:
+``confusion_matrix`` (test), ``grid`` (``"lr=...,wd=..."`` -> held-out top-1 of each probe),
+``representation``. The report grades ``attentive_probe/top1`` with :data:`ATTENTIVE_PROBE_GRADE`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import attrs
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from hjepa_kit import hookimpl
+from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet, Grade
+from hjepa_kit.errors import UserError
+from hjepa_kit.evaluation.metrics import topk_accuracy
+from hjepa_kit.params import param
+from hjepa_kit.plugins.linear_probe import _threads_for, confusion_matrix
+
+__all__ = [
+    "ATTENTIVE_PROBE_GRADE",
+    "AttentiveProbeParams",
+    "AttentiveProbes",
+    "StackedAdamW",
+    "normalise_tokens",
+    "AttentiveProbeResult",
+    "attentive_probe",
+    "select_token_features",
+    "build_attentive_probe",
+]
+
+#: The grade of ``attentive_probe/top1``: the linear probe's thresholds, 50% / 60% / 70%.
+ATTENTIVE_PROBE_GRADE = Grade(label="Attentive probe accuracy", thresholds=(0.50, 0.60, 0.70), percent=True)
+
+_LN_EPS = 1e-5  # torch.nn.LayerNorm's, as in V-JEPA
+
+
+@attrs.frozen(kw_only=True)
+class AttentiveProbeParams:
+    """Parameters of the ``attentive_probe`` evaluator."""
+
+    lr: tuple[float, ...] = param((1e-3, 3e-3), help="Peak AdamW learning rates of the grid (one probe per lr x weight_decay).", gt=0.0)
+    weight_decay: tuple[float, ...] = param((1e-3, 1e-1), help="AdamW weight decays of the grid.", ge=0.0)
+    epochs: int = param(20, help="Passes over the train tokens (V-JEPA: 20).", ge=1)
+    warmup_epochs: float = param(1.0, help="Linear warmup of the learning rate, in epochs; then a cosine decay to 0.", ge=0.0)
+    batch_size: int = param(256, help="Images per mini-batch.", ge=1)
+    num_heads: int | None = param(None, help="Attention heads of the cross-attention; null = D / 64, at least 1 (must divide D).", ge=1)
+    mlp_ratio: float = param(4.0, help="Hidden width of the block's MLP, in units of D.", gt=0.0)
+    val_fraction: float = param(0.1, help="Fraction of train held out to choose the grid point.", gt=0.0, lt=1.0)
+    seed: int = param(0, help="Seed of the held-out split, the initialisation and the mini-batch order.", ge=0)
+    representation: str | None = param(
+        None, help="Which representation's tokens to use; null = the run's default if it has tokens, else the first that has (encoder)."
+    )
+
+
+def _heads_for(dim: int, num_heads: int | None) -> int:
+    heads = max(1, dim // 64) if num_heads is None else num_heads
+    if dim % heads:
+        raise UserError(f"evaluator attentive_probe: num_heads={heads} does not divide the token width {dim}")
+    return heads
+
+
+class AttentiveProbes:
+    """``G`` independent attentive probes whose parameters are stacked along a first axis of size ``G``.
+
+    Each parameter is one tensor ``(G, ...)`` (:attr:`params`), so a mini-batch goes through every
+    probe with a few batched matrix products and one optimiser step updates all of them
+    (:class:`StackedAdamW`, with a learning rate and a weight decay per probe).
+
+    Args:
+        count: ``G``, the number of probes.
+        dim: token width ``D``.
+        num_classes: ``C``.
+        num_heads: attention heads ``H`` (divides ``D``).
+        mlp_ratio: MLP hidden width / ``D``.
+        generator: the source of the initial weights (a CPU generator).
+        device: where the parameters live.
+    """
+
+    #: Parameters without weight decay (biases and LayerNorms), as in V-JEPA.
+    NO_DECAY = ("bq", "bv", "bo", "ln1_w", "ln1_b", "ln2_w", "ln2_b", "b1", "b2", "bh")
+
+    def __init__(self, count: int, dim: int, num_classes: int, num_heads: int, mlp_ratio: float, generator: torch.Generator,
+                 device: torch.device | str = "cpu") -> None:  # fmt: skip
+        self.count, self.dim, self.num_classes, self.num_heads = count, dim, num_classes, num_heads
+        hidden = max(1, int(round(dim * mlp_ratio)))
+        g = count
+
+        def normal(*shape: int, scale: float = 1.0) -> Tensor:
+            return torch.nn.init.trunc_normal_(torch.empty(g, *shape), std=0.02, generator=generator) * scale
+
+        def ones(size: int) -> Tensor:
+            return torch.ones(g, size)
+
+        def zeros(size: int) -> Tensor:
+            return torch.zeros(g, size)
+
+        params = {
+            "query": normal(dim),
+            "ln1_w": ones(dim), "ln1_b": zeros(dim),
+            "wq": normal(dim, dim), "bq": zeros(dim),
+            "wk": normal(dim, dim),
+            "wv": normal(dim, dim), "bv": zeros(dim),
+            "wo": normal(dim, dim, scale=2**-0.5), "bo": zeros(dim),
+            "ln2_w": ones(dim), "ln2_b": zeros(dim),
+            "w1": normal(hidden, dim), "b1": zeros(hidden),
+            "w2": normal(dim, hidden, scale=2**-0.5), "b2": zeros(dim),
+            "wh": normal(num_classes, dim), "bh": zeros(num_classes),
+        }  # fmt: skip
+        # Drawn on the CPU (the generator's device), then moved: the same weights on every device.
+        self.params: dict[str, Tensor] = {k: v.to(device).requires_grad_(True) for k, v in params.items()}
+
+    def __call__(self, tokens: Tensor, normalised: bool = False) -> Tensor:
+        """``(G, B, C)`` logits of every probe for ``(B, T, D)`` float32 tokens.
+
+        ``normalised``: the tokens already went through :func:`normalise_tokens` (the first
+        LayerNorm without its affine, which has no parameter and is the same for every probe).
+        """
+        s = self.params
+        g, h, d = self.count, self.num_heads, self.dim
+        dh = d // h
+        b, t, _ = tokens.shape
+        x = tokens if normalised else F.layer_norm(tokens, (d,), eps=_LN_EPS)
+        q = torch.einsum("ge,gde->gd", s["query"], s["wq"]) + s["bq"]  # (G, D)
+        # Logits q_h . W_k,h (ln1_w * x_t): fold W_k and the LayerNorm scale into one vector per head.
+        u = torch.einsum("ghe,ghed->ghd", q.view(g, h, dh), s["wk"].view(g, h, dh, d)) * s["ln1_w"][:, None, :]
+        scores = (x.reshape(b * t, d) @ (u.reshape(g * h, d).T / math.sqrt(dh))).view(b, t, g * h)
+        attn = scores.softmax(dim=1).transpose(1, 2)  # (B, G*H, T), over the tokens
+        pooled = torch.bmm(attn, x).view(b, g, h, d).transpose(0, 1)  # (G, B, H, D): sum_t a_t x_t
+        pooled = pooled * s["ln1_w"][:, None, None, :] + s["ln1_b"][:, None, None, :]  # the weights sum to 1
+        values = torch.einsum("gbhd,ghed->gbhe", pooled, s["wv"].view(g, h, dh, d)).reshape(g, b, d) + s["bv"][:, None, :]
+        y = s["query"][:, None, :] + torch.baddbmm(s["bo"][:, None, :], values, s["wo"].transpose(1, 2))
+        z = F.layer_norm(y, (d,), eps=_LN_EPS) * s["ln2_w"][:, None, :] + s["ln2_b"][:, None, :]
+        z = F.gelu(torch.baddbmm(s["b1"][:, None, :], z, s["w1"].transpose(1, 2)))
+        y = y + torch.baddbmm(s["b2"][:, None, :], z, s["w2"].transpose(1, 2))
+        return torch.baddbmm(s["bh"][:, None, :], y, s["wh"].transpose(1, 2))
+
+    @torch.no_grad()
+    def predict(self, tokens: Tensor, batch_size: int, normalised: bool = False) -> Tensor:
+        """``(G, N, C)`` logits of ``(N, T, D)`` tokens of any dtype, in batches."""
+        parts = [self(tokens[i : i + batch_size].float(), normalised) for i in range(0, tokens.shape[0], batch_size)]
+        return torch.cat(parts, dim=1) if parts else torch.zeros(self.count, 0, self.num_classes, device=self.params["wh"].device)
+
+
+@torch.no_grad()
+def normalise_tokens(tokens: Tensor, chunk: int = 4096) -> Tensor:
+    """Each token standardised over its ``D`` values (a LayerNorm without affine), in ``tokens``' dtype.
+
+    Done once before training instead of at every step of every epoch; computed in float32 in
+    chunks of ``chunk`` images, so the extra memory is one copy of the tokens.
+    """
+    out = torch.empty_like(tokens)
+    for i in range(0, tokens.shape[0], chunk):
+        out[i : i + chunk] = F.layer_norm(tokens[i : i + chunk].float(), (tokens.shape[-1],), eps=_LN_EPS).to(tokens.dtype)
+    return out
+
+
+class StackedAdamW:
+    """AdamW (Loshchilov & Hutter 2019, decoupled weight decay; torch's defaults ``betas=(0.9, 0.999)``,
+    ``eps=1e-8``) over stacked ``(G, ...)`` parameters, with probe ``g``'s own learning rate and
+    weight decay: one update of all ``G`` probes is a handful of tensor operations per parameter.
+
+    Args:
+        params: name -> ``(G, ...)`` leaf tensor.
+        lr: ``(G,)`` peak learning rates; weight_decay: ``(G,)``.
+        no_decay: names of parameters without weight decay.
+    """
+
+    def __init__(self, params: Mapping[str, Tensor], lr: Tensor, weight_decay: Tensor, no_decay: Sequence[str] = (),
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:  # fmt: skip
+        self.params = dict(params)
+        self.lr, self.weight_decay = lr.to(torch.float32), weight_decay.to(torch.float32)
+        self.no_decay = set(no_decay)
+        self.betas, self.eps = betas, eps
+        self.step_count = 0
+        self.exp_avg = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in self.params.items()}
+
+    @torch.no_grad()
+    def step(self, factor: float = 1.0) -> None:
+        """One update with the learning rates scaled by ``factor`` (the schedule)."""
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        correction1 = 1 - beta1**self.step_count
+        correction2 = 1 - beta2**self.step_count
+        lr = self.lr * factor
+        for name, p in self.params.items():
+            grad = p.grad
+            if grad is None:
+                continue
+            shape = (-1,) + (1,) * (p.ndim - 1)
+            if name not in self.no_decay:
+                p.mul_((1 - lr * self.weight_decay).view(shape))
+            m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v / correction2).sqrt_().add_(self.eps)
+            p.addcdiv_(m * (lr / correction1).view(shape), denom, value=-1.0)
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+
+@attrs.frozen
+class AttentiveProbeResult:
+    """Outcome of :func:`attentive_probe`.
+
+    Attributes:
+        top1, top5: test accuracies of the chosen probe.
+        val_top1: held-out accuracy of the chosen probe.
+        train_top1: its running accuracy over the last epoch.
+        lr, weight_decay: its grid point.
+        grid: ``(lr, weight_decay)`` -> held-out top-1 of every probe.
+        confusion: ``(C, C)`` int64 test counts of the chosen probe.
+    """
+
+    top1: float
+    top5: float
+    val_top1: float
+    train_top1: float
+    lr: float
+    weight_decay: float
+    grid: dict[tuple[float, float], float]
+    confusion: object
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warmup over ``warmup`` steps, then a cosine from 1 to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def attentive_probe(
+    train_tokens: Tensor,
+    train_labels: Tensor,
+    test_tokens: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    *,
+    lr: Sequence[float] = (1e-3, 3e-3),
+    weight_decay: Sequence[float] = (1e-3, 1e-1),
+    epochs: int = 20,
+    warmup_epochs: float = 1.0,
+    batch_size: int = 256,
+    num_heads: int | None = None,
+    mlp_ratio: float = 4.0,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> AttentiveProbeResult:
+    """Train a grid of attentive probes on ``train_tokens``, choose on held-out train, report on test.
+
+    Args:
+        train_tokens: ``(N_train, T, D)`` tokens (any float dtype; mini-batches become float32).
+        train_labels: ``(N_train,)`` int64.
+        test_tokens: ``(N_test, T, D)``; test_labels: ``(N_test,)`` int64.
+        num_classes: ``C``.
+        lr, weight_decay: the grid; one probe per pair, trained together.
+        epochs, warmup_epochs, batch_size: the schedule.
+        num_heads, mlp_ratio: the block (see :class:`AttentiveProbes`).
+        val_fraction, seed: the held-out split; ``seed`` also seeds the weights and the batch order.
+        device: where the probes train (the tokens are moved there once, in their dtype).
+
+    Raises:
+        UserError: an empty grid, too few train images, or tokens that do not match.
+    """
+    grid = [(float(a), float(w)) for a in dict.fromkeys(lr) for w in dict.fromkeys(weight_decay)]
+    if not grid:
+        raise UserError("evaluator attentive_probe: lr and weight_decay need at least one value each")
+    if train_tokens.ndim != 3 or test_tokens.ndim != 3 or train_tokens.shape[1:] != test_tokens.shape[1:]:
+        raise UserError(
+            f"evaluator attentive_probe: train and test tokens must both be (N, T, D), got {tuple(train_tokens.shape)} and {tuple(test_tokens.shape)}"
+        )
+    n = train_tokens.shape[0]
+    if n < 2:
+        raise UserError(f"evaluator attentive_probe: needs at least 2 train images (one held out), got {n}")
+    dim = int(train_tokens.shape[2])
+    heads = _heads_for(dim, num_heads)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    held = min(max(1, round(n * val_fraction)), n - 1)
+    val_rows, fit_rows = order[:held], order[held:]
+    device = torch.device(device)
+    labels = train_labels.detach().to(device, torch.int64).clone()
+    train_x = normalise_tokens(train_tokens.detach().to(device))
+    # Evaluation may run under torch.inference_mode(); the probes need autograd. Small problems run
+    # on one thread (see linear_probe: a second thread costs more than it gives on tiny operations).
+    with torch.inference_mode(False), torch.enable_grad(), _threads_for(train_tokens[:batch_size].numel()):
+        probes = AttentiveProbes(len(grid), dim, num_classes, heads, mlp_ratio, generator, device)
+        optimizer = StackedAdamW(probes.params, torch.tensor([a for a, _ in grid], device=device),
+                                 torch.tensor([w for _, w in grid], device=device),
+                                 no_decay=AttentiveProbes.NO_DECAY)  # fmt: skip
+        steps_per_epoch = math.ceil(len(fit_rows) / batch_size)
+        total = epochs * steps_per_epoch
+        warmup = min(total, round(warmup_epochs * steps_per_epoch))
+        step = 0
+        correct = torch.zeros(len(grid), device=device)
+        for epoch in range(epochs):
+            shuffled = fit_rows[torch.randperm(len(fit_rows), generator=generator)].to(device)
+            correct.zero_()
+            for start in range(0, len(shuffled), batch_size):
+                rows = shuffled[start : start + batch_size]
+                x = train_x[rows].to(torch.float32)
+                y = labels[rows]
+                logits = probes(x, normalised=True)  # (G, B, C)
+                # The probes are independent: the sum of their mean losses gives each its own gradient.
+                loss = F.cross_entropy(logits.reshape(-1, num_classes), y.repeat(len(grid)), reduction="sum") / len(rows)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step(_schedule(step, total, warmup))
+                step += 1
+                if epoch == epochs - 1:
+                    correct += (logits.detach().argmax(2) == y).sum(1).float()
+        train_top1 = correct / max(1, len(fit_rows))
+        val_logits = probes.predict(train_x[val_rows.to(device)], batch_size, normalised=True)
+        val_labels = labels[val_rows.to(device)]
+        val_acc = (val_logits.argmax(2) == val_labels).float().mean(1)
+        val_loss = torch.stack([F.cross_entropy(val_logits[g], val_labels) for g in range(len(grid))])
+        best = max(range(len(grid)), key=lambda g: (float(val_acc[g]), -float(val_loss[g])))
+        test_logits = probes.predict(test_tokens.detach().to(device), batch_size)[best].cpu()
+    targets = test_labels.detach().to("cpu", torch.int64)
+    accuracy = topk_accuracy(test_logits, targets, (1, 5))
+    return AttentiveProbeResult(
+        top1=accuracy[1],
+        top5=accuracy[5],
+        val_top1=float(val_acc[best]),
+        train_top1=float(train_top1[best]),
+        lr=grid[best][0],
+        weight_decay=grid[best][1],
+        grid={point: float(val_acc[g]) for g, point in enumerate(grid)},
+        confusion=confusion_matrix(test_logits.argmax(1), targets, num_classes),
+    )
+
+
+def select_token_features(features: Mapping[str, FeatureSet], default: str, name: str | None, evaluator: str) -> tuple[str, FeatureSet]:
+    """``(name, features[name])`` of a representation that carries patch tokens.
+
+    ``name`` ``None``: ``default`` when it has tokens, else the first representation that has.
+
+    Raises:
+        UserError: the name is unknown or has no tokens, or no representation has any.
+    """
+    with_tokens = [k for k, v in features.items() if v.has_tokens]
+    if name is not None:
+        if name not in features:
+            raise UserError(f"evaluator {evaluator}: representation {name!r} was not extracted; available: {', '.join(sorted(features)) or '(none)'}")
+        if not features[name].has_tokens:
+            raise UserError(
+                f"evaluator {evaluator}: representation {name!r} carries no patch tokens; those with tokens: {', '.join(with_tokens) or '(none)'}"
+            )
+        return name, features[name]
+    if default in with_tokens:
+        return default, features[default]
+    if not with_tokens:
+        raise UserError(
+            f"evaluator {evaluator}: it reads patch tokens, but none were extracted for {', '.join(sorted(features)) or 'any representation'}; "
+            "tokens are extracted by `hjepa evaluate` for evaluators that declare needs_tokens (not by the online evaluation during training)"
+        )
+    return with_tokens[0], features[with_tokens[0]]
+
+
+def build_attentive_probe(params: AttentiveProbeParams, ctx: BuildContext):
+    """Factory of the ``attentive_probe`` evaluator (it declares ``needs_tokens``)."""
+    if not params.lr or not params.weight_decay:
+        raise UserError("evaluator attentive_probe: lr and weight_decay need at least one value each")
+    if ctx.embed_dim is not None and params.num_heads is not None and ctx.embed_dim % params.num_heads:
+        raise UserError(f"evaluator attentive_probe: num_heads={params.num_heads} does not divide the token width {ctx.embed_dim}")
+
+    def evaluate_attentive_probe(features: Mapping[str, FeatureSet], default: str) -> EvalResult:
+        name, feats = select_token_features(features, default, params.representation, "attentive_probe")
+        result = attentive_probe(
+            feats.train_tokens, feats.train_labels, feats.test_tokens, feats.test_labels, feats.num_classes,
+            lr=params.lr, weight_decay=params.weight_decay, epochs=params.epochs, warmup_epochs=params.warmup_epochs,
+            batch_size=params.batch_size, num_heads=params.num_heads, mlp_ratio=params.mlp_ratio,
+            val_fraction=params.val_fraction, seed=params.seed, device=ctx.device,
+        )  # fmt: skip
+        metrics = {
+            "attentive_probe/top1": result.top1,
+            "attentive_probe/top5": result.top5,
+            "attentive_probe/val_top1": result.val_top1,
+            "attentive_probe/train_top1": result.train_top1,
+            "attentive_probe/lr": result.lr,
+            "attentive_probe/weight_decay": result.weight_decay,
+        }
+        artifacts = {
+            "confusion_matrix": result.confusion,
+            "representation": name,
+            "grid": {f"lr={a:g},wd={w:g}": acc for (a, w), acc in result.grid.items()},
+        }
+        return EvalResult(metrics=metrics, artifacts=artifacts, grades={"attentive_probe/top1": ATTENTIVE_PROBE_GRADE})
+
+    evaluate_attentive_probe.needs_tokens = True  # type: ignore[attr-defined]
+    return evaluate_attentive_probe
+
+
+@hookimpl
+def hjepa_register_evaluators(register) -> None:
+    register(
+        "attentive_probe",
+        build_attentive_probe,
+        params=AttentiveProbeParams,
+        summary="V-JEPA's attentive probe on frozen patch tokens (one query, one cross-attention block, linear); an lr x wd grid trained in one pass.",
+    )
