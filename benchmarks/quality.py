@@ -1,14 +1,23 @@
 """Does pretraining learn? k-NN, linear probe and RankMe on real and synthetic images, per CPU budget.
 
-For a config and a CPU-time budget, each seed pretrains on each dataset (the embedded real
-``digits`` by default, and ``synthetic``) and is evaluated on the dataset's full train/test splits:
+For a config and a CPU-time budget, each seed pretrains on each dataset (by default the embedded
+real ``digits``, the same digits resized with nearest-neighbour resampling as ``digits_nearest``,
+and ``synthetic``) and is evaluated on the dataset's full train/test splits:
 
 * **time to accuracy**: k-NN(20) of every representation after 1, 2, 5, 10 ... minutes of
   pretraining (``--curve``); minute 0 is the **random-init baseline of the same run** (the
   model as built, before its first step);
 * at the end of the budget (or of the configured epochs, if sooner): k-NN(20), linear probe and
-  RankMe (effective rank of the pooled train features) per representation;
-* the **raw-pixel baseline**: the same k-NN and linear probe on the normalised pixels.
+  RankMe (effective rank of the pooled train features) per representation, each beside the
+  untrained network's k-NN and the raw pixels';
+* the **raw-pixel baseline**: the same k-NN and linear probe on the normalised pixels;
+* with ``--long-factor F``, a **long-schedule check**: every (dataset, seed) also runs with
+  ``training.epochs`` times F (and a budget F times larger; the rest of the config, warmup
+  included, unchanged), and its final k-NN and linear probe are set beside the shipped length's,
+  with the paired difference long - shipped in points (mean ± std over seeds, and the worst seed);
+* with ``--figure OUT.png``, the time-to-accuracy curves of the evaluated representation (the
+  config's ``evaluation.representation``) per dataset, mean over seeds with a min..max band,
+  against the untrained network and the raw pixels (``_quality_report.py`` redraws it from the JSON).
 
 Time is *core-normalised CPU time* of the pretraining alone: the process's CPU seconds divided by
 its torch threads, with the evaluations' CPU time taken out. On an idle 2-core machine it equals
@@ -16,7 +25,15 @@ wall time; a busy neighbour slows the run but hardly changes the figure. Each fi
 over seeds with its spread (sample std, and min..max).
 
     python benchmarks/quality.py --config quickstart --budget-min 10 --seeds 0 1 2 --json q.json
+    python benchmarks/quality.py --config quickstart --long-factor 4 --figure q.png --json q.json
     python benchmarks/quality.py --config configs/cifar10_native32.yaml --set training.lr=5.0e-4 --budget-min 2
+    python benchmarks/quality.py --datasets synthetic --dataset-param synthetic.num_train=256 ...
+
+The JSON holds ``runs`` (one per dataset and seed: its curve, final figures, pixels) and
+``summary`` (per dataset: the same as mean ± spread); with ``--long-factor``, also ``long_runs``
+(the same fields per long run) and per dataset ``summary[d]["long"]`` (the long runs' summary,
+``delta_points``: long - shipped per seed in points, summarised, and ``shipped_completed`` /
+``long_completed``: how many runs ended at their configured epochs rather than at the budget).
 """
 
 from __future__ import annotations
@@ -31,8 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import _machine  # noqa: F401  (first: hjepa_kit before torch)
+from _quality_report import draw, long_table, overview, report, table
 import attrs
 import torch
+import yaml
 
 import hjepa_kit
 from hjepa_kit.api import _source
@@ -44,8 +63,26 @@ from hjepa_kit.training.trainer import Trainer
 
 DATASETS = {
     "digits": {"name": "digits", "params": {}},
+    # The same digits resized with nearest-neighbour resampling (each source pixel a solid square).
+    "digits_nearest": {"name": "digits", "params": {"interpolation": "nearest"}},
     "synthetic": {"name": "synthetic", "params": {"num_train": 4096, "num_test": 1024, "image_size": 32}},
 }
+DEFAULT_DATASETS = ["digits", "digits_nearest", "synthetic"]
+METRICS = ("knn", "linear", "rankme")
+
+
+def dataset_specs(names: list[str], assignments: list[str]) -> dict[str, dict[str, Any]]:
+    """The specs of ``names`` from :data:`DATASETS`, with ``DATASET.KEY=VALUE`` (YAML-typed) applied."""
+    specs = {name: {"name": DATASETS[name]["name"], "params": dict(DATASETS[name]["params"])} for name in names}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        dataset, dot, param_name = key.partition(".")
+        if not sep or not dot or not param_name:
+            raise SystemExit(f"--dataset-param {item!r}: expected DATASET.KEY=VALUE, e.g. synthetic.num_train=256")
+        if dataset not in specs:
+            raise SystemExit(f"--dataset-param {item!r}: {dataset!r} is not among --datasets ({', '.join(specs)})")
+        specs[dataset]["params"][param_name] = yaml.safe_load(value)
+    return specs
 
 
 def _figures(result: Any) -> dict[str, float]:
@@ -142,13 +179,26 @@ class BudgetCallback:
             trainer.request_stop(f"quality benchmark budget of {self.budget_s / 60:g} CPU-minutes reached")
 
 
-def run_one(config_source: Any, dataset: str, seed: int, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    overrides = [*args.set, f"seed={seed}", f"output_dir={out_dir}", f"name=quality_{dataset}_{seed}",
+def long_curve(curve: list[float], factor: int, budget_min: float) -> list[float]:
+    """The long run's curve minutes: the shipped ones and each times ``factor``, within its budget."""
+    return sorted(m for m in {*curve, *(m * factor for m in curve)} if m <= budget_min)
+
+
+def run_one(config_source: Any, dataset: str, seed: int, args: argparse.Namespace, out_dir: Path,
+            factor: int = 1) -> dict[str, Any]:
+    """Pretrains ``dataset`` with ``seed``: the shipped schedule, or ``training.epochs`` times ``factor``."""
+    tag = f"quality_{dataset}_{seed}" + (f"_x{factor}" if factor > 1 else "")
+    overrides = [*args.set, f"seed={seed}", f"output_dir={out_dir}", f"name={tag}",
                  "evaluation.online=null", "checkpoint.save_final=false", "checkpoint.every_epochs=1000000"]
     config = load_config(config_source, overrides)
-    config = attrs.evolve(config, data=attrs.evolve(config.data, dataset=ComponentSpec(**DATASETS[dataset])))
-    callback = BudgetCallback(list(args.curve), args.budget_min)
-    trainer = Trainer(config, plugins=[callback], source=f"{args.config} ({dataset}, seed {seed})", console=args.verbose)
+    shipped_epochs = config.training.epochs
+    config = attrs.evolve(config, data=attrs.evolve(config.data, dataset=ComponentSpec(**args.dataset_specs[dataset])),
+                          training=attrs.evolve(config.training, epochs=shipped_epochs * factor))
+    budget_min = args.budget_min * factor
+    curve = list(args.curve) if factor == 1 else long_curve(args.curve_requested, factor, budget_min)
+    callback = BudgetCallback(curve, budget_min)
+    label = f"{args.config} ({dataset}, seed {seed}" + (f", {factor}x epochs)" if factor > 1 else ")")
+    trainer = Trainer(config, plugins=[callback], source=label, console=args.verbose)
     started = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - started
@@ -162,7 +212,11 @@ def run_one(config_source: Any, dataset: str, seed: int, args: argparse.Namespac
                                 "after_end": True})
     loss = trainer.last_metrics.get("loss")
     return {
-        "dataset": dataset, "seed": seed, "status": result.status, "steps": trainer.step, "epochs": trainer.epoch,
+        "dataset": dataset, "seed": seed, "schedule": "shipped" if factor == 1 else "long", "factor": factor,
+        "epochs_configured": config.training.epochs, "budget_min": budget_min,
+        "representation": config.evaluation.representation,
+        "status": result.status, "steps": trainer.step, "epochs": trainer.epoch,
+        "completed": result.status == "completed",  # ended at its configured epochs, not at the budget
         "train_core_minutes": train_minutes, "wall_s": wall, "final_loss": loss,
         "curve": callback.points, "final": final, "pixels": pixels,
     }
@@ -183,7 +237,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         reps = list(rs[0]["final"])
         entry: dict[str, Any] = {"final": {}, "random_init_knn": {}, "curve": {}, "pixels": {}}
         for rep in reps:
-            entry["final"][rep] = {m: _stats([r["final"][rep][m] for r in rs]) for m in ("knn", "linear", "rankme")}
+            entry["final"][rep] = {m: _stats([r["final"][rep][m] for r in rs]) for m in METRICS}
             entry["final"][rep]["width"] = rs[0]["final"][rep]["width"]
             entry["random_init_knn"][rep] = _stats([r["curve"][0]["knn"][rep] for r in rs])
             minutes = sorted({p["minute"] for r in rs for p in r["curve"]})
@@ -194,66 +248,80 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         entry["train_core_minutes"] = _stats([r["train_core_minutes"] for r in rs])
         entry["steps"] = _stats([float(r["steps"]) for r in rs])
         entry["final_loss"] = _stats([r["final_loss"] for r in rs])
+        entry["epochs_configured"] = rs[0]["epochs_configured"]
+        entry["completed"] = sum(bool(r["completed"]) for r in rs)
         summary[dataset] = entry
     return summary
 
 
-def fmt(s: dict[str, float], digits: int = 3) -> str:
-    if not s:
-        return "-"
-    if s["n"] == 1:
-        return f"{s['mean']:.{digits}f}"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
-
-
-def table(summary: dict[str, Any]) -> str:
-    lines = []
-    for dataset, entry in summary.items():
-        lines.append(f"\n{dataset}: {fmt(entry['steps'], 0)} steps in {fmt(entry['train_core_minutes'], 2)} core-minutes, "
-                     f"final loss {fmt(entry['final_loss'], 4)}")
-        lines.append("| representation | k-NN(20) | linear | RankMe (of width) | random-init k-NN |")
-        lines.append("|---|---|---|---|---|")
-        for rep, f in entry["final"].items():
-            lines.append(f"| {rep} | {fmt(f['knn'])} | {fmt(f['linear'])} | {fmt(f['rankme'], 1)} ({f['width']}) | "
-                         f"{fmt(entry['random_init_knn'][rep])} |")
-        lines.append(f"| raw pixels | {fmt(entry['pixels']['knn'])} | {fmt(entry['pixels']['linear'])} | | |")
-        minutes = list(next(iter(entry["curve"].values())))
-        lines.append("\ntime to accuracy (k-NN(20), core-minutes of pretraining; 0 = random init):")
-        lines.append("| representation | " + " | ".join(f"{m} min" for m in minutes) + " |")
-        lines.append("|---|" + "---|" * len(minutes))
-        for rep, curve in entry["curve"].items():
-            lines.append(f"| {rep} | " + " | ".join(fmt(curve[m]) for m in minutes) + " |")
-    return "\n".join(lines)
+def summarise_long(runs: list[dict[str, Any]], long_runs: list[dict[str, Any]], factor: int) -> dict[str, Any]:
+    """Per dataset: the long runs' summary, and long - shipped in points, paired by seed."""
+    out: dict[str, Any] = {}
+    shipped = {(r["dataset"], r["seed"]): r for r in runs}
+    for dataset, entry in summarise(long_runs).items():
+        pairs = [(shipped[(r["dataset"], r["seed"])], r) for r in long_runs if r["dataset"] == dataset]
+        entry["factor"] = factor
+        entry["delta_points"] = {
+            rep: {m: _stats([100.0 * (lr["final"][rep][m] - sr["final"][rep][m]) for sr, lr in pairs])
+                  for m in ("knn", "linear")}
+            for rep in entry["final"]
+        }
+        entry["shipped_completed"] = sum(bool(sr["completed"]) for sr, _ in pairs)
+        entry["long_completed"] = sum(bool(lr["completed"]) for _, lr in pairs)
+        out[dataset] = entry
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="quickstart", help="config file or bundled name (default quickstart)")
-    parser.add_argument("--datasets", nargs="+", default=["digits", "synthetic"], choices=sorted(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, choices=sorted(DATASETS))
+    parser.add_argument("--dataset-param", action="append", default=[], metavar="DATASET.KEY=VALUE",
+                        help="dataset parameter (repeatable), e.g. synthetic.num_train=256")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget-min", type=float, default=10.0, help="core-minutes of pretraining per run")
     parser.add_argument("--curve", nargs="+", type=float, default=[1, 2, 5, 10], help="minutes at which k-NN is measured")
+    parser.add_argument("--long-factor", type=int, default=0, metavar="F",
+                        help="also run every dataset and seed with training.epochs x F and a budget x F, and report "
+                        "its final figures beside the shipped length's (0: off)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--figure", type=Path, metavar="OUT.png", help="draw the time-to-accuracy curves here")
     parser.add_argument("--verbose", action="store_true", help="echo the training log")
     args = parser.parse_args(argv)
+    if args.long_factor < 0 or args.long_factor == 1:
+        parser.error("--long-factor must be 0 (off) or at least 2")
+    args.dataset_specs = dataset_specs(args.datasets, args.dataset_param)
+    args.curve_requested = sorted(args.curve)
     args.curve = [m for m in args.curve if m <= args.budget_min]
     source, _name = _source(args.config)
-    runs = []
+    representation = load_config(source, args.set).evaluation.representation
+    runs, long_runs = [], []
     with tempfile.TemporaryDirectory(prefix="hjepa_quality_") as tmp:
         for dataset in args.datasets:
             for seed in args.seeds:
-                run = run_one(source, dataset, seed, args, Path(tmp))
-                runs.append(run)
-                f = run["final"]
-                print(f"{dataset} seed {seed}: {run['steps']} steps, {run['train_core_minutes']:.2f} core-min, "
-                      + ", ".join(f"{k} knn {v['knn']:.3f} lin {v['linear']:.3f} rankme {v['rankme']:.0f}" for k, v in f.items())
-                      + f"; init knn {run['curve'][0]['knn']}; pixels {run['pixels']['knn']:.3f}/{run['pixels']['linear']:.3f}",
-                      flush=True)
+                runs.append(run_one(source, dataset, seed, args, Path(tmp)))
+                print(report(runs[-1]), flush=True)
+                if args.long_factor:
+                    long_runs.append(run_one(source, dataset, seed, args, Path(tmp), factor=args.long_factor))
+                    print(report(long_runs[-1]), flush=True)
     summary = summarise(runs)
+    long = summarise_long(runs, long_runs, args.long_factor) if long_runs else {}
+    for dataset, entry in long.items():
+        summary[dataset]["long"] = entry
     print(table(summary))
-    _machine.write_json(args.json, {"machine": _machine.machine(), "config": args.config, "overrides": args.set,
-                                    "budget_min": args.budget_min, "seeds": args.seeds, "summary": summary, "runs": runs})
+    print(overview(summary, representation))
+    if long:
+        print(long_table(summary, long, representation))
+    payload = {"machine": _machine.machine(), "config": args.config, "overrides": args.set,
+               "representation": representation, "budget_min": args.budget_min, "seeds": args.seeds,
+               "datasets": args.dataset_specs, "long_factor": args.long_factor,
+               "figure": str(args.figure) if args.figure else None,
+               "summary": summary, "runs": runs, "long_runs": long_runs}
+    _machine.write_json(args.json, payload)
+    if args.figure:
+        draw(payload, args.figure)
+        print(f"# wrote {args.figure}")
     return 0
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "needs_tokens",
     "Grade",
     "EvalResult",
+    "TimmExport",
     "Encoder",
     "Masker",
     "Predictor",
@@ -270,6 +271,27 @@ class EvalResult:
     grades: Mapping[str, Grade] = attrs.field(factory=dict)
 
 
+@attrs.frozen(kw_only=True)
+class TimmExport:
+    """What an encoder's optional ``export_timm()`` returns: itself as a plain timm model (``hjepa export``).
+
+    ``timm.create_model(architecture, pretrained=True, pretrained_cfg_overlay=dict(file=...),
+    **model_args)`` with ``state_dict`` saved in that file must build a model whose
+    ``forward(images)`` returns the ``encoder`` representation, ``(B, D)``: the mean of the
+    encoder's final normed patch tokens (``HJEPA.features``). The export checks this numerically.
+
+    Attributes:
+        architecture: a registered timm model name (``vit_tiny_patch16_224``).
+        model_args: keyword arguments of ``timm.create_model`` (JSON values), including
+            ``num_classes=0``; they override the architecture's defaults (image and patch size ...).
+        state_dict: the timm model's parameter names -> tensors (position embeddings included).
+    """
+
+    architecture: str
+    model_args: Mapping[str, Any]
+    state_dict: Mapping[str, Tensor]
+
+
 def needs_tokens(evaluator: Any) -> bool:
     """Whether an evaluator declared that it reads patch tokens (``evaluator.needs_tokens``; default False)."""
     return bool(getattr(evaluator, "needs_tokens", False))
@@ -284,6 +306,9 @@ class Encoder(Protocol):
         patch_size: side of a square patch in pixels.
         grid_size: ``(rows, cols)`` of the patch grid.
         depth: number of transformer blocks (valid ``return_blocks`` are ``-depth .. depth-1``).
+
+    An encoder that plain timm can load also offers ``export_timm() -> TimmExport`` (optional:
+    ``hjepa export --format timm`` refuses an encoder without it and names ``--format onnx``).
     """
 
     embed_dim: int

@@ -56,3 +56,22 @@ class CollapseDetected(TrainingStopped):
 
 class OutputError(UserError):
     """An output path cannot be used: it exists (and no ``force``), or it cannot be written."""
+
+
+class DiskFull(CheckpointError, OutputError):
+    """A write failed on a full disk or quota (``ENOSPC``, ``EDQUOT``); the previous file is intact, no temporary is left.
+
+    It is both a :class:`CheckpointError` and an :class:`OutputError`: code that catches the
+    error of a failed checkpoint or output write catches a full disk too.
+
+    Attributes:
+        folder: the folder written to.
+        needed: the bytes the write needed (at least).
+        free: the bytes free there after the failed write was removed.
+    """
+
+    def __init__(self, message: str, *, folder: object = None, needed: int = 0, free: int = 0) -> None:
+        super().__init__(message)
+        self.folder = folder
+        self.needed = needed
+        self.free = free

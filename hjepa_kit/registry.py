@@ -14,6 +14,7 @@ hook call.
 from __future__ import annotations
 
 import importlib.metadata as md
+import functools
 import inspect
 import os
 import sys
@@ -428,13 +429,19 @@ def _canonical(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> Mapping[str, list[str]]:
+    """Top-level package -> distributions, read once per process (it scans every installed one: seconds)."""
+    try:
+        return md.packages_distributions()
+    except Exception:
+        return {}
+
+
 def _distribution_of(module: str) -> tuple[str, str]:
     """The installed distribution shipping ``module``'s top-level package, if any."""
     top = module.split(".")[0] if module else ""
-    try:
-        dists = md.packages_distributions().get(top, [])
-    except Exception:
-        dists = []
+    dists = _packages_distributions().get(top, [])
     if dists:
         try:
             return dists[0], md.version(dists[0])

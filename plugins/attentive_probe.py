@@ -64,7 +64,7 @@ from torch.nn import functional as F
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet, Grade
 from hjepa_kit.errors import UserError
-from hjepa_kit.evaluation.metrics import topk_accuracy
+from hjepa_kit.helpers import choose_representation, topk_accuracy
 from hjepa_kit.params import param
 from hjepa_kit.plugins.linear_probe import _threads_for, confusion_matrix
 
@@ -396,8 +396,7 @@ def select_token_features(features: Mapping[str, FeatureSet], default: str, name
     """
     with_tokens = [k for k, v in features.items() if v.has_tokens]
     if name is not None:
-        if name not in features:
-            raise UserError(f"evaluator {evaluator}: representation {name!r} was not extracted; available: {', '.join(sorted(features)) or '(none)'}")
+        choose_representation(features, name, option=f"the {evaluator} parameter representation")
         if not features[name].has_tokens:
             raise UserError(
                 f"evaluator {evaluator}: representation {name!r} carries no patch tokens; those with tokens: {', '.join(with_tokens) or '(none)'}"

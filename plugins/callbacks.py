@@ -45,23 +45,15 @@ class TensorBoardCallback:
     def hjepa_step_end(self, trainer: Any, step: int, metrics: Mapping[str, float]) -> None:
         if self.writer is None:
             return
-        # Loss terms and gradient norms come on the steps that log a line (the trainer reads them
-        # from the device only then); feature statistics on their own schedule: both are written.
-        forced = any(k.startswith(("features/", "loss", "grad_norm")) for k in metrics)
-        if step % self.params.every_steps and not forced:
-            return
-        for key, value in metrics.items():
-            if key == "eta_s":
-                continue
-            self.writer.add_scalar(_tag(key), value, step)
+        for tag, value in step_scalars(step, metrics, self.params.every_steps).items():
+            self.writer.add_scalar(tag, value, step)
 
     @hookimpl
     def hjepa_epoch_end(self, trainer: Any, epoch: int, metrics: Mapping[str, float]) -> None:
         if self.writer is None:
             return
-        for key, value in metrics.items():
-            if key.startswith(("online/", "health/")):
-                self.writer.add_scalar(key, value, trainer.step)
+        for key, value in epoch_scalars(metrics).items():
+            self.writer.add_scalar(key, value, trainer.step)
         self.writer.add_scalar("epoch/loss", metrics.get("loss", float("nan")), epoch)
         self.writer.flush()
 
@@ -71,6 +63,24 @@ class TensorBoardCallback:
             self.writer.add_text("run/status", status, trainer.step)
             self.writer.close()
             self.writer = None
+
+
+def step_scalars(step: int, metrics: Mapping[str, float], every_steps: int) -> dict[str, float]:
+    """The scalars the ``tensorboard`` callback writes for one step, by tag; empty on steps it skips.
+
+    The experiment trackers (:mod:`hjepa_kit.plugins.trackers`) log the same scalars at the same steps.
+    """
+    # Loss terms and gradient norms come on the steps that log a line (the trainer reads them
+    # from the device only then); feature statistics on their own schedule: both are written.
+    forced = any(k.startswith(("features/", "loss", "grad_norm")) for k in metrics)
+    if step % every_steps and not forced:
+        return {}
+    return {_tag(key): value for key, value in metrics.items() if key != "eta_s"}
+
+
+def epoch_scalars(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The epoch figures written at the epoch's last step: online evaluation and health (``epoch/loss`` aside)."""
+    return {key: value for key, value in metrics.items() if key.startswith(("online/", "health/"))}
 
 
 def _tag(key: str) -> str:

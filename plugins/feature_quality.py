@@ -39,11 +39,12 @@ import attrs
 
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet, Grade
-from hjepa_kit.evaluation.metrics import (
+from hjepa_kit.helpers import (
     COLLAPSE_RANK_FRACTION,
     COLLAPSE_VARIANCE,
     RANK_FRACTION_THRESHOLDS,
     VARIANCE_THRESHOLDS,
+    choose_representation,
     collapse_verdict,
     energy_rank_from_spectrum,
     feature_variance,
@@ -53,7 +54,7 @@ from hjepa_kit.evaluation.metrics import (
     singular_values,
 )
 from hjepa_kit.params import param
-from hjepa_kit.plugins.knn import KNN_GRADE, knn_classify, select_features
+from hjepa_kit.plugins.knn import KNN_GRADE, knn_classify
 from hjepa_kit.plugins.linear_probe import LINEAR_PROBE_GRADE, linear_probe
 
 __all__ = [
@@ -219,7 +220,9 @@ def build_feature_quality(params: FeatureQualityParams, ctx: BuildContext):
     """Factory of the ``feature_quality`` evaluator."""
 
     def evaluate_feature_quality(features: Mapping[str, FeatureSet], default: str) -> EvalResult:
-        name, feats = select_features(features, default, params.representation, "feature_quality")
+        name = choose_representation(features, params.representation, default=default,
+                                     option="the feature_quality parameter representation")
+        feats = features[name]
         result = feature_quality(
             _split_features(feats, params.split),
             collapse_variance=params.collapse_variance,

@@ -36,8 +36,8 @@ from torch import Tensor
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet, Grade
 from hjepa_kit.errors import UserError
+from hjepa_kit.helpers import choose_representation
 from hjepa_kit.params import param
-from hjepa_kit.plugins.knn import select_features
 from hjepa_kit.plugins.linear_probe import _threads_for
 
 __all__ = ["FEW_SHOT_GRADE", "FewShotParams", "FewShotResult", "prototype_accuracy", "few_shot", "build_few_shot"]
@@ -169,7 +169,9 @@ def build_few_shot(params: FewShotParams, ctx: BuildContext):
     """Factory of the ``few_shot`` evaluator."""
 
     def evaluate_few_shot(features: Mapping[str, FeatureSet], default: str) -> EvalResult:
-        name, feats = select_features(features, default, params.representation, "few_shot")
+        name = choose_representation(features, params.representation, default=default,
+                                     option="the few_shot parameter representation")
+        feats = features[name]
         result = few_shot(
             feats.train, feats.train_labels, feats.test, feats.test_labels, feats.num_classes,
             shots=params.shots, draws=params.draws, center=params.center, seed=params.seed,

@@ -76,6 +76,19 @@ def _gather(tokens: Tensor, index: Tensor) -> Tensor:
     return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
+def _standardise(pooled: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each dimension of ``(N, D)`` pooled targets centred and scaled to unit variance over the batch.
+
+    The pooled normalised tokens of different images share a large common part; predicting it
+    alone would satisfy the level. Standardised over the batch, only what differs between images
+    is left to predict, at the unit scale of level 0's targets. A batch of one keeps its features.
+    """
+    if pooled.shape[0] < 2:
+        return pooled
+    pooled = pooled.float()
+    return (pooled - pooled.mean(dim=0)) / torch.sqrt(pooled.var(dim=0) + eps)
+
+
 class HierarchicalPredictor(nn.Module):
     """Predicts every hierarchy level's targets for every target patch from the context tokens.
 
@@ -249,7 +262,8 @@ class HierarchicalPredictor(nn.Module):
                     f"target tokens have batch size {cells.shape[0]} but masks.targets has shape {tuple(masks.targets.shape)}"
                 )
             if self.cross_view and level == self.num_levels - 1:
-                targets.append(self._other_views(cells[:, 0]).view(B, 1, 1, -1).expand(B, M, 1, -1))
+                pooled = _standardise(self._other_views(cells[:, 0]))
+                targets.append(pooled.view(B, 1, 1, -1).expand(B, M, 1, -1))
                 continue
             index = flat if self.pool_sides[level] == 1 else self.cell_of_patch[level][flat]
             targets.append(_gather(cells, index).reshape(B, M, Nt, -1))
@@ -301,6 +315,8 @@ class HierarchicalPredictor(nn.Module):
             # I-JEPA's target normalisation: per-token layer norm without learned parameters.
             normed[source] = F.layer_norm(tokens, (tokens.shape[-1],))
         cells = pool_cells(normed[source], self.grid_size, self.pool_sides[level])
+        if self.cross_view and level == self.num_levels - 1:
+            return cells  # its targets are normalised after the views are exchanged
         if self.renorm_coarse and self.pool_sides[level] > 1:
             cells = F.layer_norm(cells, (cells.shape[-1],))
         return cells

@@ -23,11 +23,10 @@ from torch import Tensor
 
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet, Grade
-from hjepa_kit.errors import UserError
-from hjepa_kit.evaluation.metrics import topk_correct
+from hjepa_kit.helpers import choose_representation, topk_correct
 from hjepa_kit.params import param
 
-__all__ = ["KNN_GRADE", "GRADED_K", "KnnParams", "knn_classify", "knn_scores", "select_features", "faiss_threads", "build_knn"]
+__all__ = ["KNN_GRADE", "GRADED_K", "KnnParams", "knn_classify", "knn_scores", "faiss_threads", "build_knn"]
 
 #: The neighbour count whose top-1 accuracy is graded.
 GRADED_K = 20
@@ -46,21 +45,6 @@ class KnnParams:
         4096, help="Test features searched per faiss call; bounds the memory of distances and votes.", ge=1
     )
     representation: str | None = param(None, help="Which extracted features to use (encoder, level0, ...); null = the run's default.")
-
-
-def select_features(features: Mapping[str, FeatureSet], default: str, name: str | None, evaluator: str) -> tuple[str, FeatureSet]:
-    """Return ``(name, features[name])``, ``name`` defaulting to ``default``.
-
-    Raises:
-        UserError: the name is not among the extracted representations (the message lists them).
-    """
-    chosen = default if name is None else name
-    if chosen not in features:
-        available = ", ".join(sorted(features)) or "(none)"
-        raise UserError(
-            f"evaluator {evaluator}: representation {chosen!r} was not extracted; available: {available}"
-        )
-    return chosen, features[chosen]
 
 
 @contextmanager
@@ -179,7 +163,9 @@ def build_knn(params: KnnParams, ctx: BuildContext):
     """Factory of the ``knn_faiss`` evaluator."""
 
     def evaluate_knn(features: Mapping[str, FeatureSet], default: str) -> EvalResult:
-        name, feats = select_features(features, default, params.representation, "knn_faiss")
+        name = choose_representation(features, params.representation, default=default,
+                                     option="the knn_faiss parameter representation")
+        feats = features[name]
         accuracy = knn_classify(
             feats.train,
             feats.train_labels,

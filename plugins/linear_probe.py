@@ -35,9 +35,8 @@ from torch import Tensor
 
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet, Grade
-from hjepa_kit.evaluation.metrics import topk_accuracy
+from hjepa_kit.helpers import choose_representation, topk_accuracy
 from hjepa_kit.params import param
-from hjepa_kit.plugins.knn import select_features
 
 __all__ = [
     "LINEAR_PROBE_GRADE",
@@ -158,7 +157,7 @@ def standardiser(train: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
 _CURVATURE = 0.1
 
 
-def ridge_preconditioner(x: Tensor, weight_decay: float) -> tuple[Tensor, Tensor]:
+def ridge_preconditioner(x: Tensor, weight_decay: float, eig: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """``(T, d)`` that make the probe's objective well conditioned without changing its minimum.
 
     With ``C = x^T x / N = V diag(lam) V^T`` and ``T = V diag((lam + eps)^-1/2)``, the logits
@@ -168,12 +167,32 @@ def ridge_preconditioner(x: Tensor, weight_decay: float) -> tuple[Tensor, Tensor
     where standardised but correlated features leave ``W``'s Hessian spread over orders of
     magnitude (L-BFGS ran out of its 300 iterations on a ViT's features; now it converges).
     """
-    x64 = x.to(torch.float64)
-    lam, vectors = torch.linalg.eigh(x64.T @ x64 / max(x.shape[0], 1))
+    lam, vectors = eig if eig is not None else _covariance_eigh(x)
     lam = lam.clamp_min(0.0)
     eps = max(weight_decay / _CURVATURE, 1e-6 * float(lam.mean()), 1e-12)
     to_z = vectors * (lam + eps).rsqrt()  # V diag((lam + eps)^-1/2)
     return to_z.to(torch.float32), (weight_decay / (lam + eps)).to(torch.float32)
+
+
+def _covariance_eigh(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues and vectors of ``x^T x / N`` in float64 (independent of the weight decay)."""
+    x64 = x.to(torch.float64)
+    return torch.linalg.eigh(x64.T @ x64 / max(x.shape[0], 1))
+
+
+# The last train features' eigendecomposition: a weight-decay sweep fits the same features several
+# times, and the decomposition (seconds for thousands of dimensions) does not depend on the decay.
+# The entry holds the features themselves, so their identity cannot be reused by another tensor.
+_LAST_EIGH: dict[str, object] = {}
+
+
+def _cached_eigh(train: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    version = -1 if train.is_inference() else train._version  # inference tensors cannot change in place
+    key = (id(train), train.data_ptr(), version, tuple(train.shape), train.dtype)
+    if _LAST_EIGH.get("key") != key or _LAST_EIGH.get("train") is not train:
+        _LAST_EIGH.clear()
+        _LAST_EIGH.update(key=key, train=train, eig=_covariance_eigh(x))
+    return _LAST_EIGH["eig"]  # type: ignore[return-value]
 
 
 def fit_linear_classifier(
@@ -211,7 +230,7 @@ def fit_linear_classifier(
         # Solve for U in coordinates z = x T, with W = U T^T and the penalty rewritten so that
         # the objective is the same function of W (see ridge_preconditioner); only the
         # conditioning changes: L-BFGS then needs a fraction of the iterations.
-        to_z, penalty = ridge_preconditioner(x, weight_decay)
+        to_z, penalty = ridge_preconditioner(x, weight_decay, _cached_eigh(train, x))
         z = x @ to_z
         if init is None:
             weight = torch.zeros(num_classes, dim, requires_grad=True)
@@ -345,7 +364,9 @@ def build_linear_probe(params: LinearProbeParams, ctx: BuildContext):
     """Factory of the ``linear_probe`` evaluator."""
 
     def evaluate_linear_probe(features: Mapping[str, FeatureSet], default: str) -> EvalResult:
-        name, feats = select_features(features, default, params.representation, "linear_probe")
+        name = choose_representation(features, params.representation, default=default,
+                                     option="the linear_probe parameter representation")
+        feats = features[name]
         result = linear_probe(
             feats.train,
             feats.train_labels,

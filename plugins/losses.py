@@ -85,8 +85,9 @@ def _regularise() -> Any:
     return param(
         "tokens",
         help="What the regularisers see: `tokens` (every context token is a sample) or `pooled` (each image's "
-        "context tokens averaged: one sample per image, as LeJEPA and VICReg use image embeddings).",
-        choices=("tokens", "pooled"),
+        "context tokens averaged: one sample per image, as LeJEPA and VICReg use image embeddings), or `both` "
+        "(the same weights on each; the pooled terms are logged as pooled_variance ...).",
+        choices=("tokens", "pooled", "both"),
     )
 
 
@@ -100,7 +101,7 @@ class SmoothL1Params:
     std_target: float = _std_target()
     sigreg_weight: float = _sigreg_weight()
     sigreg_slices: int = _sigreg_slices()
-    regularise: Literal["tokens", "pooled"] = _regularise()
+    regularise: Literal["tokens", "pooled", "both"] = _regularise()
 
 
 @attrs.frozen(kw_only=True)
@@ -112,7 +113,7 @@ class MSEParams:
     std_target: float = _std_target()
     sigreg_weight: float = _sigreg_weight()
     sigreg_slices: int = _sigreg_slices()
-    regularise: Literal["tokens", "pooled"] = _regularise()
+    regularise: Literal["tokens", "pooled", "both"] = _regularise()
 
 
 def _as_rows(features: Tensor) -> Tensor:
@@ -194,8 +195,8 @@ class PredictionLoss(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if regularise not in ("tokens", "pooled"):
-            raise ValueError(f"regularise must be 'tokens' or 'pooled', got {regularise!r}")
+        if regularise not in ("tokens", "pooled", "both"):
+            raise ValueError(f"regularise must be 'tokens', 'pooled' or 'both', got {regularise!r}")
         self.level_weights = tuple(float(w) for w in level_weights)
         self.variance_weight = float(variance_weight)
         self.covariance_weight = float(covariance_weight)
@@ -217,6 +218,27 @@ class PredictionLoss(nn.Module):
         if self.regularise != "tokens":
             remedy["regularise"] = "tokens"
         return [remedy]
+
+    def _regulariser_terms(self, embeddings: Tensor, prefix: str, terms: dict[str, Tensor]) -> list[Tensor]:
+        """The weighted regulariser terms of ``embeddings`` (their unweighted values go into ``terms``)."""
+        weights = (("variance", self.variance_weight), ("covariance", self.covariance_weight), ("sigreg", self.sigreg_weight))
+        if embeddings.reshape(-1, embeddings.shape[-1]).shape[0] < 2:
+            # One image pooled (a memory estimate, a batch of 1): no spread to measure; the terms
+            # are zero but stay in the graph so that backward() sees the same parameters.
+            zero = embeddings.float().sum() * 0.0
+            terms.update({prefix + name: zero for name, weight in weights if weight > 0})
+            return [zero]
+        parts = []
+        if self.variance_weight > 0:
+            terms[prefix + "variance"] = variance_loss(embeddings, self.std_target)
+            parts.append(self.variance_weight * terms[prefix + "variance"])
+        if self.covariance_weight > 0:
+            terms[prefix + "covariance"] = covariance_loss(embeddings)
+            parts.append(self.covariance_weight * terms[prefix + "covariance"])
+        if self.sigreg is not None:
+            terms[prefix + "sigreg"] = self.sigreg(embeddings)
+            parts.append(self.sigreg_weight * terms[prefix + "sigreg"])
+        return parts
 
     def element_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Mean element-wise loss of one level (scalar)."""
@@ -259,26 +281,11 @@ class PredictionLoss(nn.Module):
                     f"variance_weight={self.variance_weight}, covariance_weight={self.covariance_weight} and "
                     f"sigreg_weight={self.sigreg_weight} regularise the context tokens, but no context was given"
                 )
-            embeddings = context.float().mean(dim=1) if self.regularise == "pooled" else context
-            if embeddings.reshape(-1, embeddings.shape[-1]).shape[0] < 2:
-                # One image pooled (a memory estimate, a batch of 1): no spread to measure; the terms
-                # are zero but stay in the graph so that backward() sees the same parameters.
-                zero = embeddings.float().sum() * 0.0
-                for name, weight in (("variance", self.variance_weight), ("covariance", self.covariance_weight),
-                                     ("sigreg", self.sigreg_weight)):
-                    if weight > 0:
-                        terms[name] = zero
-                total = torch.stack(parts).sum() + zero
-                return LossOutput(total=total, terms=terms)
-            if self.variance_weight > 0:
-                terms["variance"] = variance_loss(embeddings, self.std_target)
-                parts.append(self.variance_weight * terms["variance"])
-            if self.covariance_weight > 0:
-                terms["covariance"] = covariance_loss(embeddings)
-                parts.append(self.covariance_weight * terms["covariance"])
-            if self.sigreg is not None:
-                terms["sigreg"] = self.sigreg(embeddings)
-                parts.append(self.sigreg_weight * terms["sigreg"])
+            sides = {"tokens": ("tokens",), "pooled": ("pooled",), "both": ("tokens", "pooled")}[self.regularise]
+            for side in sides:
+                embeddings = context.float().mean(dim=1) if side == "pooled" else context
+                prefix = "pooled_" if self.regularise == "both" and side == "pooled" else ""
+                parts.extend(self._regulariser_terms(embeddings, prefix, terms))
         total = torch.stack(parts).sum()
         return LossOutput(total=total, terms=terms)
 

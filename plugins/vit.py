@@ -25,7 +25,7 @@ each block's output projections by ``sqrt(2 * layer)`` as I-JEPA does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import Callable, Literal
 
 import attrs
 import torch
@@ -34,13 +34,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from hjepa_kit import hookimpl
-from hjepa_kit.contracts import BuildContext, EncoderOutput
+from hjepa_kit.contracts import BuildContext, EncoderOutput, TimmExport
 from hjepa_kit.errors import ConfigError, PluginError
 from hjepa_kit.hookspecs import Register
 from hjepa_kit.params import param
-
-if TYPE_CHECKING:
-    from hjepa_kit.evaluation.exporting import TimmExport
 
 __all__ = ["VitParams", "VitEncoder", "VARIANTS", "TIMM_ARCHITECTURES", "build_vit", "sincos_pos_embed_2d"]
 
@@ -189,8 +186,6 @@ class VitEncoder(nn.Module):
         Raises:
             PluginError: the width, depth and heads are not those of a variant with a timm twin.
         """
-        from hjepa_kit.evaluation.exporting import TimmExport
-
         variant = next((name for name, (dim, depth, heads, _) in VARIANTS.items()
                         if (dim, depth, heads) == (self.embed_dim, self.depth, self.num_heads)), None)
         if variant not in TIMM_ARCHITECTURES:

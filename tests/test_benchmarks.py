@@ -96,6 +96,76 @@ def test_quality_reports_learning_against_its_own_baselines(tmp_path: Path) -> N
         assert run["curve"][0]["minute"] == 0.0 and run["curve"][0]["step"] == 0
 
 
+def test_quality_long_schedule_and_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tiny synthetic shapes at 16 px (a 4x4 grid, 768 raw-pixel dimensions for the pixel probe),
+    # one epoch of two steps, and a budget the runs never reach: each run ends at its epochs.
+    result = run_benchmark(
+        "quality.py", "--config", str(CONFIG), "--datasets", "synthetic", "--dataset-param", "synthetic.num_train=64",
+        "--dataset-param", "synthetic.num_test=32", "--dataset-param", "synthetic.image_size=16",
+        "--set", "data.image_size=16", "--set", "training.epochs=1", "--set", "data.batch_size=32",
+        "--seeds", "0", "1", "--budget-min", "0.5", "--curve", "100", "--long-factor", "2",
+        "--figure", str(tmp_path / "q.png"), "--json", str(tmp_path / "q.json"),
+    )
+    png = tmp_path / "q.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert result["figure"] == str(png) and result["long_factor"] == 2 and result["representation"] == "level0"
+    assert result["datasets"] == {"synthetic": {"name": "synthetic",
+                                                "params": {"num_train": 64, "num_test": 32, "image_size": 16}}}
+    assert [(r["dataset"], r["seed"], r["schedule"]) for r in result["runs"]] == [("synthetic", 0, "shipped"),
+                                                                                ("synthetic", 1, "shipped")]
+    assert [(r["seed"], r["schedule"], r["factor"]) for r in result["long_runs"]] == [(0, "long", 2), (1, "long", 2)]
+    for shipped, long in zip(result["runs"], result["long_runs"]):
+        assert (shipped["epochs_configured"], long["epochs_configured"]) == (1, 2)
+        assert (shipped["budget_min"], long["budget_min"]) == (0.5, 1.0)
+        assert shipped["completed"] and long["completed"] and long["steps"] == 2 * shipped["steps"] == 4
+        # The same seed starts from the same network: the untrained baseline is shared.
+        assert long["curve"][0]["knn"] == shipped["curve"][0]["knn"]
+    entry = result["summary"]["synthetic"]
+    assert set(entry) >= {"final", "random_init_knn", "pixels", "curve", "long"}
+    assert entry["pixels"]["knn"]["n"] == 2 and entry["random_init_knn"]["level0"]["n"] == 2
+    long = entry["long"]
+    assert long["factor"] == 2 and long["epochs_configured"] == 2
+    assert long["shipped_completed"] == long["long_completed"] == 2
+    assert set(long["final"]) == set(long["delta_points"]) == {"encoder", "level0", "level1"}
+    for rep, delta in long["delta_points"].items():
+        for metric in ("knn", "linear"):
+            paired = [100 * (lr["final"][rep][metric] - sr["final"][rep][metric])
+                      for sr, lr in zip(result["runs"], result["long_runs"])]
+            assert delta[metric]["n"] == 2
+            assert delta[metric]["mean"] == pytest.approx(sum(paired) / 2)
+            assert delta[metric]["min"] == pytest.approx(min(paired))
+            assert long["final"][rep][metric]["n"] == 2
+    # The JSON alone redraws the figure; the band holds every seed's end point.
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import _quality_report
+
+    _quality_report.draw(result, tmp_path / "again.png")
+    assert (tmp_path / "again.png").stat().st_size > 10_000
+    minutes, mean, low, high = _quality_report.band(result["runs"], "level0")
+    assert minutes[0] == 0.0 and all(lo <= m <= hi for m, lo, hi in zip(mean, low, high))
+    assert high[-1] == max(r["final"]["level0"]["knn"] for r in result["runs"])
+
+
+def test_quality_has_digits_with_nearest_resampling() -> None:
+    # Parsed from the script, not imported: importing it would set the benchmarks' CPU defaults here.
+    import ast
+
+    tree = ast.parse((REPO / "benchmarks" / "quality.py").read_text())
+    values = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+              if isinstance(t, ast.Name)}
+    datasets, defaults = ast.literal_eval(values["DATASETS"]), ast.literal_eval(values["DEFAULT_DATASETS"])
+    assert defaults == ["digits", "digits_nearest", "synthetic"]
+    assert datasets["digits_nearest"] == {"name": "digits", "params": {"interpolation": "nearest"}}
+    from hjepa_kit.plugins.digits import DigitsDataset, DigitsParams
+
+    params = DigitsParams(**datasets["digits_nearest"]["params"])
+    nearest = DigitsDataset(32, params.interpolation).load("test")
+    bilinear = DigitsDataset(32).load("test")
+    assert torch.equal(nearest.labels, bilinear.labels) and not torch.equal(nearest.images, bilinear.images)
+    # Nearest resampling repeats each source pixel over a 4x4 square.
+    assert torch.equal(nearest.images, nearest.images[..., ::4, ::4].repeat_interleave(4, -2).repeat_interleave(4, -1))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_throughput_on_the_gpu_uses_bf16_and_fused_attention(tmp_path: Path) -> None:
     result = run_benchmark(

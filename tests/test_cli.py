@@ -20,7 +20,7 @@ BUILTINS = {
     "loss": {"smooth_l1", "mse"},
     "evaluator": {"knn_faiss", "linear_probe", "feature_quality", "hierarchy"},
     "dataset": {"synthetic", "cifar10", "cifar100", "stl10", "image_folder"},
-    "callback": {"tensorboard", "progress_bar"},
+    "callback": {"tensorboard", "progress_bar", "mlflow", "wandb"},
 }
 
 

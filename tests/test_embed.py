@@ -108,7 +108,7 @@ def test_an_unreadable_image_is_named_or_skipped(checkpoint, evaluated, tmp_path
     out = tmp_path / "features.npz"
     assert main(["embed", "--checkpoint", str(checkpoint), "--images", str(folder), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"{bad}: cannot be read as an image" in err and "--skip-bad" in err and "Traceback" not in err
+    assert f"{bad}: cannot be decoded as an image" in err and "--skip-bad" in err and "Traceback" not in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["images"]
 
     assert main(["embed", "--checkpoint", str(checkpoint), "--images", str(folder), "--out", str(out), "--skip-bad"]) == 0

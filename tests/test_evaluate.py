@@ -123,5 +123,5 @@ def test_the_default_representation_is_configurable(one_epoch_checkpoint):
                                 overrides=["evaluation.representation=level0"])
     assert level0["artifacts"]["knn_faiss"]["representation"] == "level0"
     assert encoder["artifacts"]["knn_faiss"]["representation"] == "encoder"
-    with pytest.raises(hjepa_kit.ConfigError, match="no representation 'level9'; it has encoder, level0, level1"):
+    with pytest.raises(hjepa_kit.ConfigError, match="evaluation.representation 'level9': unknown representation; this model has encoder, level0, level1"):
         hjepa_kit.evaluate(ckpt, eval_types=["knn"], device="cpu", write_report=False, overrides=["evaluation.representation=level9"])

@@ -26,16 +26,13 @@ from tqdm import tqdm
 from ..data.augment import eval_transform
 from ..data.loader import choose_in_memory, iter_eval_batches
 from ..errors import DataError, UserError
-from ..data.images import decode_square
+from ..helpers import IMAGE_EXTENSIONS, decode_image
 from .outputs import atomic_file, check_new_file
-from .pretrained import Pretrained, choose_representation, load_pretrained
+from .pretrained import Pretrained, load_pretrained
 from ..runtime import autocast_dtype, resolve_device
 from ..threads import configure_threads, physical_cores
 
-__all__ = ["IMAGE_EXTENSIONS", "EmbedResult", "embed_images", "find_images", "decode_image"]
-
-#: File name endings read as images by ``--images`` (case-insensitive).
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+__all__ = ["EmbedResult", "embed_images", "find_images"]
 
 _SUFFIXES = (".npy", ".npz")
 
@@ -84,29 +81,6 @@ def find_images(folder: str | os.PathLike[str], extensions: Sequence[str] = IMAG
     if not found:
         raise DataError(f"--images {root}: no images (file endings {', '.join(endings)}) in it or its subfolders")
     return found
-
-
-def decode_image(path: Path, size: int, channels: int = 3) -> Tensor:
-    """Decode an image file to ``(C, size, size)`` uint8: shorter side resized to ``size`` (bilinear), centre crop.
-
-    The built-in ``image_folder`` dataset decodes with the same
-    :func:`~hjepa_kit.data.images.decode_square`, so folder images are seen as in training.
-
-    Raises:
-        DataError: the file cannot be read or decoded, naming it.
-    """
-    from PIL import Image
-
-    mode = {3: "RGB", 1: "L"}.get(channels)
-    if mode is None:
-        raise UserError(f"--images: the model takes {channels}-channel images; only 1 (grey) and 3 (RGB) can be decoded from files")
-    try:
-        array = decode_square(path, size, mode)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: cannot be read as an image ({exc})") from None
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 class _Progress:
@@ -218,7 +192,7 @@ def embed_images(
     files = find_images(images) if images is not None else None
     run_device = resolve_device(device)
     pretrained = load_pretrained(checkpoint, device=run_device, dataset=dataset, data_path=data_path, overrides=overrides, plugins=plugins)
-    representation = choose_representation(pretrained, representation)  # None: the run's evaluated one
+    representation = pretrained.choose_representation(representation)  # None: the run's evaluated one
     configure_threads(pretrained.config.training.threads)
     amp = autocast_dtype(precision, run_device)
     size = int(batch_size or pretrained.config.data.eval_batch_size)
@@ -258,6 +232,8 @@ def _embed_folder(
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Decode and encode ``files``; labels are the top-level subfolder under ``root`` (-1 directly in it)."""
     image_size, channels = int(pretrained.ctx.image_size), int(pretrained.ctx.in_chans)
+    if channels not in (1, 3):
+        raise UserError(f"--images: the model takes {channels}-channel images; only 1 (grey) and 3 (RGB) can be decoded from files")
     device = pretrained.ctx.device
     top = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else None for f in files]
     classes = sorted({t for t in top if t is not None})
@@ -280,7 +256,7 @@ def _embed_folder(
             for position, item in zip(positions, decoded):
                 if isinstance(item, DataError):
                     if not skip_bad:
-                        raise DataError(f"{item}; remove or replace the file, or pass --skip-bad to skip unreadable images")
+                        raise DataError(f"{item}, or pass --skip-bad to skip unreadable images")
                     skipped.append(str(files[position]))
                 else:
                     good.append((position, item))

@@ -8,7 +8,7 @@ An export folder holds::
     model.onnx          (format onnx) images (B, C, S, S) -> features (B, D), dynamic batch
 
 The timm format is a contract between the core and the encoder plugin: an encoder that can be
-loaded by plain timm offers ``export_timm()`` returning a :class:`TimmExport` (architecture,
+loaded by plain timm offers ``export_timm()`` returning a :class:`~hjepa_kit.contracts.TimmExport` (architecture,
 model arguments, state dict). The core writes and checks it; it knows no encoder. The ONNX format
 traces the model's own ``features`` and so works for any encoder and any representation.
 
@@ -34,10 +34,11 @@ import torch
 from torch import Tensor
 
 from .. import __version__
+from ..contracts import TimmExport
 from ..errors import PluginError, UserError
 from .onnx_export import require_onnx, write_onnx
 from .outputs import atomic_folder, check_new_folder
-from .pretrained import Pretrained, choose_representation, load_pretrained
+from .pretrained import Pretrained, load_pretrained
 
 __all__ = [
     "EXPORT_FORMAT", "FORMATS", "TOLERANCE", "TimmExport", "ExportResult", "export_checkpoint", "load_export_config",
@@ -57,27 +58,6 @@ FORMATS: tuple[str, ...] = ("timm", "onnx")
 TOLERANCE = 1e-4
 
 _FILES = {"timm": "model.safetensors", "onnx": "model.onnx"}
-
-
-@attrs.frozen(kw_only=True)
-class TimmExport:
-    """What an encoder's optional ``export_timm()`` returns: itself as a plain timm model.
-
-    ``timm.create_model(architecture, pretrained=True, pretrained_cfg_overlay=dict(file=...),
-    **model_args)`` with ``state_dict`` saved in that file must build a model whose
-    ``forward(images)`` returns the ``encoder`` representation, ``(B, D)``: the mean of the
-    encoder's final normed patch tokens (``HJEPA.features``). The export checks this numerically.
-
-    Attributes:
-        architecture: a registered timm model name (``vit_tiny_patch16_224``).
-        model_args: keyword arguments of ``timm.create_model`` (JSON values), including
-            ``num_classes=0``; they override the architecture's defaults (image and patch size ...).
-        state_dict: the timm model's parameter names -> tensors (position embeddings included).
-    """
-
-    architecture: str
-    model_args: Mapping[str, Any]
-    state_dict: Mapping[str, Tensor]
 
 
 @attrs.frozen
@@ -163,7 +143,7 @@ def export_checkpoint(
     out = Path(out)
     check_new_folder(out, force=force, replaceable=_is_export)
     pretrained = load_pretrained(checkpoint, device="cpu", plugins=plugins)
-    asked, representation = representation, choose_representation(pretrained, representation)  # None: the evaluated one
+    asked, representation = representation, pretrained.choose_representation(representation)  # None: the evaluated one
     if "timm" in formats and representation != "encoder":
         raise UserError(_timm_cannot_hold(representation, defaulted=asked is None))
     timm_spec = _timm_spec(pretrained) if "timm" in formats else None
@@ -230,13 +210,13 @@ def _timm_spec(pretrained: Pretrained) -> TimmExport:
     if not callable(exporter):
         raise UserError(
             f"encoder '{pretrained.encoder_name}' from plugin {component.origin} cannot be exported for timm: it offers no "
-            "export_timm() (see hjepa_kit.evaluation.exporting.TimmExport); use --format onnx, or `hjepa embed` for features"
+            "export_timm() (see hjepa_kit.contracts.TimmExport); use --format onnx, or `hjepa embed` for features"
         )
     spec = exporter()
     if not isinstance(spec, TimmExport):
         raise PluginError(
             f"encoder '{pretrained.encoder_name}' from plugin {component.origin}: export_timm() returned "
-            f"{type(spec).__name__}, expected hjepa_kit.evaluation.exporting.TimmExport"
+            f"{type(spec).__name__}, expected hjepa_kit.contracts.TimmExport"
         )
     return spec
 

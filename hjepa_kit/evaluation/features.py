@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..contracts import FeatureSet, ImageData
 from ..errors import ConfigError
+from ..helpers import choose_representation
 from ..data.loader import iter_eval_batches
 from ..model import HJEPA
 
@@ -153,9 +154,5 @@ def subset(data: ImageData, count: int, seed: int) -> ImageData:
 
 
 def check_representation(name: str, sets: Mapping[str, FeatureSet]) -> str:
-    """``name`` when the model produced that representation, else a ConfigError listing those it has."""
-    if name not in sets:
-        raise ConfigError(
-            f"evaluation.representation: the model has no representation {name!r}; it has {', '.join(sorted(sets))}", ""
-        )
-    return name
+    """``name`` when the model produced that representation, else a ConfigError of ``evaluation.representation`` listing those it has."""
+    return choose_representation(sets, name, option="evaluation.representation", error=lambda message: ConfigError(message, ""))

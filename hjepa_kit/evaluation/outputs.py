@@ -1,52 +1,22 @@
-"""Write a command's output whole or not at all: into a temporary name, then renamed into place.
+"""A command's output: refused when it exists (unless ``force``), then written whole or not at all.
 
-A run killed halfway, a full disk or an error leaves no half-written folder or file under the
-name the user asked for; an existing output is replaced only with ``force``.
+The writing is :mod:`hjepa_kit.helpers`' (a temporary name, fsync, rename): a run killed halfway,
+a full disk or an error leaves no half-written folder or file under the name the user asked for.
+This module adds the policy of ``hjepa export`` and ``embed``: an existing output is replaced only
+with ``force``, and a folder only when it holds what the command writes.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import helpers
 from ..errors import OutputError
 
-__all__ = ["atomic_folder", "atomic_file", "check_new_folder", "check_new_file", "fsync_path"]
-
-
-def _writable_parent(out: Path) -> Path:
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{parent}: cannot create the folder for {out.name}: {exc.strerror or exc}") from None
-    return parent
-
-
-def _usual_mode(path: Path, folder: bool) -> None:
-    """Give a temporary file or folder (created 0600 / 0700) the mode a plain ``open`` / ``mkdir`` would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or folder's data (a folder: its entries, e.g. a rename) to disk; best effort, never raises."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+__all__ = ["atomic_folder", "atomic_file", "check_new_folder", "check_new_file"]
 
 
 def check_new_folder(
@@ -88,31 +58,8 @@ def atomic_folder(
     """
     out = Path(out)
     check_new_folder(out, force=force, replaceable=replaceable, option=option)
-    parent = _writable_parent(out)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
-        _usual_mode(tmp, folder=True)
-    except OSError as exc:
-        raise OutputError(f"{parent}: cannot write {out.name} there: {exc.strerror or exc}") from None
-    try:
+    with helpers.atomic_folder(out) as tmp:
         yield tmp
-        for item in tmp.iterdir():
-            if item.is_file():
-                _usual_mode(item, folder=False)  # some writers (safetensors) create their files 0600
-            fsync_path(item)
-        if out.exists():
-            old = parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        fsync_path(parent)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{out}: writing failed: {exc.strerror or exc}") from None
-        raise
 
 
 def check_new_file(out: Path, *, force: bool = False, option: str = "--out") -> None:
@@ -139,21 +86,5 @@ def atomic_file(out: str | os.PathLike[str], *, force: bool = False, option: str
     """
     out = Path(out)
     check_new_file(out, force=force, option=option)
-    parent = _writable_parent(out)
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-        os.close(fd)
-        _usual_mode(Path(name), folder=False)
-    except OSError as exc:
-        raise OutputError(f"{parent}: cannot write {out.name} there: {exc.strerror or exc}") from None
-    tmp = Path(name)
-    try:
+    with helpers.atomic_file(out) as tmp:
         yield tmp
-        fsync_path(tmp)
-        os.replace(tmp, out)
-        fsync_path(parent)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{out}: writing failed: {exc.strerror or exc}") from None
-        raise

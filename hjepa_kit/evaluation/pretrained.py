@@ -22,10 +22,11 @@ from ..training.checkpoint import load_checkpoint
 from ..config import RunConfig, load_config
 from ..contracts import BuildContext, Dataset
 from ..errors import CheckpointError, UserError
+from ..helpers import choose_representation
 from ..model import HJEPA
 from ..registry import Component, Registry
 
-__all__ = ["Pretrained", "load_pretrained", "check_representation_name", "choose_representation"]
+__all__ = ["Pretrained", "load_pretrained"]
 
 log = logging.getLogger("hjepa_kit")
 
@@ -66,6 +67,24 @@ class Pretrained:
     def evaluated_representation(self) -> str:
         """The run's ``evaluation.representation``: the one training and ``hjepa evaluate`` graded."""
         return str(self.config.evaluation.representation)
+
+    def choose_representation(self, name: str | None, option: str = "--representation") -> str:
+        """The representation ``hjepa export`` and ``hjepa embed`` compute: ``name``, or by default the graded one.
+
+        ``None`` (the default of both) means the run's evaluated representation
+        (:attr:`evaluated_representation`): users get the features that training's online
+        evaluation and ``hjepa evaluate`` scored. The choice is logged.
+
+        Raises:
+            UserError: ``name`` is not one of the model's representations, or (``None``) the run's
+                evaluated one is not (a configuration naming a representation the model lacks).
+        """
+        evaluated = self.evaluated_representation
+        chosen = choose_representation(self.representations, name, default=evaluated, option=option)
+        how = "the run's evaluated representation (evaluation.representation)" if name is None else (
+            f"chosen with {option} (the run evaluated {evaluated})")
+        log.info("representation %s: %s", chosen, how)
+        return chosen
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -146,35 +165,3 @@ def _dataset_name(state: Mapping[str, Any]) -> str | None:
         return str(state["config"]["data"]["dataset"]["name"])
     except (KeyError, TypeError):
         return None
-
-
-def check_representation_name(name: str, available: Sequence[str], option: str = "--representation") -> str:
-    """``name`` when it is one of ``available``, else a UserError listing them."""
-    if name not in available:
-        raise UserError(f"{option} {name!r}: unknown representation; this model has {', '.join(available)}")
-    return name
-
-
-def choose_representation(pretrained: Pretrained, name: str | None, option: str = "--representation") -> str:
-    """The representation ``hjepa export`` and ``hjepa embed`` compute: ``name``, or by default the graded one.
-
-    ``None`` (the default of both) means the run's evaluated representation, the checkpoint's
-    ``evaluation.representation`` (:attr:`Pretrained.evaluated_representation`): users get the
-    features that training's online evaluation and ``hjepa evaluate`` scored. The choice is logged.
-
-    Raises:
-        UserError: ``name`` is not one of the model's representations, or (``None``) the run's
-            evaluated one is not (a configuration naming a representation the model lacks).
-    """
-    evaluated = pretrained.evaluated_representation
-    if name is None:
-        if evaluated not in pretrained.representations:
-            raise UserError(
-                f"{option} defaults to the run's evaluated representation (evaluation.representation) {evaluated!r}, "
-                f"which this model does not have; pass {option} with one of {', '.join(pretrained.representations)}"
-            )
-        log.info("representation %s: the run's evaluated representation (evaluation.representation)", evaluated)
-        return evaluated
-    check_representation_name(name, pretrained.representations, option)
-    log.info("representation %s: chosen with %s (the run evaluated %s)", name, option, evaluated)
-    return name

@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 
 from ..contracts import Grade
+from ..helpers import write_atomic
 from .figures import MaskExamples, draw_figures
 from .metrics import grade
 
@@ -73,13 +74,6 @@ def to_jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return to_jsonable(value.item())
     return str(value)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (temp file + rename), so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- grades -----------------------------------------------------------------------------------
@@ -255,13 +249,13 @@ def write_report(
         "written": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     results_json = out / "results.json"
-    _write_text(results_json, json.dumps(to_jsonable(document), indent=2, allow_nan=False) + "\n")
+    write_atomic(results_json, json.dumps(to_jsonable(document), indent=2, allow_nan=False) + "\n")
     report_md = out / "report.md"
     markdown = _markdown(
         results, artifacts, grades, graded, checkpoint=checkpoint, timings=timings, figures=figures, output_dir=out,
         notes=notes,
     )
-    _write_text(report_md, markdown + "\n")
+    write_atomic(report_md, markdown + "\n")
     return {"results_json": results_json, "report_md": report_md, **figures}
 
 

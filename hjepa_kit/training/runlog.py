@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .runlock import RunLock
 
 __all__ = ["LogWindow", "format_duration", "prepare_output_folder", "open_run_log", "close_run_log", "log_interval"]
 
@@ -81,18 +82,34 @@ def close_run_log(handlers: list[logging.Handler]) -> None:
     handlers.clear()
 
 
-def open_run_outputs(log_dir: Path, checkpoint_dir: Path, console: bool, *, main: bool = True) -> list[logging.Handler]:
-    """Prepare the run's folders and open its log (rank 0 only: the other ranks write nothing)."""
+def open_run_outputs(
+    log_dir: Path, checkpoint_dir: Path, console: bool, *, main: bool = True, lock: RunLock | None = None
+) -> list[logging.Handler]:
+    """Prepare the run's folders, take the run folder's ``lock`` and open its log (rank 0 only: the other ranks write nothing).
+
+    Raises:
+        RunFolderBusy: another run holds the lock; nothing of that run's files was touched.
+    """
     log.setLevel(logging.INFO)
     log.propagate = False
     if not main:
         return []
     for folder in (log_dir, checkpoint_dir):
         prepare_output_folder(folder)
-    from .checkpoint import remove_stale_temporaries
+    if lock is not None:
+        lock.acquire()  # before anything is removed or appended to
+    try:
+        from .checkpoint import remove_stale_temporaries
 
-    remove_stale_temporaries(checkpoint_dir)
-    return open_run_log(log_dir, console)
+        remove_stale_temporaries(checkpoint_dir)
+        handlers = open_run_log(log_dir, console)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if lock is not None and lock.taken_over:
+        log.info("%s: took over the lock left by %s, which is no longer running", lock.path, lock.taken_over)
+    return handlers
 
 
 def log_run_start(trainer: Any) -> None:

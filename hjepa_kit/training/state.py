@@ -11,7 +11,6 @@ loading (``tests/test_legacy_checkpoint.py``).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 
 from .. import __version__
 from ..config import dump_config
+from ..helpers import write_atomic
 from ..runtime import restore_rng_state, rng_state
 from .checkpoint import load_training_state
 from .distributed import rescale_position
@@ -107,7 +107,4 @@ def write_resolved_config(trainer: Any) -> Path:
     """Write ``<log_dir>/config.yaml``: the run's configuration with every component's parameters filled in (atomic)."""
     text = resolved_config_text(trainer)
     target = trainer.log_dir / "config.yaml"
-    tmp = target.with_suffix(".yaml.tmp")
-    tmp.write_text(f"# resolved configuration of run '{trainer.config.name}' (hjepa-kit {__version__})\n" + text)
-    os.replace(tmp, target)
-    return target
+    return write_atomic(target, f"# resolved configuration of run '{trainer.config.name}' (hjepa-kit {__version__})\n" + text)

@@ -22,7 +22,7 @@ import torch
 
 from ..build import Built, build_component, build_dataset, build_model, make_context
 from .checkpoint import (
-    find_latest, load_checkpoint, resume_target, save_checkpoint,
+    checkpoint_space, find_latest, load_checkpoint, resume_target, save_checkpoint,
 )
 from .compiling import AUTO_TRAIN_MIN_STEPS, compile_for_training, eager, should_compile
 from ..config import RunConfig, load_config
@@ -38,6 +38,7 @@ from .online import OnlineEvaluation, feature_stats, new_best
 from .optim import Schedules, make_optimizer
 from .remedies import collapse_message, describe_skipped, fallback_commands, loss_remedies, non_finite_message
 from ..registry import Registry
+from .runlock import RunLock
 from .runlog import LogWindow, close_run_log, log_interval, log_run_start, open_run_outputs
 from ..runtime import autocast_dtype, peak_rss_mb, resolve_device, seed_everything
 from .signals import Interrupt
@@ -137,10 +138,12 @@ class Trainer:
     # --- setup ------------------------------------------------------------------------------
 
     def _setup_outputs(self) -> None:
-        self._handlers = open_run_outputs(self.log_dir, self.checkpoint_dir, self.console, main=self.dist.is_main)
+        self._lock = RunLock(self.log_dir)  # one run per folder: held until _teardown_outputs
+        self._handlers = open_run_outputs(self.log_dir, self.checkpoint_dir, self.console, main=self.dist.is_main, lock=self._lock)
 
     def _teardown_outputs(self) -> None:
         close_run_log(self._handlers)
+        self._lock.release()
 
     def _build(self) -> None:
         cfg = self.config
@@ -234,6 +237,9 @@ class Trainer:
             self._resume()
             if self.dist.is_main:
                 write_resolved_config(self)
+                checkpoint_space(self.checkpoint_dir, self.model, self.optimizer, epochs=self.config.training.epochs,
+                                 start_epoch=self.epoch, every_epochs=self.config.checkpoint.every_epochs,
+                                 save_final=self.config.checkpoint.save_final)
             for spec_path in (p for p in self.resolved if p.startswith("callbacks[") and self.dist.is_main):
                 callback = build_component(self.resolved, spec_path, self.ctx)
                 self.registry.add_plugin(callback, name=f"{spec_path}:{self.resolved[spec_path][0].name}")

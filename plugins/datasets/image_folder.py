@@ -1,7 +1,12 @@
-"""Dataset ``image_folder``: ImageNet-style class folders decoded with PIL, in RAM or streamed."""
+"""Dataset ``image_folder``: ImageNet-style class folders decoded with PIL, in RAM or streamed.
+
+``classes`` or ``classes_file`` restrict it to a subset of the class folders, in a given order
+(ImageNet-100: ``classes_file: imagenet100``, the list shipped beside this module).
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,14 +17,17 @@ import torch
 from torch import Tensor
 
 from hjepa_kit.contracts import BuildContext, ImageData
-from hjepa_kit.data.images import decode_square
-from hjepa_kit.errors import DataError
+from hjepa_kit.errors import ConfigError, DataError
+from hjepa_kit.helpers import IMAGE_EXTENSIONS, decode_image, physical_cores
 from hjepa_kit.params import param
-from hjepa_kit.threads import physical_cores
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderParams", "ImageFolderDataset", "build_image_folder", "decode_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "CLASS_LISTS", "ImageFolderParams", "ImageFolderDataset", "build_image_folder", "decode_image",
+    "read_class_list",
+]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+#: Class lists shipped with the package, by the name ``classes_file`` accepts (files beside this module).
+CLASS_LISTS = {"imagenet100": "imagenet100.txt"}
 
 
 @attrs.frozen(kw_only=True)
@@ -34,21 +42,55 @@ class ImageFolderParams:
     )
     extensions: tuple[str, ...] = param(IMAGE_EXTENSIONS, help="File name endings read as images (case-insensitive).")
     decode_threads: int = param(0, ge=0, help="Threads decoding images when a split is loaded into RAM; 0: the physical cores.")
+    classes: tuple[str, ...] | None = param(
+        None, help="Read only these class subfolders, in this order (labels 0, 1, ...); null: every subfolder, sorted."
+    )
+    classes_file: str | None = param(
+        None,
+        help="A file with one class subfolder (synset) per line, '#' comments allowed, read as classes is; "
+        "or the name of a shipped list: imagenet100 (CMC, Tian et al. 2019). Not together with classes.",
+    )
 
 
-def decode_image(path: Path, size: int) -> Tensor:
-    """Decode an image file to ``(3, size, size)`` uint8: shorter side resized to ``size``, centre crop.
+def read_class_list(source: str) -> tuple[str, ...]:
+    """The class names of a ``classes_file``: a path, or the name of a shipped list (:data:`CLASS_LISTS`).
+
+    One name per line; blank lines and everything after a ``#`` are ignored.
 
     Raises:
-        DataError: the file cannot be decoded.
+        DataError: the file does not exist or lists no class.
     """
-    from PIL import Image
+    path = Path(source).expanduser()
+    if not path.is_file() and source.removesuffix(".txt") in CLASS_LISTS:
+        path = Path(__file__).with_name(CLASS_LISTS[source.removesuffix(".txt")])
+    if not path.is_file():
+        raise DataError(f"{path}: classes_file not found; give a file with one class per line, "
+                        f"or a shipped list: {', '.join(CLASS_LISTS)}")
+    names = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise DataError(f"{path}: classes_file lists no class (one class subfolder name per line)")
+    return tuple(names)
 
-    try:
-        array = decode_square(path, size, "RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: cannot be decoded as an image ({exc}); remove or replace the file") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+def _select_classes(wanted: tuple[str, ...], present: list[str], folder: Path, key: str) -> tuple[str, ...]:
+    """``wanted`` checked against the class subfolders ``present`` in ``folder``: each exists, none twice."""
+    repeated = sorted({n for n in wanted if wanted.count(n) > 1})
+    if repeated:
+        raise DataError(f"{key}: classes given more than once: {', '.join(repeated)}")
+    existing = set(present)
+    unknown = [n for n in wanted if n not in existing]
+    if unknown:
+        lines = []
+        for name in unknown[:5]:
+            near = difflib.get_close_matches(name, present, n=3, cutoff=0.6)
+            lines.append(f"{name!r} (nearest: {', '.join(near)})" if near else f"{name!r} (no similar folder)")
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise DataError(
+            f"{folder}: {len(unknown)} of the {len(wanted)} classes of {key} have no subfolder here: "
+            f"{'; '.join(lines)}{more}. The folder has {len(present)} class subfolders"
+        )
+    return wanted
 
 
 class _ImageFolderStream(torch.utils.data.Dataset):
@@ -73,7 +115,9 @@ class ImageFolderDataset:
 
     Images are decoded with PIL to ``image_size`` squares (shorter side, centre crop). Class names
     and label order come from the train folder's sorted subfolders; the test folder's classes must
-    be among them. Small folders are held in RAM; large ones stream (``open_stream``).
+    be among them. With ``classes`` or ``classes_file`` only those subfolders are read, in the
+    order given (label ``i`` is the ``i``-th name); the others, in either split, are skipped.
+    Small folders are held in RAM; large ones stream (``open_stream``).
     """
 
     def __init__(self, params: ImageFolderParams, image_size: int) -> None:
@@ -91,7 +135,14 @@ class ImageFolderDataset:
                 f"set data.dataset.params.train_dir to the right subfolder"
             )
         self.splits: tuple[str, ...] = tuple(s for s, d in self._dirs.items() if d.is_dir())
-        self.classes = tuple(sorted(p.name for p in self._dirs["train"].iterdir() if p.is_dir() and not p.name.startswith(".")))
+        present = sorted(p.name for p in self._dirs["train"].iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.subset = params.classes is not None or params.classes_file is not None
+        wanted, key = (), ""
+        if params.classes is not None:
+            wanted, key = tuple(params.classes), "data.dataset.params.classes"
+        elif params.classes_file is not None:
+            wanted, key = read_class_list(params.classes_file), f"classes_file {params.classes_file}"
+        self.classes = _select_classes(wanted, present, self._dirs["train"], key) if self.subset else tuple(present)
         self.num_classes: int | None = len(self.classes) or None
         self._files: dict[str, tuple[list[Path], np.ndarray]] = {}
         self._cache: dict[str, ImageData] = {}
@@ -120,7 +171,11 @@ class ImageFolderDataset:
             labels = [-1] * len(files)
         else:
             index = {name: i for i, name in enumerate(self.classes)}
-            for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if self.subset:  # only the chosen classes, in their order; the test split may lack some
+                by_name = {p.name: p for p in class_dirs}
+                class_dirs = [by_name[name] for name in self.classes if name in by_name]
+            for class_dir in class_dirs:
                 if class_dir.name not in index:
                     raise DataError(
                         f"{class_dir}: class {class_dir.name!r} is not a class of the train folder "
@@ -168,5 +223,9 @@ class ImageFolderDataset:
 
 def build_image_folder(params: ImageFolderParams, ctx: BuildContext) -> ImageFolderDataset:
     """The ``image_folder`` dataset; ``image_size: null`` decodes at the run's image size."""
+    if params.classes is not None and params.classes_file is not None:
+        raise ConfigError("data.dataset.params: give classes or classes_file, not both")
+    if params.classes is not None and not params.classes:
+        raise ConfigError("data.dataset.params.classes: an empty list selects no class; give names, or null for every subfolder")
     size = params.image_size or getattr(ctx, "image_size", None) or 224
     return ImageFolderDataset(params, int(size))

@@ -103,7 +103,7 @@ def test_evaluator_reads_the_chosen_representation():
     level0 = build_knn(KnnParams(k=(10,), representation="level0"), ctx)(features, "encoder")
     assert set(level0.metrics) == {"knn/top1@10", "knn/top5@10"}
     assert level0.metrics["knn/top1@10"] < 0.25
-    with pytest.raises(UserError, match="level7.*available: encoder, level0"):
+    with pytest.raises(UserError, match="knn_faiss parameter representation .level7.: unknown representation; this model has encoder, level0"):
         build_knn(KnnParams(representation="level7"), ctx)(features, "encoder")
 
 

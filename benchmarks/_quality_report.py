@@ -1,0 +1,178 @@
+"""Tables and the time-to-accuracy figure of ``quality.py`` (from its results, so also from its JSON).
+
+    python benchmarks/_quality_report.py q.json q.png     # redraw the figure of a quality.py --json file
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["fmt", "fmt_points", "table", "overview", "long_table", "report", "seed_curve", "band", "draw"]
+
+
+def fmt(s: dict[str, float], digits: int = 3) -> str:
+    if not s:
+        return "-"
+    if s["n"] == 1:
+        return f"{s['mean']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def fmt_points(s: dict[str, float]) -> str:
+    """A difference in points, signed: mean ± std (worst seed)."""
+    if not s:
+        return "-"
+    if s["n"] == 1:
+        return f"{s['mean']:+.1f}"
+    return f"{s['mean']:+.1f} ± {s['std']:.1f} (worst {s['min']:+.1f})"
+
+
+def table(summary: dict[str, Any]) -> str:
+    """Per dataset: final figures of every representation beside the untrained network and raw pixels, and the curve."""
+    lines = []
+    for dataset, entry in summary.items():
+        pixels = entry["pixels"]
+        lines.append(f"\n{dataset}: {fmt(entry['steps'], 0)} steps in {fmt(entry['train_core_minutes'], 2)} core-minutes "
+                     f"({entry['completed']}/{entry['steps']['n']} runs reached their {entry['epochs_configured']} epochs), "
+                     f"final loss {fmt(entry['final_loss'], 4)}")
+        lines.append("| representation | k-NN(20) | untrained k-NN | raw-pixel k-NN | linear | raw-pixel linear "
+                     "| RankMe (of width) |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for rep, f in entry["final"].items():
+            lines.append(f"| {rep} | {fmt(f['knn'])} | {fmt(entry['random_init_knn'][rep])} | {fmt(pixels['knn'])} | "
+                         f"{fmt(f['linear'])} | {fmt(pixels['linear'])} | {fmt(f['rankme'], 1)} ({f['width']}) |")
+        minutes = list(next(iter(entry["curve"].values())))
+        lines.append("\ntime to accuracy (k-NN(20), core-minutes of pretraining; 0 = random init):")
+        lines.append("| representation | " + " | ".join(f"{m} min" for m in minutes) + " |")
+        lines.append("|---|" + "---|" * len(minutes))
+        for rep, curve in entry["curve"].items():
+            lines.append(f"| {rep} | " + " | ".join(fmt(curve[m]) for m in minutes) + " |")
+    return "\n".join(lines)
+
+
+def overview(summary: dict[str, Any], representation: str) -> str:
+    """One row per dataset: the evaluated representation against the untrained network and raw pixels."""
+    lines = [f"\nevaluated representation ({representation}) per dataset:",
+             "| dataset | k-NN(20) | untrained k-NN | raw-pixel k-NN | linear | raw-pixel linear |",
+             "|---|---|---|---|---|---|"]
+    for dataset, entry in summary.items():
+        if representation not in entry["final"]:
+            continue
+        f, pixels = entry["final"][representation], entry["pixels"]
+        lines.append(f"| {dataset} | {fmt(f['knn'])} | {fmt(entry['random_init_knn'][representation])} | "
+                     f"{fmt(pixels['knn'])} | {fmt(f['linear'])} | {fmt(pixels['linear'])} |")
+    return "\n".join(lines)
+
+
+def long_table(summary: dict[str, Any], long: dict[str, Any], representation: str) -> str:
+    """Final k-NN and linear of the long schedule beside the shipped one, with long - shipped in points."""
+    factor = next(iter(long.values()))["factor"]
+    lines = [f"\nlong schedule: {factor}x training.epochs against the shipped length (Δ = long - shipped in points, "
+             f"paired by seed: mean ± std (worst seed); * = evaluated representation):",
+             "| dataset | representation | epochs (completed) | k-NN shipped | k-NN long | Δ k-NN | linear shipped "
+             "| linear long | Δ linear |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for dataset, entry in long.items():
+        shipped = summary[dataset]
+        n = entry["steps"]["n"]
+        epochs = (f"{shipped['epochs_configured']} ({entry['shipped_completed']}/{n}) → "
+                  f"{entry['epochs_configured']} ({entry['long_completed']}/{n})")
+        for rep, f in entry["final"].items():
+            s, d = shipped["final"][rep], entry["delta_points"][rep]
+            mark = "*" if rep == representation else ""
+            lines.append(f"| {dataset} | {rep}{mark} | {epochs} | {fmt(s['knn'])} | {fmt(f['knn'])} | {fmt_points(d['knn'])} | "
+                         f"{fmt(s['linear'])} | {fmt(f['linear'])} | {fmt_points(d['linear'])} |")
+    return "\n".join(lines)
+
+
+def report(run: dict[str, Any]) -> str:
+    """One line per run, as it ends."""
+    f = run["final"]
+    tag = f" ({run['factor']}x epochs)" if run["factor"] > 1 else ""
+    return (f"{run['dataset']} seed {run['seed']}{tag}: {run['steps']} steps, {run['epochs']}/{run['epochs_configured']} "
+            f"epochs, {run['train_core_minutes']:.2f} core-min, "
+            + ", ".join(f"{k} knn {v['knn']:.3f} lin {v['linear']:.3f} rankme {v['rankme']:.0f}" for k, v in f.items())
+            + "; untrained knn " + ", ".join(f"{k} {v:.3f}" for k, v in run["curve"][0]["knn"].items())
+            + f"; raw pixels knn {run['pixels']['knn']:.3f} lin {run['pixels']['linear']:.3f}")
+
+
+def seed_curve(run: dict[str, Any], rep: str) -> tuple[list[float], list[float]]:
+    """One run's k-NN of ``rep`` against core-minutes: its measured points, then its end.
+
+    Curve minutes past the end of a completed run (``after_end``) are left out: the run's own end,
+    at its ``train_core_minutes``, stands for them.
+    """
+    points = [(p["minute"], p["knn"][rep]) for p in run["curve"] if not p.get("after_end")]
+    points.append((max(run["train_core_minutes"], points[-1][0] if points else 0.0), run["final"][rep]["knn"]))
+    points.sort(key=lambda p: p[0])
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def band(runs: list[dict[str, Any]], rep: str) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Minutes, and the mean, min and max over ``runs`` of k-NN there.
+
+    The minutes are every run's; a run is read between its points by linear interpolation and
+    holds its final figure after its end.
+    """
+    import numpy as np
+
+    curves = [seed_curve(r, rep) for r in runs]
+    grid = sorted({x for xs, _ in curves for x in xs})
+    values = np.array([np.interp(grid, xs, ys) for xs, ys in curves])
+    return grid, values.mean(0).tolist(), values.min(0).tolist(), values.max(0).tolist()
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+def draw(payload: dict[str, Any], path: Path) -> None:
+    """One panel per dataset: k-NN of the evaluated representation against core-minutes, mean over seeds with
+    its min..max band, the long schedule's dashed (if run), and the untrained network and raw pixels as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rep, summary = payload["representation"], payload["summary"]
+    datasets = list(summary)
+    cols = min(len(datasets), 3)
+    rows = -(-len(datasets) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.8 * rows + 0.4), squeeze=False, layout="constrained")
+    for ax, dataset in zip(axes.flat, datasets):
+        entry = summary[dataset]
+        runs = [r for r in payload["runs"] if r["dataset"] == dataset]
+        shown = rep if rep in entry["final"] else next(iter(entry["final"]))
+        x, mean, low, high = band(runs, shown)
+        ax.plot(x, mean, marker="o", ms=3, color="C0", label=f"pretrained ({_epochs(entry['epochs_configured'])})")
+        ax.fill_between(x, low, high, color="C0", alpha=0.2, linewidth=0)
+        long_runs = [r for r in payload.get("long_runs", []) if r["dataset"] == dataset]
+        if long_runs:
+            x, mean, low, high = band(long_runs, shown)
+            ax.plot(x, mean, ls="--", marker=".", color="C2",
+                    label=f"{payload['long_factor']}x schedule ({_epochs(long_runs[0]['epochs_configured'])})")
+            ax.fill_between(x, low, high, color="C2", alpha=0.12, linewidth=0)
+        untrained, pixels = entry["random_init_knn"][shown]["mean"], entry["pixels"]["knn"]["mean"]
+        ax.axhline(untrained, color="C3", ls=":", label=f"untrained network {untrained:.3f}")
+        ax.axhline(pixels, color="0.4", ls="-.", label=f"raw pixels {pixels:.3f}")
+        ax.set_title(f"{dataset} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+        ax.set_xlabel("core-minutes of pretraining")
+        ax.set_ylabel(f"k-NN(20) top-1, {shown}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(datasets):]:
+        ax.axis("off")
+    fig.suptitle(f"time to accuracy: {Path(str(payload['config'])).name}\nmean over seeds, band min..max", fontsize=9)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    draw(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
+    print(f"# wrote {sys.argv[2]}")

@@ -1,0 +1,376 @@
+"""Helpers for plugin authors: the parts of hjepa-kit's own machinery a plugin may use.
+
+A plugin imports the public face of the package (:mod:`hjepa_kit`, :mod:`hjepa_kit.contracts`,
+:mod:`hjepa_kit.hookspecs`, :mod:`hjepa_kit.params`, :mod:`hjepa_kit.errors`,
+:mod:`hjepa_kit.config`) and this module, nothing below them: the built-in plugins do the same
+(``tests/test_plugin_imports.py`` checks it), so everything they need is here. The names below keep
+their signatures across releases, as the public face does.
+
+- **Files written whole or not at all**: :func:`write_atomic`, :func:`atomic_file`,
+  :func:`atomic_folder`. Each writes beside its destination, fsyncs and renames, so a run killed
+  at any moment leaves the previous file intact and no temporary behind. A full disk or quota
+  (``ENOSPC``, ``EDQUOT``) raises :class:`~hjepa_kit.errors.DiskFull`, naming the folder, the bytes
+  needed and the bytes free. The checkpoints, the evaluation report, ``hjepa export`` and
+  ``hjepa embed`` all write with these.
+- **Images**: :func:`decode_image`, :data:`IMAGE_EXTENSIONS` and :func:`decode_square`, the one
+  decoding of the ``image_folder`` dataset and ``hjepa embed --images``.
+- **Representations**: :func:`choose_representation`, the one rule by which evaluators, ``hjepa
+  evaluate``, ``export`` and ``embed`` pick features by name.
+- **CPU threads**: :func:`physical_cores`.
+- **Math on feature matrices** (from :mod:`hjepa_kit.evaluation.metrics`): accuracies, spectra,
+  ranks, CKA and the collapse verdict.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from .data.images import decode_square
+from .errors import DataError, DiskFull, OutputError, UserError
+from .evaluation.metrics import (
+    COLLAPSE_RANK_FRACTION,
+    COLLAPSE_VARIANCE,
+    RANK_FRACTION_THRESHOLDS,
+    VARIANCE_THRESHOLDS,
+    cka_matrix,
+    collapse_verdict,
+    energy_rank_from_spectrum,
+    feature_variance,
+    mean_pairwise_cosine,
+    rankme_from_spectrum,
+    singular_values,
+    topk_accuracy,
+    topk_correct,
+)
+from .threads import physical_cores
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = [
+    "write_atomic",
+    "atomic_file",
+    "atomic_folder",
+    "fsync_path",
+    "format_bytes",
+    "RUN_AGAIN",
+    "IMAGE_EXTENSIONS",
+    "decode_image",
+    "decode_square",
+    "choose_representation",
+    "physical_cores",
+    "topk_accuracy",
+    "topk_correct",
+    "singular_values",
+    "rankme_from_spectrum",
+    "energy_rank_from_spectrum",
+    "feature_variance",
+    "mean_pairwise_cosine",
+    "cka_matrix",
+    "collapse_verdict",
+    "COLLAPSE_VARIANCE",
+    "COLLAPSE_RANK_FRACTION",
+    "VARIANCE_THRESHOLDS",
+    "RANK_FRACTION_THRESHOLDS",
+]
+
+# --- files written whole or not at all ----------------------------------------------------------
+
+#: What a failed write tells the user to do by default (a checkpoint says how to resume instead).
+RUN_AGAIN = "Free space there, then run the command again."
+
+_DISK_FULL = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
+
+
+def format_bytes(count: float) -> str:
+    """``count`` bytes for a person: ``512 bytes``, ``4.2 kB``, ``92.4 MB``, ``1.50 GB`` (powers of 1000)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}" if unit == "GB" else f"{count / size:.1f} {unit}"
+    return f"{int(count)} bytes"
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a file's or folder's data (a folder: its entries, e.g. a rename) to disk; best effort, never raises."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_strict(path: Path) -> None:
+    """fsync a written file, raising: a network or quota file system may report a full disk only here."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _usual_mode(path: Path, folder: bool) -> None:
+    """Give a temporary file or folder (created 0600 / 0700) the mode a plain ``open`` / ``mkdir`` would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError of a failed write: ``exc`` itself, or the one behind a RuntimeError (torch.save wraps its writer's)."""
+    if isinstance(exc, OSError):
+        return exc
+    if not isinstance(exc, RuntimeError):
+        return None
+    inner = exc.__cause__ or exc.__context__
+    return inner if isinstance(inner, OSError) else None
+
+
+def _size_of(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder; 0 when it is gone."""
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _write_failed(exc: OSError, target: Path, *, written: int, needed: int | None, error: Callable[[str], UserError],
+                  then: str) -> UserError:
+    """The error of a write to ``target`` that failed with ``exc`` after ``written`` bytes (the temporary is gone)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno not in _DISK_FULL:
+        return error(f"{target}: writing failed: {reason}")
+    folder = target.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = 0
+    need = max(needed or 0, written)
+    if needed:
+        wants = f"{target.name} needs about {format_bytes(need)}"
+    elif written:
+        wants = f"{target.name} needs more than the {format_bytes(written)} written before the disk filled"
+    else:
+        wants = f"{target.name} found no room"
+    return DiskFull(
+        f"{target}: writing failed: {reason}: {wants}, and {folder} has {format_bytes(free)} free. {then}",
+        folder=folder, needed=need, free=free,
+    )
+
+
+def _new_temporary(target: Path, *, folder: bool, what: str | None, error: Callable[[str], UserError]) -> Path:
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        doing = f"cannot write {what} there" if what else f"cannot create the folder for {target.name}"
+        raise error(f"{parent}: {doing}: {exc.strerror or exc}") from None
+    try:
+        if folder:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+            os.close(fd)
+            tmp = Path(name)
+        _usual_mode(tmp, folder=folder)
+    except OSError as exc:
+        raise error(f"{parent}: cannot write {what or target.name} there: {exc.strerror or exc}") from None
+    return tmp
+
+
+@contextmanager
+def atomic_file(
+    path: str | os.PathLike[str], *, needed: int | None = None, what: str | None = None,
+    error: Callable[[str], UserError] = OutputError, then: str = RUN_AGAIN,
+) -> Iterator[Path]:
+    """Yield a temporary file name beside ``path``; when the block succeeds it is fsynced and renamed to ``path``.
+
+    For writers that take a file name or open their own handle (``np.save``, safetensors). The
+    temporary file exists (empty) before the block runs, so an unwritable folder fails before any
+    long work. An existing ``path`` is replaced; until the rename it is untouched.
+
+    Args:
+        path: the file to write.
+        needed: the bytes the file will take, when known: a full disk's message states it.
+        what: the file's kind in messages (``checkpoints``); default: its name.
+        error: the :class:`~hjepa_kit.errors.UserError` class raised when writing fails.
+        then: what a full disk's message tells the user to do.
+
+    Raises:
+        DiskFull: the disk or quota is full (the temporary is removed, ``path`` is as it was).
+        UserError: (``error``) the folder cannot be created or written.
+    """
+    target = Path(path)
+    tmp = _new_temporary(target, folder=False, what=what, error=error)
+    try:
+        yield tmp
+        _fsync_strict(tmp)
+        os.replace(tmp, target)
+        fsync_path(target.parent)
+    except BaseException as exc:
+        written = _size_of(tmp)
+        tmp.unlink(missing_ok=True)
+        cause = _os_error(exc)
+        if cause is not None:
+            raise _write_failed(cause, target, written=written, needed=needed, error=error, then=then) from None
+        raise
+
+
+def write_atomic(
+    path: str | os.PathLike[str], data: bytes | str | Callable[[IO[bytes]], object], *, needed: int | None = None,
+    what: str | None = None, error: Callable[[str], UserError] = OutputError, then: str = RUN_AGAIN,
+) -> Path:
+    """Write ``data`` to ``path`` whole or not at all (temporary file beside it, fsync, rename).
+
+    Args:
+        path: the file to write; an existing one is replaced.
+        data: bytes, text (written as UTF-8), or a function writing to the open binary handle
+            (``lambda f: torch.save(state, f)``).
+        needed: the bytes the file will take, when known (bytes and text: their length).
+        what, error, then: as for :func:`atomic_file`.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        DiskFull: the disk or quota is full; ``path`` is as it was and no temporary is left.
+        UserError: (``error``) the folder cannot be created or written.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if isinstance(data, bytes):
+        needed = len(data)
+    target = Path(path)
+    with atomic_file(target, needed=needed, what=what, error=error, then=then) as tmp:
+        with open(tmp, "wb") as handle:
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                data(handle)
+    return target
+
+
+@contextmanager
+def atomic_folder(
+    path: str | os.PathLike[str], *, error: Callable[[str], UserError] = OutputError, then: str = RUN_AGAIN,
+) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; when the block succeeds it becomes ``path``.
+
+    Every file written into it is fsynced; an existing ``path`` is replaced (moved aside, then
+    removed) only after the block succeeded.
+
+    Raises:
+        DiskFull: the disk or quota is full (the temporary folder is removed).
+        UserError: (``error``) the folder cannot be created or written.
+    """
+    target = Path(path)
+    parent = target.parent
+    tmp = _new_temporary(target, folder=True, what=None, error=error)
+    try:
+        yield tmp
+        for item in tmp.iterdir():
+            if item.is_file():
+                _usual_mode(item, folder=False)  # some writers (safetensors) create their files 0600
+                _fsync_strict(item)
+        if target.exists():
+            old = parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        fsync_path(parent)
+    except BaseException as exc:
+        written = _size_of(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = _os_error(exc)
+        if cause is not None:
+            raise _write_failed(cause, target, written=written, needed=None, error=error, then=then) from None
+        raise
+
+
+# --- images -----------------------------------------------------------------------------------
+
+#: File name endings read as images (case-insensitive): by ``hjepa embed --images`` and, by default, ``image_folder``.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def decode_image(path: str | os.PathLike[str], size: int, channels: int = 3) -> Tensor:
+    """Decode an image file to ``(channels, size, size)`` uint8: shorter side resized to ``size`` (bilinear), centre crop.
+
+    Args:
+        path: the image file.
+        size: side of the square.
+        channels: 3 (RGB) or 1 (grey).
+
+    Raises:
+        DataError: the file cannot be read or decoded; the message names it.
+        ValueError: ``channels`` is neither 1 nor 3.
+    """
+    import torch
+    from PIL import Image
+
+    mode = {3: "RGB", 1: "L"}.get(channels)
+    if mode is None:
+        raise ValueError(f"only 1 (grey) and 3 (RGB) channel images can be decoded, not {channels}")
+    try:
+        array = decode_square(path, size, mode)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot be decoded as an image ({exc}); remove or replace the file") from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+# --- representations --------------------------------------------------------------------------
+
+_EVALUATED = "the run's evaluated representation (evaluation.representation)"
+
+
+def choose_representation(
+    available: Collection[str], name: str | None = None, *, default: str | None = None, option: str = "representation",
+    error: Callable[[str], UserError] = UserError,
+) -> str:
+    """The representation to use: ``name``, or ``default`` when ``name`` is ``None``; it must be among ``available``.
+
+    An evaluator passes its ``representation`` parameter and the run's default (its second
+    argument); ``hjepa export`` and ``embed`` pass ``--representation`` and the checkpoint's
+    ``evaluation.representation``.
+
+    Args:
+        available: the representations the model produced (``encoder``, ``level0`` ...); a
+            mapping of them works too.
+        name: the representation asked for, or ``None`` for ``default``.
+        default: the run's evaluated representation.
+        option: what named it, for messages: ``--representation``, ``evaluation.representation``,
+            ``the knn_faiss parameter representation``.
+        error: the :class:`~hjepa_kit.errors.UserError` class raised.
+
+    Raises:
+        UserError: (``error``) the representation is not among ``available``; the message lists them.
+    """
+    names = ", ".join(available) or "(none)"
+    if name is None:
+        if default is None:
+            raise error(f"{option}: no representation named and no default; this model has {names}")
+        if default not in available:
+            raise error(f"{option} defaults to {_EVALUATED} {default!r}, which this model does not have; "
+                        f"pass {option} with one of {names}")
+        return default
+    if name not in available:
+        raise error(f"{option} {name!r}: unknown representation; this model has {names}")
+    return name
