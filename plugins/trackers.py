@@ -1,7 +1,7 @@
 """Built-in experiment trackers: the callbacks ``mlflow`` and ``wandb`` (optional extras).
 
-Each logs what the ``tensorboard`` callback writes, at the same steps (:func:`.callbacks.step_scalars`,
-:func:`.callbacks.epoch_scalars`), plus the resolved configuration as parameters, each
+Each (a :class:`~.tracking.Tracker`, which holds the hooks) logs what the ``tensorboard``
+callback writes, at the same steps, plus the resolved configuration as parameters, each
 evaluation's figures and a report of them (``hjepa_evaluation_end``; figure files, where an
 evaluation hands their paths, as artifacts) and the run's status when it ends. Everything is
 logged from the lifecycle hooks, never inside the step: MLflow's metrics go through its
@@ -16,13 +16,11 @@ A resumed run continues the same tracker run: its id is kept in ``<log_dir>/mlfl
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
-import numbers
 import os
 import re
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -30,10 +28,9 @@ from typing import Any, Literal
 import attrs
 
 from hjepa_kit import hookimpl
-from hjepa_kit.errors import ConfigError
 from hjepa_kit.params import param
 
-from .callbacks import epoch_scalars, step_scalars
+from .tracking import Tracker, flatten_config, import_extra
 
 __all__ = ["MlflowParams", "MlflowTracker", "WandbParams", "WandbTracker", "flatten_config"]
 
@@ -41,193 +38,6 @@ log = logging.getLogger("hjepa_kit")
 
 #: The run's status -> MLflow's terminal run status.
 MLFLOW_STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED", "failed": "FAILED", "collapsed": "FAILED"}
-
-
-def _import_extra(module: str, extra: str) -> Any:
-    """Import an optional package, or stop with the install command naming the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(
-            f"needs the package {module}, which is not installed: pip install 'hjepa-kit[{extra}]' (or pip install {module})"
-        ) from None
-
-
-def flatten_config(data: Any, prefix: str = "") -> dict[str, str]:
-    """A nested configuration as ``{"training.lr": "0.001", "callbacks.0.name": "mlflow", ...}``.
-
-    Mappings and lists of mappings (the components) are flattened by key and index; any other
-    value is one parameter, JSON-encoded unless it is a string.
-    """
-    if isinstance(data, Mapping) and (data or not prefix):
-        out: dict[str, str] = {}
-        for key, value in data.items():
-            out.update(flatten_config(value, f"{prefix}{key}."))
-        return out
-    if isinstance(data, (list, tuple)) and any(isinstance(v, Mapping) for v in data):
-        out = {}
-        for index, value in enumerate(data):
-            out.update(flatten_config(value, f"{prefix}{index}."))
-        return out
-    return {prefix[:-1]: data if isinstance(data, str) else json.dumps(data, default=str)}
-
-
-def _resolved_config(trainer: Any) -> dict[str, Any]:
-    """The run's configuration with every component's parameters filled in."""
-    getter = getattr(trainer, "resolved_config", None)
-    if callable(getter):
-        return getter()
-    saved = Path(trainer.log_dir) / "config.yaml"
-    if saved.is_file():
-        import yaml
-
-        return yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    config = getattr(trainer, "config", None)
-    return attrs.asdict(config) if config is not None and attrs.has(type(config)) else {}
-
-
-def _report(step: int, figures: Mapping[str, float]) -> str:
-    rows = "\n".join(f"| `{name}` | {value:.6g} |" for name, value in sorted(figures.items()))
-    return f"# Evaluation at step {step}\n\n| figure | value |\n| --- | --- |\n{rows}\n"
-
-
-class _Tracker:
-    """The hooks both trackers share; a backend supplies ``_open``, ``_log_config``, ``_metrics``,
-    ``_epoch_metric``, ``_text``, ``_file`` and ``_close``."""
-
-    #: The callback's name, also the stem of its run file ``<log_dir>/<name>_run.json``.
-    name = ""
-
-    def __init__(self, params: Any) -> None:
-        self.params = params
-        self.run_id: str | None = None
-        self.log_dir: Path | None = None
-        self._evaluated: tuple[int, set[str]] = (-1, set())
-        self._failures = 0
-
-    # --- the run file --------------------------------------------------------------------------
-
-    def _run_file(self) -> Path:
-        assert self.log_dir is not None
-        return self.log_dir / f"{self.name}_run.json"
-
-    def _stored(self, trainer: Any) -> dict[str, Any] | None:
-        """The tracker run to continue: the stored one when training resumed from a checkpoint."""
-        path = Path(trainer.log_dir) / f"{self.name}_run.json"
-        if int(getattr(trainer, "step", 0)) <= 0 or not path.is_file():
-            return None
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            log.warning("%s: unreadable, starting a new %s run", path, self.name)
-            return None
-        return stored if isinstance(stored, dict) and stored.get("run_id") else None
-
-    def _store(self, record: dict[str, Any]) -> None:
-        path = self._run_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-
-    def _guarded(self, what: str, function: Any, *args: Any) -> None:
-        """Log, but never stop training over a tracker's failure (a server away for a moment)."""
-        try:
-            function(*args)
-        except Exception as exc:  # noqa: BLE001 - any backend error
-            self._failures += 1
-            if self._failures == 1 or self._failures % 100 == 0:
-                log.warning("%s: could not log %s (%s failures so far): %s", self.name, what, self._failures, exc)
-
-    # --- hooks ---------------------------------------------------------------------------------
-
-    @hookimpl
-    def hjepa_fit_start(self, trainer: Any) -> None:
-        self.log_dir = Path(trainer.log_dir)
-        stored = self._stored(trainer)
-        record = self._open(trainer, stored)
-        self.run_id = record["run_id"]
-        resumed = stored is not None and stored.get("run_id") == self.run_id
-        self._store({k: v for k, v in record.items() if k != "where"})
-        log.info("%s: %s run %s%s", self.name, "continuing" if resumed else "logging to", self.run_id,
-                 f" ({record['where']})" if record.get("where") else "")
-        self._log_config(_resolved_config(trainer), resumed)
-        saved = self.log_dir / "config.yaml"
-        if saved.is_file():
-            self._guarded("config.yaml", self._file, saved, "")
-
-    @hookimpl
-    def hjepa_step_end(self, trainer: Any, step: int, metrics: Mapping[str, float]) -> None:
-        if self.run_id is None:
-            return
-        scalars = step_scalars(step, metrics, self.params.every_steps)
-        if scalars:
-            self._guarded("step metrics", self._metrics, scalars, step)
-
-    @hookimpl
-    def hjepa_evaluation_end(self, trainer: Any, results: Mapping[str, Any]) -> None:
-        if self.run_id is None:
-            return
-        step = int(getattr(trainer, "step", 0) or 0)
-        figures = {k: float(v) for k, v in results.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
-        files = {k: Path(v) for k, v in results.items() if isinstance(v, (str, os.PathLike)) and Path(v).is_file()}
-        if figures:
-            self._guarded("evaluation figures", self._metrics, figures, step)
-            self._evaluated = (step, set(figures))
-            name = f"evaluation/step_{step:07d}"
-            self._guarded("the evaluation report", self._text, _report(step, figures), f"{name}.md")
-            self._guarded("the evaluation report", self._text, json.dumps({"step": step, "figures": figures}, indent=1), f"{name}.json")
-        for key, path in files.items():
-            self._guarded(f"figure {key}", self._file, path, "evaluation")
-
-    @hookimpl
-    def hjepa_epoch_end(self, trainer: Any, epoch: int, metrics: Mapping[str, float]) -> None:
-        if self.run_id is None:
-            return
-        step = int(trainer.step)
-        done = self._evaluated[1] if self._evaluated[0] == step else set()
-        scalars = {k: v for k, v in epoch_scalars(metrics).items() if k not in done}  # each figure once per step
-        if scalars:
-            self._guarded("epoch metrics", self._metrics, scalars, step)
-        self._guarded("the epoch loss", self._epoch_metric, "epoch/loss", float(metrics.get("loss", float("nan"))), epoch, step)
-        self._guarded("pending metrics", self._flush)
-
-    @hookimpl
-    def hjepa_fit_end(self, trainer: Any, status: str) -> None:
-        if self.run_id is None:
-            return
-        try:
-            self._close(status)
-        except Exception as exc:  # noqa: BLE001 - the run's own outcome must not be masked
-            log.warning("%s: could not close run %s: %s", self.name, self.run_id, exc)
-        finally:
-            self.run_id = None
-
-    # --- what a backend supplies -----------------------------------------------------------------
-
-    def _open(self, trainer: Any, stored: dict[str, Any] | None) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _log_config(self, config: dict[str, Any], resumed: bool) -> None:
-        raise NotImplementedError
-
-    def _metrics(self, values: Mapping[str, float], step: int) -> None:
-        raise NotImplementedError
-
-    def _epoch_metric(self, key: str, value: float, epoch: int, step: int) -> None:
-        raise NotImplementedError
-
-    def _text(self, text: str, name: str) -> None:
-        raise NotImplementedError
-
-    def _file(self, path: Path, folder: str) -> None:
-        raise NotImplementedError
-
-    def _flush(self) -> None:
-        """Wait for what was handed to the backend asynchronously."""
-
-    def _close(self, status: str) -> None:
-        raise NotImplementedError
 
 
 # --- MLflow ------------------------------------------------------------------------------------
@@ -249,7 +59,7 @@ class MlflowParams:
 _BAD_NAME = re.compile(r"[^\w./\- ]")
 
 
-class MlflowTracker(_Tracker):
+class MlflowTracker(Tracker):
     """Logs a run to MLflow: parameters, metrics, the evaluation reports and the final status.
 
     Names MLflow does not allow (``online/knn/top1@20``) have each such character replaced by
@@ -351,8 +161,6 @@ class MlflowTracker(_Tracker):
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 
@@ -375,7 +183,7 @@ class WandbParams:
     every_steps: int = param(10, ge=1, help="Log step metrics every N optimizer steps (as the tensorboard callback's every_steps).")
 
 
-class WandbTracker(_Tracker):
+class WandbTracker(Tracker):
     """Logs a run to Weights & Biases: the configuration, metrics, evaluation reports and status.
 
     ``epoch/loss`` is plotted against ``epoch`` (a W&B step metric), as TensorBoard plots it.
@@ -432,11 +240,11 @@ class WandbTracker(_Tracker):
 
 
 def _build_mlflow(params: MlflowParams, ctx: Any) -> MlflowTracker:
-    return MlflowTracker(params, _import_extra("mlflow", "mlflow"))
+    return MlflowTracker(params, import_extra("mlflow", "mlflow"))
 
 
 def _build_wandb(params: WandbParams, ctx: Any) -> WandbTracker:
-    return WandbTracker(params, _import_extra("wandb", "wandb"))
+    return WandbTracker(params, import_extra("wandb", "wandb"))
 
 
 @hookimpl

@@ -26,7 +26,9 @@ from hjepa_kit import hookimpl
 
 from .archives import safe_unpickle
 from .cifar import Cifar10Params, Cifar100Params, CifarDataset, build_cifar10, build_cifar100
-from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset, ImageFolderParams, build_image_folder, decode_image
+from .image_folder import (
+    CLASS_LISTS, IMAGE_EXTENSIONS, ImageFolderDataset, ImageFolderParams, build_image_folder, decode_image, read_class_list,
+)
 from .stl10 import Stl10Dataset, Stl10Params, build_stl10
 from .synthetic import SHAPES, SyntheticDataset, SyntheticParams, build_synthetic, render_shapes
 
@@ -50,6 +52,8 @@ __all__ = [
     "safe_unpickle",
     "IMAGE_EXTENSIONS",
     "decode_image",
+    "CLASS_LISTS",
+    "read_class_list",
 ]
 
 
