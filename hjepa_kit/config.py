@@ -29,6 +29,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "TrainingConfig",
+    "ExtensionConfig",
     "CheckpointConfig",
     "LoggingConfig",
     "EvaluationConfig",
@@ -126,6 +127,33 @@ class EarlyStoppingConfig:
 
 
 @attrs.frozen(kw_only=True)
+class ExtensionConfig:
+    """One extension of a finished run (written by ``hjepa train --resume auto --extend-epochs N``).
+
+    Its schedules span epochs ``from_epoch`` to ``from_epoch + epochs`` and start from the values
+    the run had reached there, so they are continuous where the run ended: ``tail`` decays the
+    learning rate by a new cosine from its current value; ``restart`` warms it up linearly to
+    ``lr[1]`` over ``warmup_epochs``, then decays it by a cosine. Weight decay follows a cosine and
+    the EMA momentum a line from their current values to their ends.
+    """
+
+    from_epoch: int = param(help="Epochs done when the run was extended: the extension's first epoch is from_epoch + 1.", ge=1)
+    epochs: int = param(help="Epochs the extension adds.", ge=1)
+    mode: Literal["tail", "restart"] = param(
+        help="tail: a new cosine from the current learning rate; restart: a warmup to lr[1], then a cosine.",
+        choices=("tail", "restart"),
+    )
+    warmup_epochs: float = param(0.0, help="Epochs of linear warmup at the start of a restart (0 for a tail).", ge=0.0)
+    lr: tuple[float, float, float] = param(help="Learning rate at the junction, at the end of the warmup, at the end.", ge=0.0)
+    weight_decay: tuple[float, float] = param(help="Weight decay at the junction and at the end (cosine).", ge=0.0)
+    ema_momentum: tuple[float, float] = param(help="EMA momentum at the junction and at the end (linear).", ge=0.0, le=1.0)
+
+    def __attrs_post_init__(self) -> None:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} leaves no epoch of the {self.epochs} extended ones to decay")
+
+
+@attrs.frozen(kw_only=True)
 class TrainingConfig:
     """Optimisation: schedules, accumulation, precision, threads."""
 
@@ -175,6 +203,26 @@ class TrainingConfig:
         "so resident memory stays flat while the masks change tensor sizes every step; 0: never.",
         ge=0,
     )
+    extensions: list[ExtensionConfig] = param(
+        factory=list,
+        help="The run's extensions, written by `hjepa train --resume auto --extend-epochs N` (see the CIFAR-10 page): "
+        "each a mapping of from_epoch, epochs, mode (tail or restart), warmup_epochs and the lr [junction, peak, end], "
+        "weight_decay [junction, end] and ema_momentum [junction, end] of its schedules. The first starts where "
+        "the original schedules end, each next one where the previous ends, and the last ends at `epochs`.",
+    )
+
+    def __attrs_post_init__(self) -> None:
+        end = None
+        for i, ext in enumerate(self.extensions):
+            if end is not None and ext.from_epoch != end:
+                raise ValueError(f"extensions[{i}].from_epoch is {ext.from_epoch}, but extensions[{i - 1}] ends at epoch {end}")
+            end = ext.from_epoch + ext.epochs
+        if end is not None and end != self.epochs:
+            raise ValueError(
+                f"epochs is {self.epochs}, but training.extensions plans {end} epochs (its last extension ends there): "
+                "to train an extended run longer, resume it once it has finished with --extend-epochs N; a new run "
+                "from this configuration needs training.extensions=[] or the same epochs"
+            )
 
 
 @attrs.frozen(kw_only=True)

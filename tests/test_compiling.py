@@ -119,10 +119,10 @@ def test_training_compiled_follows_the_eager_run_and_saves_the_same_checkpoint(t
 @needs_compiler
 def test_a_compiled_run_resumes_an_eager_checkpoint_and_finishes(tmp_path):
     # Checkpoints do not record whether a run was compiled: an eager run's latest.pth resumes under
-    # training.compile=true, mid-training (step 6 of 12), and the result loads into an eager model.
+    # training.compile=true, extended by an epoch (step 6 of 12), and the result loads into an eager model.
     first = hjepa_kit.train(tiny_config(tmp_path, training={"epochs": 1, "precision": "fp32"}, callbacks=[]), console=False)
     config = tiny_config(tmp_path, training={"epochs": 2, "precision": "fp32", "compile": True}, callbacks=[])
-    resumed = hjepa_kit.train(config, resume=first.checkpoints["latest"], console=False)
+    resumed = hjepa_kit.train(config, resume=first.checkpoints["latest"], extend_epochs=1, console=False)
     assert resumed.status == "completed" and resumed.steps == 12
     state = torch.load(resumed.checkpoints["final"], weights_only=True)
     eager = hjepa_kit.load_config(tiny_config(tmp_path / "eager", training={"epochs": 2}))

@@ -40,7 +40,9 @@ def test_legacy_checkpoint_gives_the_same_features(tmp_path):
 def test_legacy_checkpoint_resumes(tmp_path):
     path, stored = _legacy(tmp_path)
     assert stored["checkpoint"]["epoch"] == 1
-    result = hjepa_kit.train(tiny_config(tmp_path, training={"epochs": 2}, callbacks=[]), resume=path, console=False)
+    # The legacy run finished its epoch: one more is an extension (--extend-epochs 1).
+    result = hjepa_kit.train(tiny_config(tmp_path, training={"epochs": 2}, callbacks=[]), resume=path, extend_epochs=1,
+                             console=False)
     assert result.status == "completed"
     state = torch.load(result.checkpoints["final"], map_location="cpu", weights_only=True)
     assert state["epoch"] == 2 and state["step"] > stored["checkpoint"]["step"]

@@ -2,7 +2,8 @@
 configuration, and the :class:`TrainResult` it ends with.
 
 A checkpoint is a plain dictionary (``torch.save``; loaded with ``weights_only=True``): the resolved
-configuration and build context (enough to rebuild the model for evaluation), the model and
+configuration (with the run's extensions, ``training.extensions``, which a resumed run follows:
+:mod:`~hjepa_kit.training.extension`) and build context (enough to rebuild the model for evaluation), the model and
 optimizer state, the position in the run, the RNG state, the best figure so far, the early-stopping
 state and the last metrics. Its keys are a file format: checkpoints written by older versions keep
 loading (``tests/test_legacy_checkpoint.py``).
