@@ -8,10 +8,13 @@ resized to the run's image size by the evaluation transform). ``--checkpoint`` e
 checkpoint's configuration and weights on the same synthetic data instead.
 
 Prints the time of each part (data, feature extraction, each evaluator) and the total; the figure
-the targets speak of is features + k-NN + linear probe.
+the targets speak of is features + k-NN + linear probe. ``--own-data`` evaluates a checkpoint on
+its own dataset instead of the synthetic one (the quickstart's digits); an evaluator that trains
+for epochs (``fine_tune``) also prints each epoch's seconds and accuracy.
 
     python benchmarks/evaluate.py --config configs/cifar10_native32.yaml --json results/bench_eval32.json
     python benchmarks/evaluate.py --config configs/cifar10_native32.yaml --eval-type all --report
+    python benchmarks/evaluate.py --checkpoint results/checkpoints/quickstart/final.pth --own-data --eval-type fine_tune
 """
 
 from __future__ import annotations
@@ -59,17 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra configuration override (repeatable)")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default=None,
                         help="evaluation.compile (default: the configuration's; auto compiles from 10,000 images)")
+    parser.add_argument("--own-data", action="store_true", help="with --checkpoint: its own dataset, not synthetic images")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if (args.config is None) == (args.checkpoint is None):
         parser.error("give exactly one of --config and --checkpoint")
+    if args.own_data and args.checkpoint is None:
+        parser.error("--own-data evaluates a checkpoint on its dataset: give --checkpoint")
 
     with tempfile.TemporaryDirectory(prefix="hjepa-eval-") as tmp:
         checkpoint = args.checkpoint or write_untrained_checkpoint(args, tmp)
         state = load_checkpoint(checkpoint)
         source = int(state.get("build", {}).get("image_size") or 32)
         dataset = {"name": "synthetic", "params": {"num_train": args.train, "num_test": args.test, "image_size": 32}}
-        overrides = [f"data.dataset={json.dumps(dataset)}", f"data.image_size={source}"]
+        overrides = [] if args.own_data else [f"data.dataset={json.dumps(dataset)}", f"data.image_size={source}"]
         if args.threads is not None:
             overrides.append(f"training.threads={args.threads}")
         if args.precision is not None:
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"evaluation.compile={ {'on': 'true', 'off': 'false'}.get(args.compile, args.compile)}")
         if args.eval_batch_size is not None:
             overrides.append(f"data.eval_batch_size={args.eval_batch_size}")
+        overrides += args.set  # also the evaluators' parameters (evaluation.evaluators=...)
         load_start = _machine.load_average()
         started = time.perf_counter()
         result = run_evaluation(
@@ -96,13 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         "config": str(args.config or args.checkpoint),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "weights": "trained checkpoint" if args.checkpoint else "untrained (as built)",
-        "images": {"train": args.train, "test": args.test},
+        "images": "the checkpoint's dataset" if args.own_data else {"train": args.train, "test": args.test},
+        "epochs": {name: items["history"] for name, items in result["artifacts"].items() if isinstance(items.get("history"), list)},
         "image_size": source,
         "eval_batch_size": config.data.eval_batch_size,
         "threads": torch.get_num_threads(),
         "precision": config.training.precision,
         "timings_s": timings,
-        "features_images_per_s": (args.train + args.test) / timings["features_s"],
+        "features_images_per_s": None if args.own_data else (args.train + args.test) / timings["features_s"],
         "features_compiled": result["features_compiled"],
         "features_plus_evaluators_s": work_s,
         "total_s": wall_s,
@@ -114,16 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"# {info['cpu']} | {info['physical_cores']} physical cores | {out['threads']} threads | torch {info['torch']} | "
           f"{device} precision {config.training.precision} | load {_machine.fmt_load(load_start)} -> {_machine.fmt_load(out['load_average_end'])}")
-    print(f"# {out['config']}: {args.train} + {args.test} images at {source}px, {out['weights']} weights, eval batch {config.data.eval_batch_size}")
-    print(f"{'data (synthetic)':<26} {timings['load_data_s']:8.1f} s")
-    print(f"{'features':<26} {timings['features_s']:8.1f} s   ({out['features_images_per_s']:.0f} images/s, "
+    images = f"{config.data.dataset.name} images" if args.own_data else f"{args.train} + {args.test} images"
+    print(f"# {out['config']}: {images} at {source}px, {out['weights']} weights, eval batch {config.data.eval_batch_size}")
+    print(f"{'data (' + config.data.dataset.name + ')':<26} {timings['load_data_s']:8.1f} s")
+    rate = "" if args.own_data else f"{out['features_images_per_s']:.0f} images/s, "
+    print(f"{'features':<26} {timings['features_s']:8.1f} s   ({rate}"
           f"{'compiled with frozen weights, compile time included' if out['features_compiled'] else 'uncompiled'})")
     for name, seconds in evaluators.items():
         print(f"{name.removesuffix('_s'):<26} {seconds:8.1f} s")
+    for name, history in out["epochs"].items():
+        for h in history:
+            print(f"  {name} epoch {h['epoch']:<3} {h['seconds']:8.1f} s   test top-1 {h['test_top1']:.4f}  train top-1 {h['train_top1']:.4f}")
     print(f"{'features + evaluators':<26} {work_s:8.1f} s = {work_s / 60:.2f} min")
     print(f"{'total (with setup)':<26} {wall_s:8.1f} s;  peak RSS {out['peak_rss_mb']:.0f} MB")
     shown = {k: round(v, 4) for k, v in result["metrics"].items() if "top1" in k}
-    print(f"figures (untrained weights mean little) {shown}")
+    print(f"figures{'' if args.checkpoint else ' (untrained weights mean little)'} {shown}")
     _machine.write_json(args.json, out)
     return 0
 

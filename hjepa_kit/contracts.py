@@ -12,7 +12,8 @@ patch grid, embedding width, number of hierarchy levels, device). Sizes are neve
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -29,6 +30,8 @@ __all__ = [
     "FeatureSet",
     "TOKEN_DTYPES",
     "needs_tokens",
+    "EvalModel",
+    "needs_model",
     "Grade",
     "EvalResult",
     "TimmExport",
@@ -297,6 +300,53 @@ def needs_tokens(evaluator: Any) -> bool:
     return bool(getattr(evaluator, "needs_tokens", False))
 
 
+def needs_model(evaluator: Any) -> bool:
+    """Whether an evaluator declared that it trains the encoder on the images (``evaluator.needs_model``; default False)."""
+    return bool(getattr(evaluator, "needs_model", False))
+
+
+@attrs.frozen(kw_only=True)
+class EvalModel:
+    """What ``hjepa evaluate`` hands an evaluator that declared ``needs_model = True``: the
+    checkpoint's encoder and the images, for protocols that train the encoder (fine-tuning).
+
+    The evaluator is then called ``evaluator(features, default, model=EvalModel(...))``; see
+    :class:`Evaluator`. Every such evaluator gets its own object and its own encoder copy.
+
+    Attributes:
+        encoder: a copy of the checkpoint's **target** encoder (the evaluated one), an
+            :class:`Encoder` on ``device`` with ``requires_grad`` on; the evaluator's own, to train
+            in place: the run's model and other evaluators never see it.
+        train: the labelled train split, uint8 in RAM (as the features were extracted from).
+        test: the labelled test split.
+        image_size: side of the images the encoder sees.
+        augment: the run's training augmentation (``data.augmentation``: random resized crop,
+            flip, normalisation): ``augment(uint8 (B, C, H, W), generator) -> float32 (B, C, S, S)``
+            on the images' device, all randomness drawn from the ``torch.Generator`` (on the CPU).
+        transform: the evaluation transform (resize, normalise; no randomness):
+            ``transform(uint8 (B, C, H, W)) -> float32 (B, C, S, S)``, as the features saw.
+        device: where the encoder is and should be trained.
+        autocast_dtype: the run's mixed precision on ``device`` (``torch.bfloat16``) or ``None`` (float32).
+        state_dir: a folder of this evaluator's own inside the evaluation's output folder
+            (``<output>/state/<evaluator name>``, not created yet), where it may save its progress
+            (atomically, :mod:`hjepa_kit.helpers`) and resume it when the evaluation is run again;
+            ``None`` when the evaluation writes no files.
+        fingerprint: changes whenever the checkpoint file or the evaluation's configuration
+            overrides change: store it with saved progress and start afresh on a mismatch.
+    """
+
+    encoder: Any
+    train: ImageData
+    test: ImageData
+    image_size: int
+    augment: Callable[[Tensor, torch.Generator], Tensor]
+    transform: Callable[[Tensor], Tensor]
+    device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
+    autocast_dtype: torch.dtype | None = None
+    state_dir: Path | None = None
+    fingerprint: str = ""
+
+
 @runtime_checkable
 class Encoder(Protocol):
     """A patch encoder (an ``nn.Module``), built on the CPU; the core moves it to ``ctx.device``.
@@ -524,6 +574,15 @@ class Evaluator(Protocol):
     carry them, and the online evaluation during training extracts none: an evaluator that needs
     tokens should raise :class:`~hjepa_kit.errors.UserError` when ``has_tokens`` is False. (The
     attribute is optional, so it is not a member of this protocol.)
+
+    **The encoder and the images.** An evaluator that trains the encoder itself (end-to-end
+    fine-tuning) says so with ``needs_model = True`` (:func:`needs_model` reads it; optional like
+    ``needs_tokens``). ``hjepa evaluate`` then calls it with one more keyword argument,
+    ``evaluator(features, default, model=EvalModel(...))``: its own copy of the checkpoint's
+    target encoder, the train and test images, the run's augmentation and evaluation transform,
+    and a folder for resumable progress (:class:`EvalModel`). Other evaluators are called with
+    the two arguments only. The online evaluation during training hands no model: an evaluator
+    that needs one should raise :class:`~hjepa_kit.errors.UserError` when ``model`` is missing.
     """
 
     def __call__(self, features: Mapping[str, FeatureSet], default: str) -> dict[str, float] | EvalResult:
@@ -534,6 +593,9 @@ class Evaluator(Protocol):
                 and ``test`` ``(N_test, D)`` float32 CPU features, their ``(N,)`` int64 labels and
                 ``num_classes``.
             default: the name of the representation to evaluate unless told otherwise.
+
+        An evaluator with ``needs_model = True`` also takes ``model``, an :class:`EvalModel`
+        (keyword, passed by ``hjepa evaluate`` only).
 
         Returns:
             Figure name -> number, or an :class:`EvalResult` carrying the figures, artifacts for

@@ -70,7 +70,8 @@ def find_images(folder: str | os.PathLike[str], extensions: Sequence[str] = IMAG
     """
     root = Path(folder)
     if not root.is_dir():
-        raise DataError(f"--images {root}: not a folder")
+        raise DataError(f"--images {root}: not a folder ({'a file' if root.exists() else 'nothing is there'}); "
+                        "name the folder that holds the images")
     endings = tuple(e.lower() for e in extensions)
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):

@@ -11,6 +11,8 @@
 - ``confusion_matrix.png``: every evaluator's ``confusion_matrix`` artifact, row-normalised;
 - ``accuracy_vs_labels.png``: every evaluator's ``label_curve`` artifact, accuracy against labelled
   images per class (log scale) with a shaded interval, all series on one plot;
+- ``accuracy_vs_epoch.png``: every evaluator's ``epoch_accuracy`` artifact (an evaluator that
+  trains for epochs), each series' accuracy against the epoch;
 - ``mask_examples.png``: a few images with the masks a masker drew for them.
 
 The figures know artifact kinds, never an evaluator's name or figure names. matplotlib is imported
@@ -61,15 +63,16 @@ def draw_figures(
         artifacts: evaluator name -> its artifacts; ``singular_values``, ``level_accuracy``,
             ``confusion_matrix`` (with ``classes``) and ``label_curve`` (series label ->
             ``{"labels_per_class": [k, ...], "mean": [...], "low": [...], "high": [...]}``,
-            accuracies in ``[0, 1]``) of any evaluator are drawn.
+            accuracies in ``[0, 1]``) and ``epoch_accuracy`` (``{"epochs": [1, 2, ...],
+            "series": {name: [accuracy per epoch]}}``) of any evaluator are drawn.
         records: the training metrics records (``step``, ``loss``, ``loss/<term>``, ``lr``).
         mask_examples: a :class:`MaskExamples` or the tuple ``(images, context, targets, grid)``.
 
     Returns:
         name -> path of each figure drawn, in the report's order: ``loss_curves``,
         ``singular_values``, ``level_accuracy``, ``confusion_matrix``, ``accuracy_vs_labels``,
-        ``mask_examples``; an
-        evaluator's name is appended when several evaluators give one kind.
+        ``accuracy_vs_epoch``, ``mask_examples``; an evaluator's name is appended when several
+        evaluators give one kind.
     """
     figures: dict[str, Path] = {}
     if records and _draw_loss_curves(records, figure_dir / "loss_curves.png"):
@@ -94,6 +97,10 @@ def draw_figures(
     if curves and _draw_label_curves(curves, figure_dir / "accuracy_vs_labels.png"):
         figures["accuracy_vs_labels"] = figure_dir / "accuracy_vs_labels.png"
 
+    for key, (name, items) in _per_evaluator("epoch_accuracy", artifacts, figure="accuracy_vs_epoch"):
+        if _draw_epoch_accuracy(items["epoch_accuracy"], name, figure_dir / f"{key}.png"):
+            figures[key] = figure_dir / f"{key}.png"
+
     if mask_examples is not None:
         examples = mask_examples if isinstance(mask_examples, MaskExamples) else MaskExamples(*mask_examples)
         path = figure_dir / "mask_examples.png"
@@ -102,11 +109,11 @@ def draw_figures(
     return figures
 
 
-def _per_evaluator(kind: str, artifacts: Mapping[str, Mapping[str, Any]]):
-    """``(figure key, (evaluator, artifacts))`` of each evaluator with a ``kind`` artifact."""
+def _per_evaluator(kind: str, artifacts: Mapping[str, Mapping[str, Any]], figure: str | None = None):
+    """``(figure key, (evaluator, artifacts))`` of each evaluator with a ``kind`` artifact (key: ``figure`` or ``kind``)."""
     found = {name: a for name, a in artifacts.items() if a.get(kind) is not None}
     for name, items in found.items():
-        yield (kind if len(found) == 1 else f"{kind}_{_slug(name)}"), (name, items)
+        yield (figure or kind) if len(found) == 1 else f"{figure or kind}_{_slug(name)}", (name, items)
 
 
 def _slug(name: str) -> str:
@@ -117,6 +124,13 @@ def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Write ``fig`` as a PNG whole or not at all (a temporary file renamed to ``path``: a killed evaluation leaves no half image)."""
+    from ..helpers import write_atomic
+
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png"))
 
 
 def number(value: Any) -> float | None:
@@ -163,7 +177,7 @@ def _draw_loss_curves(records: Sequence[Mapping[str, Any]], path: Path) -> bool:
         axes[1].set_ylabel("learning rate")
         axes[1].set_title("Learning rate")
         axes[1].grid(alpha=0.3)
-    fig.savefig(path)
+    _save(fig, path)
     return True
 
 
@@ -193,7 +207,7 @@ def _draw_spectra(spectra: Mapping[str, Any], path: Path) -> None:
     right.grid(alpha=0.3)
     for axis in (left, right):
         axis.legend(fontsize="small")
-    fig.savefig(path)
+    _save(fig, path)
 
 
 _SERIES_COLOURS = ("tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
@@ -233,7 +247,7 @@ def _draw_level_accuracy(series: Mapping[str, Mapping[str, Any]], path: Path) ->
     axis.set_title("Accuracy per representation (dashed: minimum)")
     axis.legend(fontsize="small")
     axis.grid(axis="y", alpha=0.3)
-    fig.savefig(path)
+    _save(fig, path)
     return True
 
 
@@ -264,7 +278,7 @@ def _draw_confusion(matrix: Any, classes: Sequence[str] | None, evaluator: str, 
                 if counts[i, j]:
                     colour = "white" if rates[i, j] > 0.5 else "black"
                     axis.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize="x-small", color=colour)
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def _draw_label_curves(series: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
@@ -299,7 +313,32 @@ def _draw_label_curves(series: Mapping[str, Mapping[str, Any]], path: Path) -> b
     axis.set_title("Accuracy against labels per class (shaded: 95% interval)")
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize="small")
-    fig.savefig(path)
+    _save(fig, path)
+    return True
+
+
+def _draw_epoch_accuracy(entry: Mapping[str, Any], evaluator: str, path: Path) -> bool:
+    """Each series of an ``epoch_accuracy`` artifact against the epoch; False when no series has a finite point."""
+    epochs = [number(e) for e in entry.get("epochs") or ()]
+    fig = _figure(6, 4)
+    axis = fig.subplots()
+    drawn = False
+    for i, (label, values) in enumerate((entry.get("series") or {}).items()):
+        points = [(e, number(v)) for e, v in zip(epochs, values or ())]
+        points = [(e, v) for e, v in points if e is not None and v is not None]
+        if points:
+            x, y = zip(*points)
+            axis.plot(x, [100 * v for v in y], marker="o", color=_SERIES_COLOURS[i % len(_SERIES_COLOURS)], label=label)
+            drawn = True
+    if not drawn:
+        return False
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("accuracy (%)")
+    axis.set_ylim(0, 100)
+    axis.set_title(f"{evaluator}: accuracy per epoch")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+    _save(fig, path)
     return True
 
 
@@ -339,4 +378,4 @@ def _draw_masks(examples: MaskExamples, path: Path) -> None:
             axis.set_title(title, fontsize="small")
             axis.set_xticks([])
             axis.set_yticks([])
-    fig.savefig(path)
+    _save(fig, path)

@@ -16,7 +16,25 @@ from pathlib import Path
 from .. import helpers
 from ..errors import OutputError
 
-__all__ = ["atomic_folder", "atomic_file", "check_new_folder", "check_new_file"]
+__all__ = ["atomic_folder", "atomic_file", "check_new_folder", "check_new_file", "check_output_folder"]
+
+
+def check_output_folder(out: Path, *, option: str = "--output-dir") -> None:
+    """Refuse a folder that cannot be created or written into, before the long work; nothing is created.
+
+    Raises:
+        OutputError: naming ``out``: a file stands where a folder on its path should be, or the
+            nearest existing folder cannot be written (by permissions; a read-only file system
+            shows when the files are written).
+    """
+    existing = out
+    while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{option} {out}: cannot be created: {existing} is a file, not a folder; choose another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {out}: cannot be written: {existing} is not writable (permission denied); "
+                          "choose another folder")
 
 
 def check_new_folder(

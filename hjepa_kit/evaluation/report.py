@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import attrs
 
 from ..contracts import Grade
+from ..errors import OutputError
 from ..helpers import write_atomic
 from .figures import MaskExamples, draw_figures
 from .metrics import grade
@@ -203,7 +205,7 @@ def write_report(
         output_dir: the folder to write into (created).
         results: figure name -> value, from every evaluator.
         artifacts: evaluator name -> its artifacts (``confusion_matrix``, ``singular_values``,
-            ``level_accuracy``, ``label_curve``, ``verdict`` ...). Those of a kind
+            ``level_accuracy``, ``label_curve``, ``epoch_accuracy``, ``verdict`` ...). Those of a kind
             :func:`~hjepa_kit.evaluation.figures.draw_figures` knows are drawn, whichever
             evaluator gives them.
         grades: figure name -> its :class:`~hjepa_kit.contracts.Grade`, as the evaluators
@@ -219,12 +221,16 @@ def write_report(
     Returns:
         name -> path of each file written: ``results_json``, ``report_md`` and one per figure
         (``loss_curves``, ``singular_values``, ``level_accuracy``, ``confusion_matrix``,
-        ``accuracy_vs_labels``, ``mask_examples``; an evaluator's name is appended when several
-        evaluators give one kind).
+        ``accuracy_vs_labels``, ``accuracy_vs_epoch``, ``mask_examples``; an evaluator's name is
+        appended when several evaluators give one kind).
     """
     out = Path(output_dir)
     figure_dir = out / "figures"
-    figure_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        figure_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: the report folder cannot be created ({exc.strerror or exc}); choose another "
+                          "with --output-dir") from None
     artifacts = dict(artifacts or {})
     timings = dict(timings or {})
     results = dict(results)
@@ -276,20 +282,24 @@ def _metrics_file(training_log: str | os.PathLike | None) -> Path | None:
 def read_metrics_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a JSON-lines metrics file; ``[]`` when it is missing.
 
-    Lines that are not JSON objects (a half-written last line of a running job) are skipped.
+    Lines that are not JSON objects (a half-written last line of a running or killed job) are
+    skipped with a warning naming the file and the line.
     """
     path = Path(path)
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            record = None
         if isinstance(record, dict):
             records.append(record)
+        else:
+            warnings.warn(f"{path}: line {number} is not a whole JSON record (cut short by a killed run?); it is skipped",
+                          stacklevel=2)
     return records

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -15,7 +18,8 @@ import torch
 from ..build import build_dataset, build_model
 from ..training.checkpoint import load_checkpoint
 from ..config import load_config
-from ..contracts import BuildContext, Grade, ImageData, needs_tokens
+from ..contracts import BuildContext, EvalModel, Grade, ImageData, needs_model, needs_tokens
+from ..data.augment import BatchAugment, eval_transform
 from ..errors import CheckpointError, UserError
 from ..training.compiling import AUTO_EVAL_MIN_IMAGES, FeatureFunction, should_compile
 from .features import check_representation, extract_features_and_tokens, feature_sets
@@ -58,9 +62,10 @@ def run_evaluation(
         dataset: evaluate on this dataset component instead of the training one.
         data_path: the dataset folder (sets ``data.dataset.params.root``).
         eval_types: ``all``, ``linear_probe``, ``knn``, ``feature_quality``, ``hierarchy``,
-            ``few_shot``, ``attentive_probe`` or any registered evaluator name.
+            ``few_shot``, ``attentive_probe``, ``fine_tune`` or any registered evaluator name.
         device: ``auto``, ``cpu`` or ``cuda``.
-        output_dir: where ``results.json``, ``report.md`` and the figures go.
+        output_dir: where ``results.json``, ``report.md`` and the figures go (and, under
+            ``state/<evaluator>``, the resumable progress of evaluators that train the encoder).
         overrides: ``KEY=VALUE`` overrides applied to the checkpoint's configuration.
         plugins: extra plugins for this evaluation only.
         write_report: write the report files (``False``: figures only in the returned dict).
@@ -87,6 +92,10 @@ def run_evaluation(
     registry = Registry(plugins)
     eval_specs = select_evaluators(eval_types, list(config.evaluation.evaluators), registry)
     resolved = registry.resolve(config, f"{path} (configuration)")
+    if write_report or output_dir is not None:
+        from .outputs import check_output_folder
+
+        check_output_folder(Path(output_dir) if output_dir else _default_output_dir(path, config.name))  # before the long work
     threads = configure_threads(config.training.threads)
     run_device = resolve_device(device)
     amp = autocast_dtype(config.training.precision, run_device)
@@ -129,12 +138,20 @@ def run_evaluation(
     sets = feature_sets(train_features, train_split.labels, test_features, test_split.labels, int(data.num_classes),
                         train_tokens=train_tokens, test_tokens=test_tokens)
     representation = check_representation(config.evaluation.representation, sets)
+    out = Path(output_dir) if output_dir else _default_output_dir(path, config.name)
+    files = write_report or output_dir is not None  # where an evaluator that trains the encoder may keep its progress
+    fingerprint = _fingerprint(path, extra)
     metrics: dict[str, float] = {}
     artifacts: dict[str, dict[str, Any]] = {}
     grades: dict[str, Grade] = {}
     for spec, evaluator in evaluators:
         t0 = time.perf_counter()
-        result = evaluator(sets, representation)
+        if needs_model(evaluator):
+            model = _eval_model(built.model.target_encoder, train_split, test_split, config, ctx.image_size, run_device, amp,
+                                state_dir=out / "state" / spec.name if files else None, fingerprint=fingerprint)  # fmt: skip
+            result = evaluator(sets, representation, model=model)
+        else:
+            result = evaluator(sets, representation)
         timings[f"{spec.name}_s"] = time.perf_counter() - t0
         figures = {k: float(v) for k, v in getattr(result, "metrics", result).items()}
         metrics.update(figures)
@@ -150,7 +167,6 @@ def run_evaluation(
     if write_report:
         from .report import write_report as _write
 
-        out = Path(output_dir) if output_dir else _default_output_dir(path, config.name)
         training_log = config.log_dir / "metrics.jsonl"
         written = _write(
             out, metrics, artifacts, grades=grades, checkpoint=str(path), config=state["config"], timings=timings,
@@ -158,12 +174,15 @@ def run_evaluation(
             mask_examples=_mask_examples(built, test_split),
         )
         paths = {Path(p).name: str(p) for p in written.values()}
+        from ..helpers import atomic_folder
         from .tensorboard_writer import write_tensorboard
 
-        write_tensorboard(
-            out / "tensorboard", metrics, {k: str(v) for k, v in written.items()},
-            embeddings=(sets[representation].test, test_split.labels), step=int(state.get("step", 0)),
-        )
+        with atomic_folder(out / "tensorboard") as records:  # whole or not at all; it replaces an earlier evaluation's
+            write_tensorboard(
+                records, metrics, {k: str(v) for k, v in written.items()},
+                embeddings=(sets[representation].test, test_split.labels), step=int(state.get("step", 0)),
+                series=_epoch_series(artifacts),
+            )
         paths["tensorboard"] = str(out / "tensorboard")
     registry.hook.hjepa_evaluation_end(trainer=None, results=metrics)
     log.info("evaluation of %s done in %.1fs (%d threads)", path, timings["total_s"], threads)
@@ -173,7 +192,8 @@ def run_evaluation(
 
 def _build_evaluators(registry: Registry, specs: Sequence[Any], ctx: BuildContext) -> list[tuple[Any, Any]]:
     """``(spec, evaluator)`` of each selected evaluator, built before the features are extracted
-    (so that what they declare, e.g. ``needs_tokens``, decides what is extracted)."""
+    (so that what they declare, e.g. ``needs_tokens``, decides what is extracted, and a bad
+    parameter fails before any long work)."""
     from ..params import structure
 
     built = []
@@ -185,6 +205,35 @@ def _build_evaluators(registry: Registry, specs: Sequence[Any], ctx: BuildContex
             raise UserError("\n".join(problems))
         built.append((spec, component.build(params, ctx)))
     return built
+
+
+def _epoch_series(artifacts: dict[str, dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """TensorBoard series ``<evaluator>/epoch/<series>`` -> ``(epoch, value)`` of every ``epoch_accuracy`` artifact."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for name, items in artifacts.items():
+        entry = items.get("epoch_accuracy")
+        if isinstance(entry, dict):
+            for label, values in (entry.get("series") or {}).items():
+                out[f"{name}/epoch/{label}"] = list(zip(entry.get("epochs") or (), values))
+    return out
+
+
+def _fingerprint(checkpoint: Path, overrides: Sequence[str]) -> str:
+    """A digest that changes with the checkpoint file (its path, size, modification time) and the overrides."""
+    stat = checkpoint.stat()
+    key = {"checkpoint": str(checkpoint.resolve()), "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns, "overrides": list(overrides)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _eval_model(encoder: torch.nn.Module, train: ImageData, test: ImageData, config: Any, image_size: int, device: torch.device,
+                amp: torch.dtype | None, *, state_dir: Path | None, fingerprint: str) -> EvalModel:
+    """What an evaluator that declared ``needs_model`` is given: its own trainable copy of the target encoder, the images, the run's transforms."""
+    aug = config.data.augmentation
+    return EvalModel(
+        encoder=copy.deepcopy(encoder).requires_grad_(True), train=train, test=test, image_size=image_size,
+        augment=BatchAugment(aug, image_size), transform=functools.partial(eval_transform, image_size=image_size, mean=aug.mean, std=aug.std),
+        device=device, autocast_dtype=amp, state_dir=state_dir, fingerprint=fingerprint,
+    )  # fmt: skip
 
 
 def _mask_examples(built: Any, data: ImageData, count: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]] | None:

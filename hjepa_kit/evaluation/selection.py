@@ -24,6 +24,7 @@ EVAL_TYPE_EVALUATORS = {
     "hierarchy": "hierarchy",
     "few_shot": "few_shot",
     "attentive_probe": "attentive_probe",
+    "fine_tune": "fine_tune",
 }
 
 #: The ``--eval-type`` choices besides any registered evaluator name: ``all`` and the shorthands.

@@ -7,7 +7,7 @@ TensorBoard (through ``torch.utils.tensorboard``) and matplotlib are imported in
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ def write_tensorboard(
     embeddings: tuple[Any, Any] | None = None,
     *,
     step: int = 0,
+    series: Mapping[str, Sequence[tuple[int, float]]] | None = None,
     max_embeddings: int = 5000,
 ) -> Path:
     """Record an evaluation for TensorBoard.
@@ -35,6 +36,8 @@ def write_tensorboard(
         embeddings: ``(features (N, D), labels (N,))`` for the projector; at most
             ``max_embeddings`` rows, evenly spaced, are written.
         step: the global step to record at (the training step of the checkpoint).
+        series: tag -> ``(step, value)`` points recorded at their own steps (an evaluator's
+            accuracy per epoch, from its ``epoch_accuracy`` artifact).
         max_embeddings: the most projector rows to write.
 
     Returns:
@@ -50,6 +53,10 @@ def write_tensorboard(
             value = number(value)
             if value is not None:
                 writer.add_scalar(name, value, global_step=step)
+        for name, points in (series or {}).items():
+            for at, value in points:
+                if number(value) is not None:
+                    writer.add_scalar(name, float(value), global_step=int(at))
         for name, file in (figures or {}).items():
             file = Path(file)
             if file.suffix.lower() != ".png" or not file.is_file():

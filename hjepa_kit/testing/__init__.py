@@ -30,8 +30,8 @@ extra): only the ``hjepa_plugins`` fixture needs it, and it is loaded when asked
 
 The package, by role: ``checks`` (:func:`check_component`), ``model_checks`` and ``run_checks``
 (the contract of each kind), ``failure`` (the failure messages), ``standins`` (stand-in encoder,
-masks, context and features), ``sandbox`` (registries and plugins registered for one test) and
-``fixture`` (the pytest fixture).
+masks, context, features, and the encoder and images of an evaluator with ``needs_model``),
+``sandbox`` (registries and plugins registered for one test) and ``fixture`` (the pytest fixture).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from .checks import check_component
 from .run_checks import LIFECYCLE_HOOKS  # noqa: F401 (a constant, importable from here as before)
 from .sandbox import PluginSandbox, components, registry_with
-from .standins import IMAGE_SIZE, probe_encoder, probe_masks, random_feature_sets, tiny_context  # noqa: F401 (IMAGE_SIZE: as above)
+from .standins import IMAGE_SIZE, probe_encoder, probe_masks, random_feature_sets, stand_in_model, tiny_context  # noqa: F401 (IMAGE_SIZE: as above)
 
 if TYPE_CHECKING:
     from .fixture import hjepa_plugins
@@ -54,6 +54,7 @@ __all__ = [
     "probe_encoder",
     "probe_masks",
     "random_feature_sets",
+    "stand_in_model",
     "PluginSandbox",
     "hjepa_plugins",
 ]

@@ -54,6 +54,10 @@ def check_component(
       returns a non-empty mapping of names to numbers, or an :class:`~hjepa_kit.contracts.EvalResult`
       whose grades name figures it returns. An evaluator that declares ``needs_tokens = True``
       gets ``(N, 8, 16)`` float16 patch tokens on ``encoder`` (none on the levels), as in a run.
+      One that declares ``needs_model = True`` is also given ``model=``, an
+      :class:`~hjepa_kit.contracts.EvalModel` (:func:`~hjepa_kit.testing.standins.stand_in_model`):
+      a copy of the stand-in encoder (or of ``encoder=``), random uint8 images with the features'
+      labels, the default augmentation and a temporary ``state_dir``.
     - **dataset**: ``splits``, ``image_size``, ``num_classes``; each split in ``load_splits``
       loads as ``(N, C, H, W)`` uint8 with ``(N,)`` int64 labels in range; where offered,
       ``estimate_bytes`` gives a byte count and ``open_stream`` the same images one by one.
@@ -71,7 +75,8 @@ def check_component(
         ctx: the build context (default: :func:`tiny_context`, 32-pixel images; for an encoder
             only the image size and channels are used).
         encoder: a registered encoder whose sizes fill the context of a masker, predictor or
-            loss, instead of the stand-in :func:`probe_encoder`.
+            loss, and that an evaluator declaring ``needs_model`` trains, instead of the stand-in
+            :func:`probe_encoder`.
         load_splits: dataset splits to load (default: all of them; ``()`` loads none).
 
     Returns:
@@ -90,7 +95,7 @@ def check_component(
     check = _Check(kind, name, component)
     structured = _structure(component, params, check)
     built_encoder = None
-    if kind in ("masker", "predictor", "loss") and encoder is not None:
+    if kind in ("masker", "predictor", "loss", "evaluator") and encoder is not None:
         built_encoder = check_component("encoder", encoder, registry=registry)
     if ctx is None:
         if built_encoder is not None:

@@ -21,7 +21,7 @@ from .. import hookspecs
 from ..contracts import BuildContext, EvalResult, Grade, ImageData
 from ..registry import hook_problems
 from .failure import _Check, _shape
-from .standins import random_feature_sets
+from .standins import random_feature_sets, stand_in_model
 
 #: Lifecycle hooks a callback may implement (registration hooks are for plugins, not callbacks).
 LIFECYCLE_HOOKS = (
@@ -38,11 +38,23 @@ def _check_evaluator(check: _Check, evaluator: Any, ctx: BuildContext, options: 
     check.that(callable(evaluator), f"the factory returned {type(evaluator).__name__}, which is not callable")
     wants = getattr(evaluator, "needs_tokens", False)
     check.that(isinstance(wants, bool), f"its needs_tokens attribute must be True or False, got {wants!r}")
+    trains = getattr(evaluator, "needs_model", False)
+    check.that(isinstance(trains, bool), f"its needs_model attribute must be True or False, got {trains!r}")
     # As in a run: patch tokens (on ``encoder`` only) exactly when the evaluator declares it needs them.
     features = random_feature_sets(tokens=8 if wants else 0)
-    result = check.call(
-        "evaluating small random features" + (" with patch tokens" if wants else ""), evaluator, features, "encoder"
-    )
+    what = "evaluating small random features" + (" with patch tokens" if wants else "")
+    if not trains:
+        result = check.call(what, evaluator, features, "encoder")
+    else:  # as in a run: its own encoder copy and images, and a folder for its progress
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a stand-in model is tiny: a second thread costs more than it gives
+        try:
+            with tempfile.TemporaryDirectory(prefix="hjepa-evaluator-check-") as folder:
+                model = stand_in_model(features, encoder=options.get("encoder"), image_size=ctx.image_size,
+                                       state_dir=Path(folder) / "state")  # fmt: skip
+                result = check.call(what + " with a stand-in encoder and images", evaluator, features, "encoder", model=model)
+        finally:
+            torch.set_num_threads(threads)
     metrics = result.metrics if isinstance(result, EvalResult) else result
     check.that(isinstance(metrics, Mapping), f"it returned {type(result).__name__}, not a mapping of figures or an EvalResult")
     check.that(len(metrics) > 0, "it returned no figures")

@@ -1,4 +1,5 @@
-"""Stand-ins for what a contract check needs: a small encoder, valid masks, a build context, features.
+"""Stand-ins for what a contract check needs: a small encoder, valid masks, a build context, features,
+and the encoder and images an evaluator that declares ``needs_model`` is given.
 
 They meet the contracts of :mod:`hjepa_kit.contracts` without any built-in plugin, so a component
 is checked against them alone; :func:`~hjepa_kit.testing.check_component` uses a registered
@@ -7,13 +8,18 @@ encoder's sizes instead when given ``encoder=``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import functools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..contracts import BuildContext, EncoderOutput, FeatureSet, Masks
+from ..config import AugmentationConfig
+from ..contracts import BuildContext, EncoderOutput, EvalModel, FeatureSet, ImageData, Masks
+from ..data.augment import BatchAugment, eval_transform
 
 #: Side of the images components are checked on (32 pixels: a 2x2 grid for 16-pixel patches,
 #: 8x8 for 4-pixel ones).
@@ -133,3 +139,30 @@ def random_feature_sets(
         sets[name] = FeatureSet(train=train, train_labels=train_labels, test=test, test_labels=test_labels, num_classes=num_classes,
                                 train_tokens=train_tokens, test_tokens=test_tokens)  # fmt: skip
     return sets
+
+
+def stand_in_model(
+    features: Mapping[str, FeatureSet], *, encoder: nn.Module | None = None, image_size: int = IMAGE_SIZE,
+    state_dir: Path | None = None, seed: int = 0,
+) -> EvalModel:
+    """An :class:`~hjepa_kit.contracts.EvalModel` as ``hjepa evaluate`` hands it to an evaluator with ``needs_model``.
+
+    Random uint8 images of ``image_size`` pixels, as many as ``features``' train and test rows and
+    with their labels, a copy of ``encoder`` (default: :func:`probe_encoder`) with gradients on, the
+    default augmentation and evaluation transform, the CPU, float32, and ``state_dir``.
+    """
+    some = next(iter(features.values()))
+    generator = torch.Generator().manual_seed(seed)
+
+    def images(labels: Tensor) -> ImageData:
+        pixels = torch.randint(0, 256, (len(labels), 3, image_size, image_size), generator=generator, dtype=torch.uint8)
+        return ImageData(images=pixels, labels=labels.clone(), classes=tuple(f"class{c}" for c in range(some.num_classes)))
+
+    source = encoder if encoder is not None else probe_encoder(image_size)
+    augmentation = AugmentationConfig()
+    return EvalModel(
+        encoder=copy.deepcopy(source).requires_grad_(True), train=images(some.train_labels), test=images(some.test_labels),
+        image_size=image_size, augment=BatchAugment(augmentation, image_size),
+        transform=functools.partial(eval_transform, image_size=image_size, mean=augmentation.mean, std=augmentation.std),
+        state_dir=state_dir, fingerprint="stand-in",
+    )  # fmt: skip
