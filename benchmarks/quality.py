@@ -185,8 +185,12 @@ def long_curve(curve: list[float], factor: int, budget_min: float) -> list[float
 
 
 def run_one(config_source: Any, dataset: str, seed: int, args: argparse.Namespace, out_dir: Path,
-            factor: int = 1) -> dict[str, Any]:
-    """Pretrains ``dataset`` with ``seed``: the shipped schedule, or ``training.epochs`` times ``factor``."""
+            factor: int = 1, pixel_cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pretrains ``dataset`` with ``seed``: the shipped schedule, or ``training.epochs`` times ``factor``.
+
+    The raw-pixel baseline depends on the dataset alone (not on the seed or the schedule): it is
+    computed once per dataset and kept in ``pixel_cache``.
+    """
     tag = f"quality_{dataset}_{seed}" + (f"_x{factor}" if factor > 1 else "")
     overrides = [*args.set, f"seed={seed}", f"output_dir={out_dir}", f"name={tag}",
                  "evaluation.online=null", "checkpoint.save_final=false", "checkpoint.every_epochs=1000000"]
@@ -205,7 +209,10 @@ def run_one(config_source: Any, dataset: str, seed: int, args: argparse.Namespac
     train_minutes = callback.elapsed() / 60.0
     sets = callback.evaluator.features()
     final = callback.evaluator.full(sets)
-    pixels = callback.evaluator.full(callback.evaluator.pixels())["pixels"]
+    cache = pixel_cache if pixel_cache is not None else {}
+    if dataset not in cache:
+        cache[dataset] = callback.evaluator.full(callback.evaluator.pixels())["pixels"]
+    pixels = dict(cache[dataset])
     # Curve points past the end of a completed run carry its final figures.
     for minute in callback.curve:
         callback.points.append({"minute": minute, "step": trainer.step, "knn": {k: v["knn"] for k, v in final.items()},
@@ -297,13 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     source, _name = _source(args.config)
     representation = load_config(source, args.set).evaluation.representation
     runs, long_runs = [], []
+    pixels: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="hjepa_quality_") as tmp:
         for dataset in args.datasets:
             for seed in args.seeds:
-                runs.append(run_one(source, dataset, seed, args, Path(tmp)))
+                runs.append(run_one(source, dataset, seed, args, Path(tmp), pixel_cache=pixels))
                 print(report(runs[-1]), flush=True)
                 if args.long_factor:
-                    long_runs.append(run_one(source, dataset, seed, args, Path(tmp), factor=args.long_factor))
+                    long_runs.append(run_one(source, dataset, seed, args, Path(tmp), factor=args.long_factor,
+                                             pixel_cache=pixels))
                     print(report(long_runs[-1]), flush=True)
     summary = summarise(runs)
     long = summarise_long(runs, long_runs, args.long_factor) if long_runs else {}

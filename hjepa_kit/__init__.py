@@ -28,6 +28,7 @@ __all__ = [
     "evaluate",
     "export",
     "embed",
+    "tune",
     "Trainer",
     "TrainResult",
     "Registry",
@@ -60,6 +61,7 @@ _LAZY = {
     "evaluate": ".api",
     "export": ".api",
     "embed": ".api",
+    "tune": ".api",
     "Trainer": ".training.trainer",
     "TrainResult": ".training.state",
     "Registry": ".registry",
@@ -81,7 +83,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import embed, evaluate, export, train
+    from .api import embed, evaluate, export, train, tune
     from .config import ComponentSpec, RunConfig, load_config
     from .contracts import BuildContext, EncoderOutput, EvalResult, FeatureSet, Grade, ImageData, LossOutput, Masks
     from .errors import CheckpointError, ConfigError, DataError, OutputError, PluginError, UserError

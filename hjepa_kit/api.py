@@ -1,8 +1,9 @@
-"""The library entry points: :func:`train`, :func:`evaluate`, :func:`export` and :func:`embed`.
+"""The library entry points: :func:`train`, :func:`evaluate`, :func:`export`, :func:`embed` and :func:`tune`.
 
 :func:`evaluate`, :func:`export` and :func:`embed` are
 :func:`hjepa_kit.evaluation.run.run_evaluation`, :func:`hjepa_kit.evaluation.exporting.export_checkpoint`
-and :func:`hjepa_kit.evaluation.embedding.embed_images` themselves, under their library names: each
+and :func:`hjepa_kit.evaluation.embedding.embed_images` themselves, under their library names (and :func:`tune`
+is :func:`hjepa_kit.tuning.study.tune`): each
 signature is written and documented once.
 """
 
@@ -17,8 +18,9 @@ from .evaluation.embedding import embed_images as embed
 from .evaluation.exporting import export_checkpoint as export
 from .evaluation.run import run_evaluation as evaluate
 from .training.trainer import Trainer, TrainResult
+from .tuning.study import tune
 
-__all__ = ["train", "evaluate", "export", "embed"]
+__all__ = ["train", "evaluate", "export", "embed", "tune"]
 
 
 def train(
@@ -28,6 +30,8 @@ def train(
     overrides: Sequence[str] = (),
     resume: str | os.PathLike[str] | None = None,
     console: bool = True,
+    extend_epochs: int | None = None,
+    extend_mode: str | None = None,
 ) -> TrainResult:
     """Pretrain a model.
 
@@ -40,6 +44,10 @@ def train(
         overrides: ``KEY=VALUE`` strings (dotted key path, YAML value).
         resume: a checkpoint path, or ``"auto"`` for the newest checkpoint of the run.
         console: echo the log to stderr.
+        extend_epochs: with ``resume``, train the finished run this many epochs more, with new
+            schedules that start where its ended (recorded in ``training.extensions``).
+        extend_mode: ``"tail"`` (default: a new cosine from the current learning rate) or
+            ``"restart"`` (a warmup back to ``training.lr``, then a cosine).
 
     Returns:
         A :class:`~hjepa_kit.training.state.TrainResult`: status, folders, checkpoint paths, final metrics.
@@ -49,7 +57,8 @@ def train(
     """
     source, name = _source(config)
     run_config = load_config(source, overrides)
-    return Trainer(run_config, plugins=plugins, source=name, resume=resume, console=console).fit()
+    return Trainer(run_config, plugins=plugins, source=name, resume=resume, console=console,
+                   extend_epochs=extend_epochs, extend_mode=extend_mode).fit()
 
 
 def _source(config: Any) -> tuple[Any, str]:

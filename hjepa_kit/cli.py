@@ -1,4 +1,4 @@
-"""The ``hjepa`` command: train, evaluate, export, embed, plugins, config.
+"""The ``hjepa`` command: train, evaluate, export, embed, tune, plugins, config.
 
 A user's mistake (bad config, unknown plugin, damaged data, foreign checkpoint) prints one clear
 message without a traceback and exits with status 2.
@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", help="root folder of the run's logs and checkpoints (default: results)")
     train.add_argument("--name", help="run name (folder under logs/ and checkpoints/)")
     train.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint, or 'auto' for the newest of this run")
+    train.add_argument("--extend-epochs", type=int, metavar="N",
+                       help="with --resume: train the finished run N epochs more, with new schedules that start where its "
+                            "ended (recorded in training.extensions; the same command again continues an extension in progress)")
+    train.add_argument("--extend-mode", choices=("tail", "restart"),
+                       help="how --extend-epochs schedules the learning rate: tail (default), a new cosine from the current "
+                            "learning rate; restart, a warmup back to training.lr (training.warmup_epochs, at most half the "
+                            "extension), then a cosine")
     _add_set(train)
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint", description="Evaluate a checkpoint: k-NN, linear probe, feature quality, hierarchy.")
@@ -98,6 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--force", action="store_true", help="replace FILE when it exists")
     _add_set(embed)
 
+    tune = sub.add_parser(
+        "tune", help="search hyperparameters with Optuna (resumable, pruned, parallel)",
+        description="Search a run's hyperparameters over a YAML search space with Optuna: TPE, pruning at epoch ends, "
+        "a resumable study (the same command again tops it up), a trials table, best.yaml and a report. "
+        "Needs pip install 'hjepa-kit[tune]'.",
+    )
+    tune.add_argument("--config", default=None, help=CONFIG_HELP)
+    tune.add_argument("--space", required=True, metavar="SPACE.yaml", help="the search space: configuration key -> distribution (see the Tuning page)")
+    tune.add_argument("--trials", required=True, type=int, metavar="N", help="the study's total of finished trials; a rerun tops the study up to N")
+    tune.add_argument("--budget-min", type=float, metavar="M", help="start no new trial after M minutes (running trials finish)")
+    tune.add_argument("--objective", default="auto", metavar="FIGURE",
+                      help="auto (online k-NN with labels, else RankMe, else the loss), knn, rankme, loss, or any figure "
+                           "reported at epoch end (online/knn/top1@20, health/rankme/level0, loss/level0)")
+    tune.add_argument("--direction", choices=("max", "min"), help="default: min for figures named *loss*, else max")
+    tune.add_argument("--jobs", type=int, default=1, metavar="J", help="worker processes on the one storage, each with cores/J threads")
+    tune.add_argument("--storage", metavar="URL", help="an Optuna storage URL (postgresql://, mysql://, sqlite:///); "
+                                                      "default: sqlite study.db in the study's folder")
+    tune.add_argument("--study", metavar="NAME", help="the study's name (default: the run's name)")
+    tune.add_argument("--output-dir", metavar="DIR", help="the study's folder (default: <output_dir>/tune/<study>)")
+    tune.add_argument("--keep-checkpoints", action="store_true", help="keep every trial's checkpoints (default: the best trial's only)")
+    _add_set(tune)
+
     plugins = sub.add_parser("plugins", help="list installed plugins and components")
     plugins.add_argument("--params", metavar="NAME", help="print the parameters of component NAME")
     plugins.add_argument("--kind", help="restrict to one kind (encoder, masker, predictor, loss, evaluator, dataset, callback)")
@@ -134,7 +163,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")
     if args.name:
         overrides.append(f"name={json.dumps(args.name)}")
-    result = train(_config_source(args.config), overrides=overrides, resume=args.resume)
+    if args.resume not in (None, "auto"):
+        from .training.checkpoint import check_checkpoint_file
+
+        check_checkpoint_file(args.resume)  # a missing file or a folder: said before the run is built
+    result = train(_config_source(args.config), overrides=overrides, resume=args.resume,
+                   extend_epochs=args.extend_epochs, extend_mode=args.extend_mode)
     if os.environ.get("RANK", "0") != "0":
         return 0 if result.status in ("completed", "stopped") else 130  # rank 0 reports for the run
     print(f"run {result.status}: {result.steps} steps, {result.epochs} epochs")
@@ -147,13 +181,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .api import evaluate
 
+    import logging
+
     types = []
     for item in args.eval_type:
         types += [t for t in item.split(",") if t]
-    results = evaluate(
-        args.checkpoint, dataset=args.dataset, data_path=args.data_path, eval_types=types,
-        device=args.device, output_dir=args.output_dir, overrides=args.overrides,
-    )
+    # Progress lines on stderr as they happen (features, each fine-tuning epoch, the end).
+    logger, progress = logging.getLogger("hjepa_kit"), logging.StreamHandler(sys.stderr)
+    progress.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(progress)
+    logger.setLevel(logging.INFO)
+    try:
+        results = evaluate(
+            args.checkpoint, dataset=args.dataset, data_path=args.data_path, eval_types=types,
+            device=args.device, output_dir=args.output_dir, overrides=args.overrides,
+        )
+    finally:
+        logger.removeHandler(progress)
+        logger.setLevel(level)
     for key, value in results["metrics"].items():
         print(f"{key:45s} {value:.4g}" if isinstance(value, float) else f"{key:45s} {value}")
     print(f"report: {results['paths'].get('report.md', '')}")
@@ -198,6 +244,24 @@ def _representation_line(chosen: str, evaluated: str) -> str:
     if chosen == evaluated:
         return f"representation {chosen}: the run's evaluated representation (evaluation.representation)"
     return f"representation {chosen}: chosen with --representation; the run evaluated {evaluated}"
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .api import tune
+
+    result = tune(
+        _config_source(args.config), args.space, trials=args.trials, budget_min=args.budget_min, objective=args.objective,
+        direction=args.direction, jobs=args.jobs, storage=args.storage, study=args.study, output_dir=args.output_dir,
+        overrides=args.overrides, keep_checkpoints=args.keep_checkpoints,
+    )
+    counts = ", ".join(f"{n} {state}" for state, n in result.counts.items() if n)
+    print(f"study {result.study}: {counts}; objective {result.objective} ({result.direction})")
+    if result.best_trial is not None:
+        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+        print(f"best trial {result.best_trial}: {result.best_value:.4g} ({params})")
+    for name, path in result.files.items():
+        print(f"{name:16s} {path}")
+    return 0
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -261,7 +325,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from .registry import Registry
 
     if args.config_command is None:
-        raise UserError("hjepa config: choose an action: show or validate")
+        raise UserError("choose an action: hjepa config show or hjepa config validate")
     source, name = resolve_config_source(_config_source(args.config))  # what `hjepa train` would run
     config = load_config(source, args.overrides)
     resolved = Registry().resolve(config, name)
@@ -287,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "export": _cmd_export, "embed": _cmd_embed,
-                "plugins": _cmd_plugins, "config": _cmd_config}
+                "tune": _cmd_tune, "plugins": _cmd_plugins, "config": _cmd_config}
     warnings.showwarning = _show_warning
     try:
         return commands[args.command](args)

@@ -178,7 +178,8 @@ def _new_temporary(target: Path, *, folder: bool, what: str | None, error: Calla
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         doing = f"cannot write {what} there" if what else f"cannot create the folder for {target.name}"
-        raise error(f"{parent}: {doing}: {exc.strerror or exc}") from None
+        reason = "a file stands on that path, not a folder" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else exc.strerror or exc
+        raise error(f"{parent}: {doing}: {reason}") from None
     try:
         if folder:
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))

@@ -44,14 +44,23 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"file not found (current folder: {os.getcwd()})", str(file)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", str(file)) from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder, not a YAML file", str(file)) from None
+    except UnicodeDecodeError as exc:
+        before = exc.object[: exc.start]
+        line, column = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
+        raise ConfigError(f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at line {line}, column {column}; "
+                          "save the file as UTF-8", str(file)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", str(file)) from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no code from data
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = exc.problem or exc.context or "invalid YAML"
+        if "'\\t'" in problem:
+            problem += " (a tab: YAML indents with spaces only)"
         raise ConfigError(f"YAML syntax error at {where}{problem}", str(file)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", str(file)) from None

@@ -23,8 +23,8 @@ from ..errors import CheckpointError
 from ..helpers import format_bytes, write_atomic
 
 __all__ = [
-    "FORMAT", "save_checkpoint", "load_checkpoint", "load_training_state", "find_latest", "resume_target",
-    "remove_stale_temporaries", "state_nbytes", "checkpoint_space", "RESUME_WHEN_FREED",
+    "FORMAT", "save_checkpoint", "load_checkpoint", "check_checkpoint_file", "load_training_state", "find_latest",
+    "resume_target", "remove_stale_temporaries", "state_nbytes", "checkpoint_space", "RESUME_WHEN_FREED",
 ]
 
 log = logging.getLogger("hjepa_kit")
@@ -69,9 +69,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         CheckpointError: the file is missing, truncated, not a torch file, refuses to load with
             ``weights_only=True`` (it may carry code), or was not written by hjepa-kit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+    path = check_checkpoint_file(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -86,6 +84,31 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not an hjepa-kit checkpoint (expected format {FORMAT!r}, found {found!r})")
     return state
+
+
+def check_checkpoint_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path when it is a file that may be a checkpoint (a zip or a pickle, as ``torch.save`` writes).
+
+    Raises:
+        CheckpointError: it is missing, a folder (the message lists the checkpoints in it), or
+            another kind of file (a YAML configuration, an image ...).
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pth") if not p.name.startswith("."))
+        held = f"; it holds {', '.join(found[:4])}{' ...' if len(found) > 4 else ''}" if found else "; it holds no .pth file"
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint: name a checkpoint file{held}")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if head not in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        raise CheckpointError(f"{path}: not a checkpoint: torch.save did not write this file (hjepa train writes "
+                              "its checkpoints as <output_dir>/checkpoints/<name>/*.pth)")
+    return path
 
 
 def load_training_state(state: Mapping[str, Any], model: torch.nn.Module, optimizer: Any, path: str | os.PathLike[str]) -> None:

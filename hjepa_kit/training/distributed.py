@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -66,11 +68,35 @@ def _env_int(name: str, default: int) -> int:
         raise UserError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
 
 
+#: The process that started this one: under torchrun, the launcher.
+_LAUNCHER = os.getppid()
+
+
+def stop_with_the_launcher() -> None:
+    """Under torchrun on Linux, have the kernel send this rank SIGTERM when the launcher dies.
+
+    A launcher killed by SIGKILL cannot stop its ranks, which would train on unattended, holding
+    the run folder's lock. With this they stop as on any SIGTERM: every rank after the same step,
+    rank 0 writing ``interrupted.pth``. Best effort: nothing happens where ``prctl`` is missing.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != _LAUNCHER:  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def setup_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun; returns the info and this rank's device."""
     world_size = _env_int("WORLD_SIZE", 1)
     if world_size <= 1 and not dist.is_initialized():
         return DistInfo(), device
+    stop_with_the_launcher()
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():

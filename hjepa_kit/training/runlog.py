@@ -10,6 +10,7 @@ interval line and the ETA. The module imports no torch: the progress bar callbac
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -19,7 +20,9 @@ from typing import Any
 from ..errors import UserError
 from .runlock import RunLock
 
-__all__ = ["LogWindow", "format_duration", "prepare_output_folder", "open_run_log", "close_run_log", "log_interval"]
+__all__ = [
+    "LogWindow", "format_duration", "prepare_output_folder", "open_run_log", "close_run_log", "log_interval", "open_metrics_log",
+]
 
 log = logging.getLogger("hjepa_kit")
 
@@ -36,8 +39,13 @@ def prepare_output_folder(folder: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
+        try:
+            kept = folder.is_dir() and any(p.suffix == ".pth" for p in folder.iterdir())
+        except OSError:
+            kept = False
+        resume = " (to continue from a checkpoint kept here: --output-dir NEW --resume CHECKPOINT)" if kept else ""
         raise UserError(
-            f"{folder}: the output folder cannot be written ({exc.strerror or exc}); choose another with --output-dir"
+            f"{folder}: the output folder cannot be written ({exc.strerror or exc}); choose another with --output-dir{resume}"
         ) from None
 
 
@@ -53,6 +61,7 @@ def open_run_log(log_dir: Path, console: bool) -> list[logging.Handler]:
         The handlers attached, for :func:`close_run_log`.
     """
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    _end_line(log_dir / "training.log")  # a killed run's last line may be cut short: this run's first starts a line
     file_handler = logging.FileHandler(log_dir / "training.log", encoding="utf-8")
     file_handler.setFormatter(fmt)
     handlers: list[logging.Handler] = [file_handler]
@@ -72,6 +81,48 @@ def _not_a_user_error(record: logging.LogRecord) -> bool:
     """False for the record of a UserError ending the run (``log.error("%s", exc)``)."""
     args = record.args if isinstance(record.args, tuple) else ()
     return not (record.levelno >= logging.ERROR and len(args) == 1 and isinstance(args[0], UserError))
+
+
+def _end_line(path: Path) -> None:
+    """Append a newline to ``path`` when it does not end with one (a file that does not exist is left alone)."""
+    try:
+        with open(path, "rb+") as handle:
+            if handle.seek(0, os.SEEK_END) > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    handle.write(b"\n")
+    except FileNotFoundError:
+        pass
+
+
+def open_metrics_log(log_dir: Path, *, main: bool = True) -> Any:
+    """Open ``<log_dir>/metrics.jsonl`` to append records (rank 0; other ranks get a handle that writes nowhere).
+
+    Each record is one whole line, written and flushed at once, but a run killed during the write
+    may leave part of one: that part is cut off first (the log says so), so the file holds whole
+    JSON lines and the resumed run's first record starts a line of its own.
+    """
+    if not main:
+        return open(os.devnull, "w", encoding="utf-8")
+    path = log_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb+") as handle:
+            size = end = handle.seek(0, os.SEEK_END)
+            keep = 0
+            while end > 0:  # back to the last newline, a block at a time
+                start = max(end - 65536, 0)
+                handle.seek(start)
+                newline = handle.read(end - start).rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                end = start
+            if keep < size:
+                handle.truncate(keep)
+                log.warning("%s: removed the last %d bytes, a record cut short by a run that was killed", path, size - keep)
+    except FileNotFoundError:
+        pass
+    return open(path, "a", encoding="utf-8")
 
 
 def close_run_log(handlers: list[logging.Handler]) -> None:

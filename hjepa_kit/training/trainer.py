@@ -6,7 +6,8 @@ optimizer step is :class:`~hjepa_kit.training.step.TrainStep` (masks, the model'
 ``forward_step``, loss, backward, AdamW, EMA). Beside it: ``state`` (what a checkpoint holds),
 ``online`` (online evaluation, feature statistics, best checkpoint), ``health`` and ``stopping``
 (RankMe, early stopping), ``remedies`` (what a stopped run suggests), ``runlog`` (log handlers,
-interval lines), ``signals``, ``distributed``, ``checkpoint``, ``memory`` and ``optim`` (AdamW and its schedules).
+interval lines), ``signals``, ``distributed``, ``checkpoint``, ``memory``, ``optim`` (AdamW and its schedules)
+and ``extension`` (extending a finished run).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 
 from ..build import Built, build_component, build_dataset, build_model, make_context
@@ -25,7 +27,7 @@ from .checkpoint import (
     checkpoint_space, find_latest, load_checkpoint, resume_target, save_checkpoint,
 )
 from .compiling import AUTO_TRAIN_MIN_STEPS, compile_for_training, eager, should_compile
-from ..config import RunConfig, load_config
+from ..config import RunConfig, TrainingConfig, load_config
 from ..data.loader import build_train_loader
 from .distributed import (
     DistInfo, any_rank, setup_distributed, teardown_distributed, wrap_ddp,
@@ -35,11 +37,12 @@ from .health import HealthMonitor, collapse_problem
 from .heap import HeapTrimmer
 from .memory import check_run_memory
 from .online import OnlineEvaluation, feature_stats, new_best
+from .extension import check_extendable, extend_request, plan_resume
 from .optim import Schedules, make_optimizer
 from .remedies import collapse_message, describe_skipped, fallback_commands, loss_remedies, non_finite_message
 from ..registry import Registry
 from .runlock import RunLock
-from .runlog import LogWindow, close_run_log, log_interval, log_run_start, open_run_outputs
+from .runlog import LogWindow, close_run_log, log_interval, log_run_start, open_metrics_log, open_run_outputs
 from ..runtime import autocast_dtype, peak_rss_mb, resolve_device, seed_everything
 from .signals import Interrupt
 from .step import TrainStep
@@ -63,6 +66,9 @@ class Trainer:
         source: the configuration's file name, for messages.
         resume: a checkpoint to continue from, or ``"auto"`` for the newest of the run folder.
         console: echo log lines to stderr.
+        extend_epochs: train the finished run of ``resume`` this many epochs more, with new
+            schedules from where its ended (:mod:`~hjepa_kit.training.extension`).
+        extend_mode: how the extension schedules the learning rate: ``tail`` (default) or ``restart``.
 
     Attributes (for callbacks): ``config``, ``log_dir``, ``checkpoint_dir``, ``model``, ``step``
     (optimizer steps done), ``epoch`` (epochs done), ``steps_per_epoch``, ``total_steps``,
@@ -78,8 +84,11 @@ class Trainer:
         source: str | None = None,
         resume: str | os.PathLike[str] | None = None,
         console: bool = True,
+        extend_epochs: int | None = None,
+        extend_mode: str | None = None,
     ) -> None:
         apply_cpu_defaults()
+        self.extend = extend_request(extend_epochs, extend_mode)
         self.source = source or (str(config) if isinstance(config, (str, os.PathLike)) else "<config>")
         self.config = load_config(config)
         self.registry = registry or Registry()
@@ -174,9 +183,7 @@ class Trainer:
         self.loss_fn = self.built.loss
         self.optimizer = make_optimizer(self.model, cfg)
         self.steps_per_epoch = micro_batches // cfg.training.accumulation_steps
-        full = self.steps_per_epoch * cfg.training.epochs
-        self.total_steps = min(full, cfg.training.max_steps) if cfg.training.max_steps else full
-        self.schedules = Schedules.from_training(cfg.training, self.steps_per_epoch)
+        self._schedule(cfg.training)
         self.heap = HeapTrimmer(cfg.training.release_memory_every_steps)
         self.health = HealthMonitor(cfg.logging.health_samples)
         stopping = cfg.training.early_stopping
@@ -190,6 +197,15 @@ class Trainer:
         self.train_step = TrainStep(self.model, self.loss_fn, self.masker, self.optimizer, self.schedules, config=cfg,
                                     device=self.device, amp_dtype=self.amp_dtype, dist=self.dist, ddp=ddp,
                                     health=self.health, epoch_batches=micro_batches)
+
+    def _schedule(self, training: TrainingConfig) -> None:
+        """Set the run's length and schedules from ``training`` (a resumed run may extend them)."""
+        self.config = attrs.evolve(self.config, training=training)
+        full = self.steps_per_epoch * training.epochs
+        self.total_steps = min(full, training.max_steps) if training.max_steps else full
+        self.schedules = Schedules.from_training(training, self.steps_per_epoch)
+        if hasattr(self, "train_step"):
+            self.train_step.schedules, self.train_step.config = self.schedules, self.config
 
     def _check_memory(self) -> None:
         self.memory_estimate = check_run_memory(self)
@@ -220,14 +236,16 @@ class Trainer:
     def _resume(self) -> None:
         target = resume_target(self.resume_from, self.checkpoint_dir)
         if target is not None:
-            restore_training_state(self, load_checkpoint(target, map_location=self.device), Path(target),
-                                   accumulation=self.config.training.accumulation_steps)
+            state = load_checkpoint(target, map_location=self.device)
+            restore_training_state(self, state, Path(target), accumulation=self.config.training.accumulation_steps)
             self.train_step.resume(self.step)
+            self._schedule(plan_resume(self, state, Path(target)))  # an extension, or the checkpoint's extensions
 
     # --- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
         """Train until the configured epochs (or ``max_steps``) are done; return the result."""
+        check_extendable(self.extend, self.resume_from, self.checkpoint_dir)
         self.device = resolve_device(self.config.device)
         self.dist, self.device = setup_distributed(self.device)
         self._setup_outputs()
@@ -292,15 +310,15 @@ class Trainer:
         cfg = self.config
         accumulation = cfg.training.accumulation_steps
         self.model.train()
-        metrics_path = self.log_dir / "metrics.jsonl"
-        self._metrics_file = open(metrics_path, "a", encoding="utf-8")
+        self._metrics_file = open_metrics_log(self.log_dir, main=self.dist.is_main)  # whole lines, rank 0 alone
         try:
             if self.early_stopping is not None and self.early_stopping.exhausted and self.epoch < cfg.training.epochs:
                 # A resumed run that had stopped early: its patience is still used up.
                 self.request_stop(self.early_stopping.reason() + " (resumed after the stop: raise the patience "
                                   "or set training.early_stopping to null to train on)")
             while self.epoch < cfg.training.epochs:
-                if self.step >= self.total_steps:
+                whole = len(self.loader) // accumulation * accumulation  # micro-batches of whole steps
+                if self.step >= self.total_steps and self.batch_in_epoch < whole:
                     return "stopped"
                 if any_rank(self.stop_reason is not None, info=self.dist, device=self.device)[0]:
                     log.info("stopping at step %d: %s", self.step, self.stop_reason or "another rank asked to stop")
@@ -312,7 +330,8 @@ class Trainer:
                 sums: dict[str, float] = {}
                 count = 0
                 window = LogWindow()
-                for images, _labels in self.loader:
+                # Resumed after the epoch's last step (SIGTERM before its end): nothing to feed; the loader would restart.
+                for images, _labels in self.loader if self.batch_in_epoch < whole else ():
                     done = self.train_step.feed(images, epoch=self.epoch, batch_index=self.batch_in_epoch)
                     self.batch_in_epoch += 1
                     window.add(images.shape[0])
