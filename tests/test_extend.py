@@ -216,16 +216,13 @@ def test_bad_extension_requests_are_clear_errors(tmp_path, capsys):
 
 
 def fake_trainer(epochs: int, *, epoch: int, batch: int = 0, extend=None, **training):
-    """What :func:`plan_resume` reads of a trainer: a tiny run restored at ``epoch`` (+ ``batch`` micro-batches)."""
-    from types import SimpleNamespace
-
-    from hjepa_kit.training.extension import extend_request
+    """The :class:`ResumePoint` of a tiny run restored at ``epoch`` (+ ``batch`` micro-batches)."""
+    from hjepa_kit.training.extension import ResumePoint, extend_request
 
     config = load_config({"training": {"epochs": epochs, "warmup_epochs": 0.5, **training}})
-    groups = [{"lr": 2e-5, "weight_decay": 0.39, "apply_wd": True}, {"lr": 2e-5, "weight_decay": 0.0, "apply_wd": False}]
-    return SimpleNamespace(config=config, extend=extend_request(*(extend or (None,))), source="run.yaml",
-                           steps_per_epoch=STEPS, epoch=epoch, step=epoch * STEPS + batch, batch_in_epoch=batch,
-                           optimizer=SimpleNamespace(param_groups=groups))
+    return ResumePoint(training=config.training, request=extend_request(*(extend or (None,))), source="run.yaml",
+                       steps_per_epoch=STEPS, epoch=epoch, step=epoch * STEPS + batch, batch_in_epoch=batch,
+                       lr=2e-5, weight_decay=0.39)
 
 
 def saved(epochs: int, extensions=()) -> dict:

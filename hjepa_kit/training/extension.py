@@ -40,7 +40,7 @@ from ..params import structure, suggest
 from .checkpoint import find_latest
 from .optim import Schedules
 
-__all__ = ["MODES", "ExtendRequest", "extend_request", "check_extendable", "plan_resume", "describe_extension"]
+__all__ = ["MODES", "ExtendRequest", "ResumePoint", "extend_request", "check_extendable", "plan_resume", "describe_extension"]
 
 log = logging.getLogger("hjepa_kit")
 
@@ -137,41 +137,62 @@ def describe_extension(ext: ExtensionConfig, index: int, steps_per_epoch: int) -
             f"EMA momentum {ext.ema_momentum[0]:.6g} -> {ext.ema_momentum[1]:.6g}; recorded as training.extensions[{index}]")
 
 
-def _new_extension(training: TrainingConfig, request: ExtendRequest, trainer: Any, schedules: Schedules) -> ExtensionConfig:
+@attrs.frozen(kw_only=True)
+class ResumePoint:
+    """Where a resumed run stands once its checkpoint is restored: what :func:`plan_resume` needs of it.
+
+    Attributes:
+        training: the configuration's ``training`` section.
+        request: the extension asked for (``--extend-epochs``), or ``None``.
+        source: the configuration's file name, for messages.
+        steps_per_epoch, epoch, step, batch_in_epoch: the run's length and its restored position.
+        lr: the learning rate the optimizer applied last.
+        weight_decay: the weight decay it applied last to the parameters that decay (``None``: none decay).
+    """
+
+    training: TrainingConfig
+    request: ExtendRequest | None
+    source: str
+    steps_per_epoch: int
+    epoch: int
+    step: int
+    batch_in_epoch: int
+    lr: float
+    weight_decay: float | None
+
+
+def _new_extension(training: TrainingConfig, request: ExtendRequest, point: ResumePoint, schedules: Schedules) -> ExtensionConfig:
     """The extension of a finished run, from the values of its last step (lr and weight decay as the optimizer applied them)."""
-    groups = trainer.optimizer.param_groups
-    lr = float(groups[0]["lr"])
-    wd = next((float(g["weight_decay"]) for g in groups if g.get("apply_wd", True)), training.final_weight_decay)
-    momentum = schedules.momentum_at(trainer.step - 1)
+    lr = point.lr
+    wd = training.final_weight_decay if point.weight_decay is None else point.weight_decay
+    momentum = schedules.momentum_at(point.step - 1)
     if request.mode == "tail":
         warmup, lrs = 0.0, (lr, lr, min(training.min_lr, lr))
     else:
         warmup, lrs = min(training.warmup_epochs, request.epochs / 2), (lr, training.lr, training.min_lr)
-    return ExtensionConfig(from_epoch=trainer.epoch, epochs=request.epochs, mode=request.mode, warmup_epochs=warmup, lr=lrs,
+    return ExtensionConfig(from_epoch=point.epoch, epochs=request.epochs, mode=request.mode, warmup_epochs=warmup, lr=lrs,
                            weight_decay=(wd, training.final_weight_decay),
                            ema_momentum=(momentum, max(training.ema_momentum[1], momentum)))
 
 
-def plan_resume(trainer: Any, state: Mapping[str, Any], path: Path) -> TrainingConfig:
-    """The ``training`` section a resumed run goes on with, after its checkpoint was restored into ``trainer``.
+def plan_resume(point: ResumePoint, state: Mapping[str, Any], path: Path) -> TrainingConfig:
+    """The ``training`` section a resumed run goes on with, once its checkpoint ``state`` is restored at ``point``.
 
     It takes the checkpoint's extensions when the configuration predates them, appends the
-    extension ``trainer.extend`` asks for, and answers a changed ``training.epochs`` (see the module).
+    extension ``point.request`` asks for, and answers a changed ``training.epochs`` (see the module).
 
     Raises:
         UserError: an extension of a run that has not finished, a finished run resumed with more
             epochs and no ``--extend-epochs``, or an extended run resumed with another ``training.epochs``.
     """
-    training: TrainingConfig = trainer.config.training
-    request: ExtendRequest | None = getattr(trainer, "extend", None)
-    source = getattr(trainer, "source", "<config>")
+    training, request, source = point.training, point.request, point.source
     saved = _saved_plan(state, path)
     if saved is None:
         if request is not None:
             raise CheckpointError(f"{path}: the checkpoint holds no training configuration, so it cannot be extended")
         return training
     saved_epochs, saved_extensions = saved
-    spe, epoch, step = trainer.steps_per_epoch, trainer.epoch, trainer.step
+    spe, epoch, step = point.steps_per_epoch, point.epoch, point.step
     if saved_extensions and not training.extensions:  # the configuration predates the extensions: take them
         if request is None and training.epochs not in (saved_extensions[0].from_epoch, saved_epochs):
             raise ConfigError(f"training.epochs is {training.epochs}, but the run in {path} was extended to {saved_epochs} "
@@ -182,7 +203,7 @@ def plan_resume(trainer: Any, state: Mapping[str, Any], path: Path) -> TrainingC
     elif training.extensions and training.extensions != saved_extensions:
         log.warning("training.extensions of the configuration differs from that of %s: %s", path,
                     "the configuration's are used" if request is None else "the checkpoint's are extended")
-    finished = epoch >= saved_epochs and trainer.batch_in_epoch == 0
+    finished = epoch >= saved_epochs and point.batch_in_epoch == 0
     same = (training.epochs, training.extensions) == (saved_epochs, saved_extensions)
     saved_training = training if same else _evolve(training, source, epochs=saved_epochs, extensions=saved_extensions)
     if request is not None:
@@ -190,7 +211,7 @@ def plan_resume(trainer: Any, state: Mapping[str, Any], path: Path) -> TrainingC
             if training.epochs not in (saved_epochs, epoch + request.epochs):
                 log.warning("training.epochs=%d of the configuration is set aside: the run in %s has %d epochs, and %s %d "
                             "makes them %d", training.epochs, path, saved_epochs, _FLAG, request.epochs, epoch + request.epochs)
-            ext = _new_extension(training, request, trainer, Schedules.from_training(saved_training, spe))
+            ext = _new_extension(training, request, point, Schedules.from_training(saved_training, spe))
             training = _evolve(saved_training, source, epochs=epoch + request.epochs, extensions=[*saved_training.extensions, ext])
             log.info("%s", describe_extension(ext, len(training.extensions) - 1, spe))
             return training
@@ -200,7 +221,7 @@ def plan_resume(trainer: Any, state: Mapping[str, Any], path: Path) -> TrainingC
             log.info("%s %d: the run's extension by %d epochs from epoch %d is in progress (epoch %d of %d done): "
                      "continuing it", _FLAG, request.epochs, last.epochs, last.from_epoch, epoch, saved_epochs)
             return training
-        where = f"epoch {epoch} of {saved_epochs}" + (f", micro-batch {trainer.batch_in_epoch}" if trainer.batch_in_epoch else "")
+        where = f"epoch {epoch} of {saved_epochs}" + (f", micro-batch {point.batch_in_epoch}" if point.batch_in_epoch else "")
         raise UserError(f"{_FLAG} {request.epochs}: the run in {path} has not finished ({where}): resume it without "
                         f"{_FLAG} to finish it, then extend it")
     if training.epochs == saved_epochs:

@@ -37,7 +37,7 @@ from .health import HealthMonitor, collapse_problem
 from .heap import HeapTrimmer
 from .memory import check_run_memory
 from .online import OnlineEvaluation, feature_stats, new_best
-from .extension import check_extendable, extend_request, plan_resume
+from .extension import ResumePoint, check_extendable, extend_request, plan_resume
 from .optim import Schedules, make_optimizer
 from .remedies import collapse_message, describe_skipped, fallback_commands, loss_remedies, non_finite_message
 from ..registry import Registry
@@ -204,8 +204,6 @@ class Trainer:
         full = self.steps_per_epoch * training.epochs
         self.total_steps = min(full, training.max_steps) if training.max_steps else full
         self.schedules = Schedules.from_training(training, self.steps_per_epoch)
-        if hasattr(self, "train_step"):
-            self.train_step.schedules, self.train_step.config = self.schedules, self.config
 
     def _check_memory(self) -> None:
         self.memory_estimate = check_run_memory(self)
@@ -239,7 +237,15 @@ class Trainer:
             state = load_checkpoint(target, map_location=self.device)
             restore_training_state(self, state, Path(target), accumulation=self.config.training.accumulation_steps)
             self.train_step.resume(self.step)
-            self._schedule(plan_resume(self, state, Path(target)))  # an extension, or the checkpoint's extensions
+            groups = self.optimizer.param_groups
+            point = ResumePoint(
+                training=self.config.training, request=self.extend, source=self.source,
+                steps_per_epoch=self.steps_per_epoch, epoch=self.epoch, step=self.step, batch_in_epoch=self.batch_in_epoch,
+                lr=float(groups[0]["lr"]),
+                weight_decay=next((float(g["weight_decay"]) for g in groups if g.get("apply_wd", True)), None),
+            )
+            self._schedule(plan_resume(point, state, Path(target)))  # an extension, or the checkpoint's extensions
+            self.train_step.schedules, self.train_step.config = self.schedules, self.config
 
     # --- the loop ---------------------------------------------------------------------------
 
