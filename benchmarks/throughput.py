@@ -4,9 +4,9 @@ In one process, on synthetic uint8 data of the configuration's shape (CIFAR's 32
 resized to the configuration's ``data.image_size`` by the training augmentation, as the real run
 does; no dataset is needed), this measures:
 
-* the **H-JEPA step** as users run it: the trainer's own ``TrainStep.micro`` (``accumulation_steps``
-  times, each with a batch from the trainer's own loader) and ``TrainStep.update`` (schedules,
-  gradient clipping, AdamW, EMA update): images/s;
+* the **H-JEPA step** as users run it: the trainer's own ``TrainStep.feed``, ``accumulation_steps``
+  times, each with a batch from the trainer's own loader (forward and backward each time, then the
+  optimizer update: schedules, gradient clipping, AdamW, EMA update): images/s;
 * the **split of a step** into data, masking, target forward, context forward, predictor
   (forward + loss + backward), context backward, optimizer and EMA, from an instrumented replica
   of the same step (the sum is printed beside the real step, so a drift shows);
@@ -189,7 +189,7 @@ class HJEPABench:
         t.heap.after_step(t.step)
 
     def phased_step(self, watch: _machine.Stopwatch) -> None:
-        """The same step, timed phase by phase (``TrainStep.micro`` / ``TrainStep.update`` unrolled).
+        """The same step, timed phase by phase (``TrainStep.forward_backward`` / ``TrainStep.optimizer_update`` unrolled).
 
         The backward pass is split at the context tokens: the predictor and loss backpropagate to
         a detached copy of them, then the context encoder backpropagates that gradient. The

@@ -20,7 +20,8 @@ from .config import RunConfig
 from .contracts import BuildContext, Dataset
 from .errors import ConfigError, DataError, PluginError
 from .model import HJEPA
-from .registry import Component, Resolved, hook_problems
+from .plugin_checks import hook_problems
+from .registry import Component, Resolved
 
 __all__ = ["Built", "build_dataset", "build_model", "build_component", "check_build", "check_contract"]
 
@@ -31,7 +32,7 @@ _KEY_PATH = re.compile(r"^([A-Za-z_]\w*)[\w.\[\]]*:")
 
 @attrs.define
 class Built:
-    """The components of a run and the context they were built with."""
+    """What :func:`build_model` returns: the run's built model, masker and loss, and the context they were built with."""
 
     ctx: BuildContext
     model: HJEPA

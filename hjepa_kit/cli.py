@@ -164,7 +164,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.name:
         overrides.append(f"name={json.dumps(args.name)}")
     if args.resume not in (None, "auto"):
-        from .training.checkpoint import check_checkpoint_file
+        from .checkpoint_file import check_checkpoint_file
 
         check_checkpoint_file(args.resume)  # a missing file or a folder: said before the run is built
     result = train(_config_source(args.config), overrides=overrides, resume=args.resume,

@@ -63,6 +63,13 @@ class AugmentationConfig:
     crop_scale: tuple[float, float] = param((0.3, 1.0), help="Area fraction range of the random resized crop.", gt=0.0, le=1.0)
     crop_ratio: tuple[float, float] = param((0.75, 1.3333333), help="Aspect ratio range of the random resized crop.", gt=0.0)
     hflip: bool = param(True, help="Flip each image horizontally with probability 0.5.")
+    color_jitter: float = param(
+        0.0, ge=0.0, le=1.0,
+        help="Colour jitter strength s: brightness, contrast and saturation each scaled by a factor drawn in "
+        "[1 - s, 1 + s] (SimCLR's jitter without hue); 0: off.",
+    )
+    color_jitter_prob: float = param(0.8, ge=0.0, le=1.0, help="Probability that an image is colour-jittered (with color_jitter > 0).")
+    grayscale_prob: float = param(0.0, ge=0.0, le=1.0, help="Probability that an image is turned to grey (ITU-R 601 luma); 0: never.")
     mean: tuple[float, float, float] = param((0.485, 0.456, 0.406), help="Per-channel mean used to normalise images.")
     std: tuple[float, float, float] = param((0.229, 0.224, 0.225), help="Per-channel std used to normalise images.", gt=0.0)
 
@@ -106,7 +113,7 @@ class ModelConfig:
 
 
 def _compile_switch(help: str) -> Any:
-    """A ``true`` / ``false`` / ``auto`` (default) switch of ``torch.compile`` (see :mod:`hjepa_kit.training.compiling`)."""
+    """A ``true`` / ``false`` / ``auto`` (default) switch of ``torch.compile`` (resolved by :func:`hjepa_kit.runtime.should_compile`)."""
     return param("auto", help=help, choices=("auto", True, False))
 
 
@@ -182,14 +189,14 @@ class TrainingConfig:
     )
     on_collapse: Literal["warn", "stop"] = param(
         "warn",
-        help="When the collapse monitor fires (logging.collapse_*): `warn` logs the fallbacks and goes on; `stop` ends "
-        "the run, keeps the last healthy checkpoint (latest.pth is not overwritten) and prints the fallbacks as commands.",
+        help="When the collapse monitor fires (logging.collapse_*): `warn` logs the remedies and goes on; `stop` ends "
+        "the run, keeps the last healthy checkpoint (latest.pth is not overwritten) and prints the remedies as commands.",
         choices=("warn", "stop"),
     )
     compile: bool | Literal["auto"] = _compile_switch(
         "torch.compile the encoders and the predictor (same weights and checkpoints): `auto` does so on the CPU "
-        "for runs of at least 2,000 optimizer steps when a C++ compiler exists (1-2 minutes of compiling at the "
-        "start; see the performance page for the gain); `true` always; `false` never."
+        "for runs of at least 2,000 optimizer steps when a C++ compiler exists (compiling delays the first steps "
+        "by minutes; see the performance page for the gain); `true` always; `false` never."
     )
     ddp_check_every_steps: int = param(
         0, help="Under torchrun, verify every N steps that all ranks hold identical parameters (0: never).", ge=0
@@ -277,8 +284,8 @@ class EvaluationConfig:
     )
     compile: bool | Literal["auto"] = _compile_switch(
         "Compile the feature extractor of `hjepa evaluate` with torch.compile and frozen weights: `auto` does "
-        "so on the CPU from 10,000 images when a C++ compiler exists (about 15 s of compiling, then ~1.3x faster "
-        "extraction); `true` always (falls back with a warning where compiling fails); `false` never."
+        "so on the CPU from 10,000 images when a C++ compiler exists (seconds of compiling, then faster extraction; "
+        "see the performance page); `true` always (falls back with a warning where compiling fails); `false` never."
     )
 
 

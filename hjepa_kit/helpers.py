@@ -18,7 +18,8 @@ their signatures across releases, as the public face does.
   evaluate``, ``export`` and ``embed`` pick features by name.
 - **CPU threads**: :func:`physical_cores`.
 - **Math on feature matrices** (from :mod:`hjepa_kit.evaluation.metrics`): accuracies, spectra,
-  ranks, CKA and the collapse verdict.
+  ranks, CKA, grades, and :func:`judge_collapse`, the one definition of representation collapse
+  (the training monitor's).
 """
 
 from __future__ import annotations
@@ -36,14 +37,12 @@ from typing import IO, TYPE_CHECKING
 from .data.images import decode_square
 from .errors import DataError, DiskFull, OutputError, UserError
 from .evaluation.metrics import (
-    COLLAPSE_RANK_FRACTION,
-    COLLAPSE_VARIANCE,
-    RANK_FRACTION_THRESHOLDS,
-    VARIANCE_THRESHOLDS,
+    Collapse,
     cka_matrix,
-    collapse_verdict,
     energy_rank_from_spectrum,
     feature_variance,
+    grade,
+    judge_collapse,
     mean_pairwise_cosine,
     rankme_from_spectrum,
     singular_values,
@@ -75,11 +74,9 @@ __all__ = [
     "feature_variance",
     "mean_pairwise_cosine",
     "cka_matrix",
-    "collapse_verdict",
-    "COLLAPSE_VARIANCE",
-    "COLLAPSE_RANK_FRACTION",
-    "VARIANCE_THRESHOLDS",
-    "RANK_FRACTION_THRESHOLDS",
+    "grade",
+    "judge_collapse",
+    "Collapse",
 ]
 
 # --- files written whole or not at all ----------------------------------------------------------

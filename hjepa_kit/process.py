@@ -4,14 +4,13 @@ A library must not change its importer's environment, so ``import hjepa_kit`` se
 CLI calls :func:`apply_cpu_defaults` before torch loads, and :class:`~hjepa_kit.training.trainer.Trainer`
 calls it when a run starts; a value the user set always wins.
 
-* ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that spin while waiting collapse throughput 5-15x as
-  soon as another process shares a core (measured on 2 cores: 15 vs 87 images/s); passive waiting
-  costs little on an idle machine. OpenMP reads it when torch loads, so it takes effect for the
+* ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that spin while waiting take the cycles of any other
+  process sharing a core, and throughput collapses (docs/performance.md); passive waiting costs
+  little on an idle machine. OpenMP reads it when torch loads, so it takes effect for the
   CLI and the benchmarks; a program that imports torch itself sets it before that import.
 * ``ONEDNN_PRIMITIVE_CACHE_CAPACITY=64``: oneDNN caches one CPU kernel per matrix shape, 1,024 by
-  default; the masks change the shapes every step, and at 224/16 the resident memory rose
-  1.9 -> 2.5 GB over an epoch with 1,024 against 1.9 GB with 64, at the same speed
-  (docs/performance.md). oneDNN reads it when it builds its first kernel.
+  default; the masks change the shapes every step, so with 1,024 the resident memory keeps rising
+  over an epoch, while 64 keeps it flat at the same speed (docs/performance.md). oneDNN reads it when it builds its first kernel.
 
 This module imports nothing heavy, so it can run before torch.
 """

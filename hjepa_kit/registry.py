@@ -4,18 +4,17 @@ Plugins are found through the ``hjepa_kit`` entry-point group (ours are register
 like a third party's) and through objects passed in-process (``train(config, plugins=[...])``).
 Entry points are loaded one at a time so that one broken third-party plugin is a warning naming it,
 not a broken command line; ``HJEPA_STRICT_PLUGINS=1`` makes it an error. A broken built-in is
-always an error. A hook implementation that matches no hook spec or asks for an argument its hook
-does not pass is an error naming the plugin and the hook's arguments; a component without a
-summary or a parameter's help text is a warning (an error when strict). A plugin added twice (an
-installed one passed again in-process) is registered once. ``HJEPA_TRACE_HOOKS=1`` prints every
-hook call.
+always an error. pluggy checks the hook implementations; what it refuses is an error naming the
+plugin, the nearest hook or argument name and the hook's arguments
+(:func:`~hjepa_kit.plugin_checks.hook_problems`). A component without a summary or a parameter's
+help text is a warning (an error when strict). A plugin added twice (an installed one passed again
+in-process) is registered once. ``HJEPA_TRACE_HOOKS=1`` prints every hook call.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import functools
-import inspect
 import os
 import sys
 import warnings
@@ -29,8 +28,9 @@ from . import hookspecs
 from .contracts import KINDS
 from .errors import ConfigError, PluginError, UserError
 from .params import structure, suggest
+from .plugin_checks import documentation_gaps, hook_problems, spec_names
 
-__all__ = ["Component", "Registry", "Resolved", "PluginWarning", "hook_problems", "ENTRY_POINT_GROUP", "BUILTIN_DISTRIBUTION"]
+__all__ = ["Component", "Registry", "Resolved", "PluginWarning", "ENTRY_POINT_GROUP", "BUILTIN_DISTRIBUTION"]
 
 ENTRY_POINT_GROUP = "hjepa_kit"
 BUILTIN_DISTRIBUTION = "hjepa-kit"
@@ -101,10 +101,8 @@ class Component:
         except UserError:
             raise
         except Exception as exc:
-            raise PluginError(
-                f"{self.kind} '{self.name}' from plugin {self.origin} failed to build: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            raise PluginError(f"{self.kind} '{self.name}' from plugin {self.origin} failed to build: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
 
 @attrs.define
@@ -113,6 +111,11 @@ class _PluginInfo:
     distribution: str
     version: str
     builtin: bool
+
+    @property
+    def where(self) -> str:
+        """``plugin 'NAME' (DISTRIBUTION VERSION)``, as messages name it."""
+        return f"plugin '{self.name}' ({self.distribution} {self.version})".replace(" )", ")")
 
 
 @attrs.frozen
@@ -206,27 +209,29 @@ class Registry:
         self.pm.unregister(plugin)
 
     def _register(self, plugin: Any, name: str, dist: str, version: str, builtin: bool) -> None:
-        where = f"plugin '{name}' ({dist} {version})".replace(" )", ")")
+        info = _PluginInfo(name, dist, version, builtin)
         if self.pm.has_plugin(name):
             other = self._info.get(name)
             first = f"{other.distribution} {other.version}" if other else "an earlier registration"
             raise PluginError(f"two plugins are named '{name}': from {first} and from {dist} {version}; rename one entry point")
-        problems = hook_problems(self.pm, plugin)
-        if problems:
-            unknown = any("matches no hook spec" in p for p in problems)
-            known = ", ".join(sorted(h for h in dir(self.pm.hook) if h.startswith("hjepa_")))
-            raise PluginError(f"{where}: " + "; ".join(problems) + (f"; known hooks: {known}" if unknown else ""))
         try:
-            self.pm.register(plugin, name=name)
+            self.pm.register(plugin, name=name)  # refuses an argument a hook does not pass
+            self.pm.check_pending()  # refuses a hook name no spec has
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"{where} is invalid: {exc}") from exc
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            problems = hook_problems(self.pm, plugin)
+            if not problems:  # pluggy's other refusals (a wrapper that does not yield ...)
+                raise PluginError(f"{info.where} is invalid: {exc}") from exc
+            unknown = any("matches no hook spec" in p for p in problems)
+            known = f"; known hooks: {', '.join(sorted(spec_names(self.pm)))}" if unknown else ""
+            raise PluginError(f"{info.where}: " + "; ".join(problems) + known) from exc
         except ValueError as exc:  # pluggy: the same object under another name, or a blocked name
-            raise PluginError(f"{where} cannot be registered: {exc}") from exc
-        self._info[name] = _PluginInfo(name, dist, version, builtin)
-        self._collect(plugin, name)
+            raise PluginError(f"{info.where} cannot be registered: {exc}") from exc
+        self._info[name] = info
+        self._collect(plugin, info)
 
-    def _collect(self, plugin: Any, plugin_name: str) -> None:
-        info = self._info[plugin_name]
+    def _collect(self, plugin: Any, info: _PluginInfo) -> None:
         for kind, hook_name in _REGISTER_HOOKS.items():
             caller = getattr(self.pm.hook, hook_name)
             for impl in caller.get_hookimpls():
@@ -242,15 +247,12 @@ class Registry:
         except UserError:
             raise
         except Exception as exc:
-            raise PluginError(
-                f"plugin '{info.name}' ({info.distribution} {info.version}) failed while registering {kind}s: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            raise PluginError(f"{info.where} failed while registering {kind}s: {type(exc).__name__}: {exc}") from exc
 
     def _add_component(
         self, kind: str, name: str, factory: Callable[..., Any], params: type | None, summary: str, info: _PluginInfo
     ) -> None:
-        where = f"plugin '{info.name}' ({info.distribution} {info.version})".replace(" )", ")")
+        where = info.where
         if not isinstance(name, str) or not name:
             raise PluginError(f"{where} registered a {kind} without a name")
         if not callable(factory):
@@ -270,31 +272,15 @@ class Registry:
         summary = summary or (factory.__doc__ or "").strip().split("\n")[0]
         params = params or _EmptyParams
         self._check_documented(kind, name, summary, params, where)
-        self.components[kind][name] = Component(
-            kind=kind,
-            name=name,
-            factory=factory,
-            params=params,
-            summary=summary,
-            plugin=info.name,
-            distribution=info.distribution,
-            version=info.version,
-        )
+        self.components[kind][name] = Component(kind=kind, name=name, factory=factory, params=params, summary=summary,
+                                                plugin=info.name, distribution=info.distribution, version=info.version)
 
     def _check_documented(self, kind: str, name: str, summary: str, params: type, where: str) -> None:
         """A component without a summary, or with parameters without help: a warning (an error when strict)."""
-        gaps = []
-        if not summary.strip():
-            gaps.append("no summary (pass summary=\"one line\" to register, or give the factory a docstring)")
-        undocumented = _undocumented(params)
-        if undocumented:
-            gaps.append(
-                f"parameters without a help text: {', '.join(undocumented)} (declare each with "
-                "hjepa_kit.params.param(default, help=\"...\"))"
-            )
+        gaps = documentation_gaps(summary, params)
         if not gaps:
             return
-        message = f"{where}: {kind} '{name}' has {' and '.join(gaps)}; `hjepa plugins` and the docs show these to users"
+        message = f"{where}: {kind} '{name}' has {gaps}; `hjepa plugins` and the docs show these to users"
         if self.strict:
             raise PluginError(message + " [strict mode]")
         self.problems.append(message)
@@ -370,59 +356,6 @@ class Registry:
     def plugin_info(self) -> list[dict[str, Any]]:
         """Every loaded plugin with its distribution and version."""
         return [attrs.asdict(info) for info in self._info.values()]
-
-
-def hook_problems(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
-    """What is wrong with ``plugin``'s ``@hookimpl`` functions, one sentence each (empty: nothing).
-
-    A function may match no hook spec (a misspelt name), or ask for an argument its hook does not
-    pass; each sentence names the hook, the nearest hook or argument name and the hook's real
-    arguments, where pluggy would say ``Plugin '140078286500880' for hook ...``.
-    """
-    problems = []
-    hooks = [h for h in dir(pm.hook) if h.startswith("hjepa_")]
-    for attr in dir(plugin):
-        try:
-            opts = pm.parse_hookimpl_opts(plugin, attr)
-        except Exception:
-            opts = None
-        if opts is None:
-            continue
-        hook_name = opts.get("specname") or attr
-        caller = getattr(pm.hook, hook_name, None)
-        if caller is None or not caller.has_spec():
-            problems.append(f"{hook_name} matches no hook spec{suggest(hook_name, hooks)}")
-            continue
-        allowed = tuple(caller.spec.argnames)
-        asked = _required_arguments(getattr(plugin, attr))
-        if asked is None:
-            continue
-        extra = [a for a in asked if a not in allowed]
-        if extra:
-            problems.append(
-                f"{hook_name}({', '.join(asked)}) asks for {', '.join(repr(a) for a in extra)}, which "
-                f"{hook_name} does not pass{suggest(extra[0], allowed)}; its arguments are {', '.join(allowed)} "
-                "(take any of them, by these names)"
-            )
-    return problems
-
-
-def _required_arguments(function: Any) -> list[str] | None:
-    """The arguments pluggy passes by name: those without a default (``self`` excluded on a bound method)."""
-    try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError):
-        return None
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    names = [p.name for p in signature.parameters.values() if p.kind in kinds and p.default is inspect.Parameter.empty]
-    if names and names[0] == "self" and not inspect.ismethod(function):  # a function defined in a class body
-        names = names[1:]
-    return names
-
-
-def _undocumented(params: type) -> list[str]:
-    """Fields of a parameter class without a help text."""
-    return [f.name for f in attrs.fields(params) if f.init and not str((f.metadata or {}).get("help") or "").strip()]
 
 
 def _canonical(name: str) -> str:

@@ -1,11 +1,14 @@
-"""Device, precision, seeding and memory figures."""
+"""Device, precision, seeding, memory figures, and whether ``torch.compile`` can run here."""
 
 from __future__ import annotations
 
 import functools
+import os
 import random
 import resource
+import shutil
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +18,7 @@ from .errors import UserError
 
 __all__ = [
     "resolve_device", "autocast_dtype", "cpu_has_fast_bf16", "seed_everything", "rng_state", "restore_rng_state", "peak_rss_mb",
+    "cpp_compiler", "should_compile",
 ]
 
 
@@ -80,3 +84,27 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process in MB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def cpp_compiler() -> str | None:
+    """Path of the C++ compiler inductor's CPU backend would use (``$CXX``, g++, c++, clang++), or None."""
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and (found := shutil.which(name)):
+            return found
+    return None
+
+
+def should_compile(choice: bool | str, device: torch.device, *, large_enough: bool, key: str) -> bool:
+    """Resolve ``choice`` (``"auto"``, True or False) of configuration key ``key`` for ``device``.
+
+    The configuration has checked ``choice`` already. True on a CPU without a C++ compiler warns
+    and returns False (the run goes on eagerly).
+    """
+    if choice is False or (choice == "auto" and (device.type != "cpu" or not large_enough)):
+        return False
+    if device.type == "cpu" and cpp_compiler() is None:
+        if choice is True:
+            warnings.warn(f"{key}: true, but no C++ compiler (g++, c++, clang++ or $CXX) was found; running uncompiled",
+                          stacklevel=2)
+        return False
+    return True

@@ -1,7 +1,9 @@
 """Evaluators ``feature_quality`` (collapse diagnostics) and ``hierarchy`` (per-level figures).
 
-``feature_quality`` looks at one representation's train features without labels and grades them
-against variance and rank thresholds (:data:`VARIANCE_GRADE`, :func:`rank_grade`). Metrics:
+``feature_quality`` looks at one representation's train features without labels, judges them by
+the one collapse rule (:func:`~hjepa_kit.helpers.judge_collapse`, the training monitor's, at the
+``logging.collapse_*`` thresholds by default) and grades them against the plan's variance and rank
+thresholds (:data:`VARIANCE_GRADE`, :func:`rank_grade`). Metrics:
 
 | Metric | Meaning |
 |---|---|
@@ -15,8 +17,8 @@ against variance and rank thresholds (:data:`VARIANCE_GRADE`, :func:`rank_grade`
 | ``feature_quality/dims_var99`` | coordinate dimensions holding 99% of the per-dimension variance |
 | ``feature_quality/cosine_mean`` | mean cosine similarity over all pairs of samples (1 = one direction) |
 | ``feature_quality/dim`` | feature width D |
-| ``feature_quality/collapsed`` | 1 when variance_mean < collapse_variance (default 0.01), else 0 |
-| ``feature_quality/rank_collapsed`` | 1 when energy_rank95 < collapse_rank_fraction * D (default 10%), else 0 |
+| ``feature_quality/collapsed`` | 1 when std_mean < collapse_std_threshold (default 0.01), else 0 |
+| ``feature_quality/rank_collapsed`` | 1 when rankme < collapse_rank_fraction * D (default 5%), else 0 |
 
 Artifacts: ``singular_values`` (descending, of the centred features), ``verdict`` (one line).
 
@@ -25,30 +27,30 @@ representation named ``level<i>``: ``hierarchy/<name>/knn_top1`` (weighted k-NN,
 ``hierarchy/<name>/linear_top1`` (linear probe), ``hierarchy/<name>/rankme`` and
 ``hierarchy/<name>/energy_rank95``; and linear CKA between every pair, ``hierarchy/cka/<a>-<b>``,
 on the train split. The per-representation accuracies are graded like ``knn/top1@20`` and
-``linear_probe/top1`` (in the ``hierarchy`` table only). Artifacts: ``cka_matrix`` with
+``linear_probe/top1`` (in the ``hierarchy`` table only); the first one is the headline figure. Artifacts: ``cka_matrix`` with
 ``cka_names``, ``levels``, ``level_accuracy`` (drawn as ``figures/level_accuracy.png``); when no
 ``level*`` representation was extracted, the metrics are empty and the artifact ``note`` says so.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
 import attrs
 
 from hjepa_kit import hookimpl
+from hjepa_kit.config import LoggingConfig
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet, Grade
 from hjepa_kit.helpers import (
-    COLLAPSE_RANK_FRACTION,
-    COLLAPSE_VARIANCE,
-    RANK_FRACTION_THRESHOLDS,
-    VARIANCE_THRESHOLDS,
+    Collapse,
     choose_representation,
-    collapse_verdict,
+    cka_matrix,
     energy_rank_from_spectrum,
     feature_variance,
-    cka_matrix,
+    grade,
+    judge_collapse,
     mean_pairwise_cosine,
     rankme_from_spectrum,
     singular_values,
@@ -58,8 +60,11 @@ from hjepa_kit.plugins.knn import KNN_GRADE, knn_classify
 from hjepa_kit.plugins.linear_probe import LINEAR_PROBE_GRADE, linear_probe
 
 __all__ = [
+    "VARIANCE_THRESHOLDS",
+    "RANK_FRACTION_THRESHOLDS",
     "VARIANCE_GRADE",
     "rank_grade",
+    "collapse_verdict",
     "FeatureQualityParams",
     "HierarchyParams",
     "feature_quality",
@@ -70,6 +75,17 @@ __all__ = [
 ]
 
 _LEVEL = re.compile(r"^level(\d+)$")
+
+#: The plan's thresholds (minimum, good, excellent) of the mean per-dimension feature variance: a
+#: value strictly above a threshold reaches its grade.
+VARIANCE_THRESHOLDS: tuple[float, float, float] = (0.05, 0.10, 0.15)
+
+#: The plan's thresholds (minimum, good, excellent) of the 95%-energy rank divided by the feature
+#: width ``D`` (48 / 96 / 144 of ``D = 192``).
+RANK_FRACTION_THRESHOLDS: tuple[float, float, float] = (0.25, 0.50, 0.75)
+
+#: The collapse thresholds' defaults: the training monitor's (``logging.collapse_*``).
+_MONITOR = attrs.fields(LoggingConfig)
 
 #: The grade of ``feature_quality/variance_mean``.
 VARIANCE_GRADE = Grade(label="Feature variance", thresholds=VARIANCE_THRESHOLDS)
@@ -86,15 +102,23 @@ class FeatureQualityParams:
 
     representation: str | None = param(None, help="Which extracted features to use (encoder, level0, ...); null = the run's default.")
     split: str = param("train", help="Which split's features to analyse.", choices=("train", "test"))
-    collapse_variance: float = param(
-        COLLAPSE_VARIANCE, help="Mean per-dimension variance below this is a collapse.", ge=0.0
+    collapse_std_threshold: float = param(
+        _MONITOR.collapse_std_threshold.default, ge=0.0,
+        help="Mean per-dimension std below this is a collapse (default: logging.collapse_std_threshold's).",
     )
     collapse_rank_fraction: float = param(
-        COLLAPSE_RANK_FRACTION,
-        help="A 95%-energy rank below this fraction of D is a dimensional collapse.",
-        ge=0.0,
-        le=1.0,
+        _MONITOR.collapse_rank_fraction.default, ge=0.0, le=1.0,
+        help="RankMe below this fraction of D is a dimensional collapse (default: logging.collapse_rank_fraction's).",
     )
+    collapse_variance: float | None = param(
+        None, ge=0.0,
+        help="Deprecated, for older configurations: a mean-variance threshold, used as collapse_std_threshold = its square root.",
+    )
+
+    @property
+    def std_threshold(self) -> float:
+        """The std threshold in force (``collapse_variance``, where set, replaces ``collapse_std_threshold``)."""
+        return self.collapse_std_threshold if self.collapse_variance is None else math.sqrt(self.collapse_variance)
 
 
 @attrs.frozen(kw_only=True)
@@ -114,11 +138,29 @@ def _split_features(feats: FeatureSet, split: str):
     return feats.train if split == "train" else feats.test
 
 
+def collapse_verdict(collapse: Collapse, variance_mean: float, energy_rank: float, dim: int) -> str:
+    """One line on features of width ``dim``: the collapse found, or whether they reach the plan's minimum.
+
+    Args:
+        collapse: what :func:`~hjepa_kit.helpers.judge_collapse` found.
+        variance_mean: the mean per-dimension variance, graded by :data:`VARIANCE_THRESHOLDS`.
+        energy_rank: the 95%-energy rank, graded as a fraction of ``dim`` by :data:`RANK_FRACTION_THRESHOLDS`.
+    """
+    fraction = energy_rank / dim if dim > 0 else 0.0
+    detail = (f"mean variance {variance_mean:.4g} ({grade(variance_mean, VARIANCE_THRESHOLDS)}); "
+              f"95%-energy rank {energy_rank:g}/{dim} = {fraction:.2f} D ({grade(fraction, RANK_FRACTION_THRESHOLDS)})")
+    if collapse:
+        return f"{'COLLAPSED' if collapse.flat else 'DIMENSIONAL COLLAPSE'}: {collapse.reason} ({detail})"
+    if not (variance_mean > VARIANCE_THRESHOLDS[0] and fraction > RANK_FRACTION_THRESHOLDS[0]):
+        return f"WARNING: below the minimum ({detail})"
+    return f"healthy ({detail})"
+
+
 def feature_quality(
     x,
     *,
-    collapse_variance: float = COLLAPSE_VARIANCE,
-    collapse_rank_fraction: float = COLLAPSE_RANK_FRACTION,
+    collapse_std_threshold: float = _MONITOR.collapse_std_threshold.default,
+    collapse_rank_fraction: float = _MONITOR.collapse_rank_fraction.default,
 ) -> EvalResult:
     """Collapse diagnostics of ``(N, D)`` features ``x`` (see the module docstring for the names).
 
@@ -132,17 +174,13 @@ def feature_quality(
     rank = energy_rank_from_spectrum(spectrum, 0.95)
     rankme = rankme_from_spectrum(spectrum)
     variance_mean = float(variance.mean())
-    collapsed, rank_collapsed, verdict = collapse_verdict(
-        variance_mean,
-        rank,
-        dim,
-        collapse_variance=collapse_variance,
-        collapse_rank_fraction=collapse_rank_fraction,
-    )
+    std_mean = float(variance.sqrt().mean())
+    collapse = judge_collapse("the features", dim, std=std_mean, rank=rankme, std_threshold=collapse_std_threshold,
+                              rank_fraction=collapse_rank_fraction, source="")
     metrics = {
         "feature_quality/variance_mean": variance_mean,
         "feature_quality/variance_min": float(variance.min()),
-        "feature_quality/std_mean": float(variance.sqrt().mean()),
+        "feature_quality/std_mean": std_mean,
         "feature_quality/rankme": rankme,
         "feature_quality/rankme_frac": rankme / dim,
         "feature_quality/energy_rank95": float(rank),
@@ -151,10 +189,10 @@ def feature_quality(
         "feature_quality/dims_var99": float(energy_rank_from_spectrum(variance.sqrt(), 0.99)),
         "feature_quality/cosine_mean": mean_pairwise_cosine(x),
         "feature_quality/dim": float(dim),
-        "feature_quality/collapsed": float(collapsed),
-        "feature_quality/rank_collapsed": float(rank_collapsed),
+        "feature_quality/collapsed": float(collapse.flat),
+        "feature_quality/rank_collapsed": float(collapse.narrow),
     }
-    artifacts = {"singular_values": spectrum.numpy(), "verdict": verdict}
+    artifacts = {"singular_values": spectrum.numpy(), "verdict": collapse_verdict(collapse, variance_mean, rank, dim)}
     grades = {"feature_quality/variance_mean": VARIANCE_GRADE, "feature_quality/energy_rank95_frac": rank_grade(dim)}
     return EvalResult(metrics=metrics, artifacts=artifacts, grades=grades)
 
@@ -213,7 +251,8 @@ def hierarchy(features: Mapping[str, FeatureSet], default: str, params: Hierarch
         if f"hierarchy/{names[0]}/{figure}" in metrics
     }
     artifacts = {"cka_matrix": cka, "cka_names": names, "levels": levels, "level_accuracy": level_accuracy}
-    return EvalResult(metrics=metrics, artifacts=artifacts, grades=grades)
+    # The headline: the first representation's first accuracy (k-NN, else linear probe), as graded.
+    return EvalResult(metrics=metrics, artifacts=artifacts, grades=grades, headline=next(iter(grades), None))
 
 
 def build_feature_quality(params: FeatureQualityParams, ctx: BuildContext):
@@ -225,7 +264,7 @@ def build_feature_quality(params: FeatureQualityParams, ctx: BuildContext):
         feats = features[name]
         result = feature_quality(
             _split_features(feats, params.split),
-            collapse_variance=params.collapse_variance,
+            collapse_std_threshold=params.std_threshold,
             collapse_rank_fraction=params.collapse_rank_fraction,
         )
         return EvalResult(metrics=result.metrics, artifacts={**result.artifacts, "representation": name}, grades=result.grades)

@@ -198,7 +198,8 @@ def build_few_shot(params: FewShotParams, ctx: BuildContext):
             "per_draw": {str(k): result.accuracy[k] for k in ks},
             "label_curve": curve,
         }
-        return EvalResult(metrics=metrics, artifacts=artifacts, grades={f"few_shot/{ks[-1]}shot_top1": FEW_SHOT_GRADE})
+        return EvalResult(metrics=metrics, artifacts=artifacts, grades={f"few_shot/{ks[-1]}shot_top1": FEW_SHOT_GRADE},
+                          headline=f"few_shot/{ks[0]}shot_top1")
 
     return evaluate_few_shot
 

@@ -7,7 +7,9 @@ with the largest vote totals are the top-1 / top-5 predictions. One search with 
 serves every ``k`` asked for, because the ``k`` nearest are a prefix of the ``k_max`` nearest.
 
 Metrics (accuracies are fractions in ``[0, 1]``): ``knn/top1@<k>`` and ``knn/top5@<k>`` per ``k``.
-The report grades ``knn/top1@20`` (when 20 is among the ``k``) with :data:`KNN_GRADE`.
+The report grades ``knn/top1@20`` (when 20 is among the ``k``) with :data:`KNN_GRADE`; the
+headline figure (what ``checkpoint.best_metric: auto`` follows when this is the online evaluator)
+is the top-1 of the first ``k``.
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ def build_knn(params: KnnParams, ctx: BuildContext):
             metrics={f"knn/{key}": value for key, value in accuracy.items()},
             artifacts={"representation": name, "num_train": int(feats.train.shape[0])},
             grades={f"knn/{graded}": KNN_GRADE} if graded in accuracy else {},
+            headline=f"knn/top1@{params.k[0]}",  # the first k asked for: what best_model.pth follows online
         )
 
     return evaluate_knn

@@ -6,11 +6,10 @@ split by minimising the mean cross-entropy plus ``weight_decay / 2 * |W|^2`` (th
 penalised). That objective is smooth and strictly convex, so full-batch L-BFGS with a strong-Wolfe
 line search reaches its unique minimum deterministically, with no learning rate or schedule to
 tune. It is solved in preconditioned coordinates (:func:`ridge_preconditioner`), the same function
-of ``W`` reparametrised, where it converges in tens of iterations: ViT features of 45,000 x 192
-took 55 evaluations for the whole weight-decay search and refit, 3 s on two cores (unpreconditioned:
-1,263 evaluations, 29 s, and four of the five fits stopped at the iteration limit short of the
-minimum, 4 points of top-1 lower). The loss is summed over row chunks inside each evaluation, so
-memory stays bounded on large sets.
+of ``W`` reparametrised, where it converges in tens of iterations; without it, standardised but
+correlated features leave the problem so badly conditioned that fits stop at the iteration limit
+short of the minimum (docs/performance.md has the figures). The loss is summed over row chunks
+inside each evaluation, so memory stays bounded on large sets.
 
 When several ``weight_decay`` values are given, each is fitted on the train split minus a
 held-out ``val_fraction`` (drawn with ``seed``), the one with the best held-out top-1 is kept
@@ -238,15 +237,8 @@ def fit_linear_classifier(
         else:  # U = W T^-T
             weight = torch.linalg.solve(to_z, init.weight.detach().T.to(torch.float32)).T.contiguous().requires_grad_(True)
             bias = init.bias.detach().clone().requires_grad_(True)
-        optimizer = torch.optim.LBFGS(
-            [weight, bias],
-            lr=1.0,
-            max_iter=max_iter,
-            history_size=20,
-            tolerance_grad=1e-5,
-            tolerance_change=1e-10,
-            line_search_fn="strong_wolfe",
-        )
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-5,
+                                      tolerance_change=1e-10, line_search_fn="strong_wolfe")
 
         # Classes along dim 0: on the CPU, softmax over a short last dimension (10 classes) is
         # much slower than over the first one (figures on docs/performance.md).
@@ -255,7 +247,8 @@ def fit_linear_classifier(
 
         def closure() -> Tensor:
             # The gradient is written out (softmax minus one-hot, times z) instead of asking
-            # autograd: about 2x faster per evaluation.
+            # autograd: nothing of one chunk is kept for a backward pass, and on one thread an
+            # evaluation is faster (figures on docs/performance.md).
             grad_w = torch.zeros_like(weight)
             grad_b = torch.zeros_like(bias)
             total = torch.zeros((), dtype=torch.float64)
@@ -368,17 +361,10 @@ def build_linear_probe(params: LinearProbeParams, ctx: BuildContext):
                                      option="the linear_probe parameter representation")
         feats = features[name]
         result = linear_probe(
-            feats.train,
-            feats.train_labels,
-            feats.test,
-            feats.test_labels,
-            feats.num_classes,
-            weight_decay=params.weight_decay,
-            val_fraction=params.val_fraction,
-            max_iter=params.max_iter,
-            batch_size=params.batch_size,
-            seed=params.seed,
-        )
+            feats.train, feats.train_labels, feats.test, feats.test_labels, feats.num_classes,
+            weight_decay=params.weight_decay, val_fraction=params.val_fraction, max_iter=params.max_iter,
+            batch_size=params.batch_size, seed=params.seed,
+        )  # fmt: skip
         metrics = {
             "linear_probe/top1": result.top1,
             "linear_probe/top5": result.top5,
@@ -392,7 +378,7 @@ def build_linear_probe(params: LinearProbeParams, ctx: BuildContext):
             "representation": name,
             "weight_decay_search": {str(wd): acc for wd, acc in result.val_top1.items()},
         }
-        return EvalResult(metrics=metrics, artifacts=artifacts, grades={"linear_probe/top1": LINEAR_PROBE_GRADE})
+        return EvalResult(metrics=metrics, artifacts=artifacts, grades={"linear_probe/top1": LINEAR_PROBE_GRADE}, headline="linear_probe/top1")
 
     return evaluate_linear_probe
 

@@ -373,11 +373,7 @@ def build_smooth_l1(params: SmoothL1Params, ctx: BuildContext) -> SmoothL1Predic
     Raises:
         ConfigError: when ``ctx.level_weights`` is unknown or its length differs from ``ctx.num_levels``.
     """
-    return SmoothL1PredictionLoss(
-        _level_weights(ctx),
-        beta=params.beta,
-        **_regulariser(params),
-    )
+    return SmoothL1PredictionLoss(_level_weights(ctx), beta=params.beta, **_regulariser(params))
 
 
 def build_mse(params: MSEParams, ctx: BuildContext) -> MSEPredictionLoss:
@@ -386,23 +382,12 @@ def build_mse(params: MSEParams, ctx: BuildContext) -> MSEPredictionLoss:
     Raises:
         ConfigError: when ``ctx.level_weights`` is unknown or its length differs from ``ctx.num_levels``.
     """
-    return MSEPredictionLoss(
-        _level_weights(ctx),
-        **_regulariser(params),
-    )
+    return MSEPredictionLoss(_level_weights(ctx), **_regulariser(params))
 
 
 @hookimpl
 def hjepa_register_losses(register) -> None:  # noqa: ANN001 - the core's Register callback
-    register(
-        "smooth_l1",
-        build_smooth_l1,
-        params=SmoothL1Params,
-        summary="I-JEPA's smooth L1 over hierarchy levels, optional SIGReg or VICReg regulariser.",
-    )
-    register(
-        "mse",
-        build_mse,
-        params=MSEParams,
-        summary="Mean squared error over hierarchy levels, optional SIGReg or VICReg regulariser.",
-    )
+    register("smooth_l1", build_smooth_l1, params=SmoothL1Params,
+             summary="I-JEPA's smooth L1 over hierarchy levels, optional SIGReg or VICReg regulariser.")
+    register("mse", build_mse, params=MSEParams,
+             summary="Mean squared error over hierarchy levels, optional SIGReg or VICReg regulariser.")

@@ -6,8 +6,8 @@ context block are placed on the patch grid; the context is the context block min
 patch, reduced to the batch's shortest context by a random subset (or, with ``fixed_shapes``, to
 one length fixed by the configuration: see the last section). Everything is drawn from the
 ``torch.Generator`` passed in, with a bounded number of tensor operations per batch (no per-sample
-Python loop, no unbounded retry loop): about 1 ms for 128 samples on 8x8, 2-3 ms on 14x14 (one CPU
-thread).
+Python loop, no unbounded retry loop), so its cost stays a small, fixed part of a step
+(docs/performance.md, "GPU configuration").
 
 It differs from the reference I-JEPA code (``src/masks/multiblock.py``) where that code is wrong:
 
@@ -216,16 +216,8 @@ class MultiBlockMasker:
         target_indices = (block_rows[..., :, None] * cols + block_cols[..., None, :]).flatten(2)
         return Masks(context=context_indices, targets=target_indices)
 
-    def _draw(
-        self,
-        batch_size: int,
-        target_size: tuple[int, int],
-        context_size: tuple[int, int],
-        min_free: int,
-        generator: torch.Generator,
-        *,
-        count: bool = True,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def _draw(self, batch_size: int, target_size: tuple[int, int], context_size: tuple[int, int], min_free: int,
+              generator: torch.Generator, *, count: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """Place the ``(h, w)`` target blocks and context block of ``batch_size`` samples.
 
         ``min_free`` is the fewest context patches a sample may have (``min_context``, or ``K`` with

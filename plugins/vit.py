@@ -12,7 +12,7 @@ adds what a JEPA encoder needs:
 * ``return_blocks``: raw (pre-norm) outputs of chosen blocks, for hierarchical targets;
 * without gradients on the CPU (the target encoder's forward, evaluation), a large batch is
   encoded in slices of about ``inference_chunk_tokens`` tokens, which keeps the activations in
-  the CPU's cache (up to 1.7x faster at 512 images of 64 tokens; same result).
+  the CPU's cache: faster than one large batch, with the same result (docs/performance.md).
 
 Weights use timm's ViT initialisation (truncated normal, std 0.02) with ``fix_init``, which divides
 each block's output projections by ``sqrt(2 * layer)`` as I-JEPA does.

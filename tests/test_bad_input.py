@@ -205,7 +205,13 @@ def _config_without_an_action(w: Workspace):
     return ["config"], ["choose an action: hjepa config show or hjepa config validate"]
 
 
+def _online_fine_tune(w: Workspace):
+    return (["train", "--config", str(w.config), "--set", "evaluation.online={name: fine_tune}"],
+            ["evaluation.online: 'fine_tune' trains the encoder", "hjepa evaluate --eval-type fine_tune"])
+
+
 MISTAKES = {
+    "train: an evaluator that trains the encoder as the online evaluation": _online_fine_tune,
     "train: a folder instead of a checkpoint": _folder_as_checkpoint_train,
     "train: a checkpoint of another model": _checkpoint_of_another_model,
     "train: a YAML with tabs": _yaml_with_tabs,

@@ -9,13 +9,14 @@ import torch
 
 import hjepa_kit
 from conftest import tiny_config
-from hjepa_kit.training import compiling
+from hjepa_kit import runtime
 from hjepa_kit.build import build_model
-from hjepa_kit.training.compiling import FeatureFunction, should_compile
+from hjepa_kit.evaluation.compiled import FeatureFunction
+from hjepa_kit.runtime import should_compile
 from hjepa_kit.contracts import BuildContext
 from hjepa_kit.registry import Registry
 
-needs_compiler = pytest.mark.skipif(compiling.cpp_compiler() is None, reason="torch.compile on the CPU needs a C++ compiler")
+needs_compiler = pytest.mark.skipif(runtime.cpp_compiler() is None, reason="torch.compile on the CPU needs a C++ compiler")
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +39,12 @@ def test_auto_compiles_only_large_cpu_work_and_off_never():
     assert should_compile("auto", cpu, large_enough=False, key="k") is False
     assert should_compile("auto", cuda, large_enough=True, key="k") is False
     assert should_compile(True, cuda, large_enough=False, key="k") is True
-    if compiling.cpp_compiler() is not None:
+    if runtime.cpp_compiler() is not None:
         assert should_compile("auto", cpu, large_enough=True, key="k") is True
 
 
 def test_on_without_a_cpp_compiler_warns_and_runs_uncompiled(monkeypatch):
-    monkeypatch.setattr(compiling, "cpp_compiler", lambda: None)
+    monkeypatch.setattr(runtime, "cpp_compiler", lambda: None)
     with pytest.warns(UserWarning, match=r"evaluation\.compile: true, but no C\+\+ compiler"):
         assert should_compile(True, torch.device("cpu"), large_enough=True, key="evaluation.compile") is False
     with warnings.catch_warnings():

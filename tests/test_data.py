@@ -84,6 +84,41 @@ def test_full_crop_without_flip_equals_plain_resize(size):
     assert torch.allclose(eval_transform(images, size, config.mean, config.std), reference, atol=1e-4)
 
 
+def test_colour_jitter_and_grayscale_match_torchvision_per_sample():
+    from torchvision.transforms import functional as TF
+
+    config = AugmentationConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False,
+                                color_jitter=0.6, color_jitter_prob=0.8, grayscale_prob=0.3)
+    augment = BatchAugment(config, 32)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    params = augment.sample(64, 32, 32, gen(3))
+    out = augment.apply(images, params)
+    colour = params.colour
+    jittered = (colour[:, :3] != 1.0).any(dim=1)
+    assert 0.6 < jittered.float().mean() < 0.95 and 0.1 < colour[:, 3].mean() < 0.5
+    assert float(colour[:, :3].min()) >= 0.4 and float(colour[:, :3].max()) <= 1.6
+    mean = torch.tensor(config.mean).view(3, 1, 1)
+    std = torch.tensor(config.std).view(3, 1, 1)
+    for i in range(64):
+        x = images[i].float() / 255
+        b, c, s, grey = colour[i].tolist()
+        x = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(x, b), c), s)
+        if grey:
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        assert torch.allclose(out[i], (x - mean) / std, atol=1e-4), i
+
+
+def test_colour_augmentation_off_draws_nothing_extra():
+    plain = BatchAugment(AugmentationConfig(), 32)
+    generator = gen(5)
+    assert plain.sample(8, 32, 32, generator).colour is None
+    after_plain = torch.rand(1, generator=generator)
+    jitter = BatchAugment(AugmentationConfig(color_jitter=0.4), 32)
+    generator = gen(5)
+    assert jitter.sample(8, 32, 32, generator).colour.shape == (8, 4)
+    assert not torch.equal(torch.rand(1, generator=generator), after_plain)
+
+
 def test_augment_is_reproducible_with_the_same_generator():
     augment = BatchAugment(AugmentationConfig(), 32)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)

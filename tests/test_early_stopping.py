@@ -7,7 +7,7 @@ import torch
 
 import hjepa_kit
 from hjepa_kit.config import EarlyStoppingConfig
-from hjepa_kit.training.stopping import EarlyStopping
+from hjepa_kit.training.epoch_policy import EarlyStopping
 
 
 def test_patience_counts_epochs_without_an_improvement_above_min_delta() -> None:

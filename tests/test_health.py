@@ -10,7 +10,8 @@ import torch
 
 import hjepa_kit
 from hjepa_kit.errors import CollapseDetected
-from hjepa_kit.training.health import HealthMonitor, collapse_problem, select_metric
+from hjepa_kit.training.epoch_policy import pooled_collapse, select_metric
+from hjepa_kit.training.health import HealthMonitor
 
 
 def test_the_monitor_keeps_the_last_rows_and_measures_their_rank() -> None:
@@ -28,18 +29,20 @@ def test_the_monitor_keeps_the_last_rows_and_measures_their_rank() -> None:
 
 def test_collapse_problem_names_the_representation_and_threshold() -> None:
     widths = {"encoder": 192, "level0": 192}
-    assert collapse_problem({"health/rankme/encoder": 50.0, "loss": 0.1}, widths, 0.05, "encoder") is None
+    thresholds = {"std_threshold": 0.01, "rank_fraction": 0.05}
+    assert pooled_collapse({"health/rankme/encoder": 50.0, "loss": 0.1}, widths, "encoder", **thresholds) is None
     figures = {"health/rankme/encoder": 50.0, "health/rankme/level0": 2.0}
-    reason = collapse_problem(figures, widths, 0.05, "level0")
+    reason = pooled_collapse(figures, widths, "level0", **thresholds)
     assert "'level0'" in reason and "2.0 of 192" in reason and "9.6" in reason
     # Only the evaluated representation counts.
-    assert collapse_problem(figures, widths, 0.05, "encoder") is None
+    assert pooled_collapse(figures, widths, "encoder", **thresholds) is None
 
 
 def test_select_metric() -> None:
     labelled = {"online/knn/top1@20": 0.8, "health/rankme/encoder": 40.0, "loss": 0.3}
     unlabelled = {"health/rankme/encoder": 40.0, "health/rankme/level1": 30.0, "loss": 0.3}
-    assert select_metric("auto", labelled, "encoder") == ("online/knn/top1@20", 0.8, True)
+    # The online evaluator's declared headline figure comes first.
+    assert select_metric("auto", labelled, "encoder", "online/knn/top1@20") == ("online/knn/top1@20", 0.8, True)
     assert select_metric("auto", unlabelled, "level1") == ("health/rankme/level1", 30.0, True)
     assert select_metric("auto", {"loss": 0.3}, "encoder") == ("loss", 0.3, False)
     assert select_metric("rankme", labelled, "encoder") == ("health/rankme/encoder", 40.0, True)
@@ -60,6 +63,8 @@ def test_rankme_is_logged_and_picks_best_model_without_labels(tiny) -> None:
     assert {"health/rankme/level0", "health/rankme/level1"} <= set(result.metrics)
     best = torch.load(result.checkpoints["best_model"], weights_only=True)["best"]
     assert best["metric"] == "health/rankme/encoder"
+    # latest.pth carries the same record: a run resumed from it never replaces best_model.pth with a worse epoch
+    assert torch.load(result.checkpoints["latest"], weights_only=True)["best"] == best
 
 
 class ZeroPatchEmbedding:
@@ -96,7 +101,7 @@ def test_a_forced_collapse_stops_the_run_and_keeps_the_last_healthy_checkpoint(t
     latest = checkpoints / "latest.pth"
     # Either monitor may see it first: the target tokens every 2 steps, or the pooled RankMe at the epoch's end.
     assert "representation collapse at epoch 2" in message
-    assert "effective rank" in message or "RankMe of the pooled" in message
+    assert "RankMe of the pooled" in message or "of the target tokens" in message
     assert f"the last healthy checkpoint is {latest}" in message
     resolved = Path(config["output_dir"]) / "logs" / "tiny" / "config.yaml"
     assert f"hjepa train --config {resolved} --set training.lr=0.0002 --resume {latest}" in message

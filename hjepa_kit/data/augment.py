@@ -1,7 +1,9 @@
 """Batched training augmentation and the evaluation transform: uint8 images -> normalised float32.
 
 Augmentation: a per-sample random resized crop (the I-JEPA scale range, sampled as torchvision's
-``RandomResizedCrop`` does, with its centre-crop fallback) and a per-sample horizontal flip. The
+``RandomResizedCrop`` does, with its centre-crop fallback), a per-sample horizontal flip and, when
+configured, a per-sample colour jitter and grayscale (SimCLR's colour distortion without hue: Chen et
+al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020). The
 crop and resize are one separable resampling per sample, done as two batched matrix products
 (``W_y @ X @ W_x^T``) with bilinear weights (antialiased when shrinking, as torchvision's
 ``antialias=True``): a few batched matrix products instead of a per-sample sampling grid, fast
@@ -40,13 +42,16 @@ class CropParams:
     Attributes:
         boxes: ``(B, 4)`` int64 crop boxes ``(top, left, height, width)`` in input pixels.
         flips: ``(B,)`` bool, ``True`` where the sample is flipped horizontally.
+        colour: ``(B, 4)`` float32 brightness, contrast and saturation factors and a grayscale flag
+            (1.0: grey) per sample, or ``None`` when colour augmentation is off.
     """
 
-    __slots__ = ("boxes", "flips")
+    __slots__ = ("boxes", "flips", "colour")
 
-    def __init__(self, boxes: Tensor, flips: Tensor) -> None:
+    def __init__(self, boxes: Tensor, flips: Tensor, colour: Tensor | None = None) -> None:
         self.boxes = boxes
         self.flips = flips
+        self.colour = colour
 
 
 def sample_crop_boxes(
@@ -143,7 +148,8 @@ def _normalised_float(images: Tensor, mean: Sequence[float], std: Sequence[float
         raise ValueError(f"expected images (B, {len(mean)}, H, W), got shape {tuple(images.shape)}")
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(1, -1, 1, 1)
     shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=images.device).view(1, -1, 1, 1)
-    # In place on the fresh float copy: 20x faster on CPU than a broadcasting addcmul.
+    # In place on the fresh float copy: no second full-size tensor, and faster on the CPU than a
+    # broadcasting addcmul (docs/performance.md).
     return images.to(torch.float32).mul_(scale).add_(shift)
 
 
@@ -165,7 +171,8 @@ class BatchAugment:
 
     Each image gets its own random resized crop (scale and ratio from
     :class:`~hjepa_kit.config.AugmentationConfig`) resized to ``output_size``, its own horizontal
-    flip with probability 0.5 (when ``hflip``), and is normalised with ``mean`` / ``std``.
+    flip with probability 0.5 (when ``hflip``), its own colour jitter and grayscale (when
+    ``color_jitter`` or ``grayscale_prob`` is above 0), and is normalised with ``mean`` / ``std``.
     Normalisation is applied before resampling (cheaper at the input size; exact, because the
     resampling weights of every output pixel sum to one).
 
@@ -189,7 +196,14 @@ class BatchAugment:
             flips = torch.rand(batch_size, generator=generator, device=generator.device) < 0.5
         else:
             flips = torch.zeros(batch_size, dtype=torch.bool, device=generator.device)
-        return CropParams(boxes, flips)
+        colour = None
+        if cfg.color_jitter > 0 or cfg.grayscale_prob > 0:  # no draws otherwise: older runs replay exactly
+            draws = torch.rand((batch_size, 5), generator=generator, device=generator.device)
+            jittered = (draws[:, :1] < cfg.color_jitter_prob).float()
+            factors = 1.0 + jittered * cfg.color_jitter * (2.0 * draws[:, 1:4] - 1.0)
+            grey = (draws[:, 4:] < cfg.grayscale_prob).float()
+            colour = torch.cat([factors, grey], dim=1)
+        return CropParams(boxes, flips, colour)
 
     def apply(self, images: Tensor, params: CropParams) -> Tensor:
         """Crop, resize, flip and normalise ``(B, C, H, W)`` uint8 images with given draws.
@@ -210,7 +224,10 @@ class BatchAugment:
             weights_y = resample_weights(boxes[:, 0], boxes[:, 2], height, size)
             weights_x = resample_weights(boxes[:, 1], boxes[:, 3], width, size, flip=flips)
         x = _normalised_float(images, self.config.mean, self.config.std)
-        return _resample(x, weights_y, weights_x)
+        out = _resample(x, weights_y, weights_x)
+        if params.colour is not None:
+            out = _colour_distort(out, params.colour.to(images.device), self.config.mean, self.config.std)
+        return out
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """Augment ``(B, C, H, W)`` uint8 images; all randomness comes from ``generator``.
@@ -220,6 +237,39 @@ class BatchAugment:
         """
         params = self.sample(images.shape[0], images.shape[2], images.shape[3], generator)
         return self.apply(images, params)
+
+
+#: ITU-R 601 luma weights (torchvision's ``rgb_to_grayscale``).
+_LUMA = (0.2989, 0.587, 0.114)
+
+
+def _luma(x: Tensor) -> Tensor:
+    """``(B, C, H, W)`` in [0, 1] -> ``(B, 1, H, W)`` grey level (the image itself when ``C != 3``)."""
+    if x.shape[1] != 3:
+        return x.mean(dim=1, keepdim=True)
+    weights = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def _colour_distort(x: Tensor, colour: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Brightness, contrast, saturation, then grayscale, on normalised ``(B, C, S, S)`` images.
+
+    The operations are torchvision's ``ColorJitter`` (in a fixed order, without hue) and
+    ``RandomGrayscale``, applied to the resampled crop in ``[0, 1]`` with a clamp after each, then
+    normalised again. A factor of 1 and a flag of 0 leave a sample unchanged.
+    """
+    channels = x.shape[1]
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, channels, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, channels, 1, 1)
+    factor = colour.to(x.dtype).view(-1, 4, 1, 1)
+    x = (x * s + m).clamp_(0.0, 1.0)
+    x = (x * factor[:, 0:1]).clamp_(0.0, 1.0)  # brightness
+    grey_mean = _luma(x).mean(dim=(2, 3), keepdim=True)
+    x = ((x - grey_mean) * factor[:, 1:2] + grey_mean).clamp_(0.0, 1.0)  # contrast
+    grey = _luma(x)
+    x = ((x - grey) * factor[:, 2:3] + grey).clamp_(0.0, 1.0)  # saturation
+    x = torch.lerp(x, _luma(x).expand_as(x), factor[:, 3:4])  # grayscale where the flag is 1
+    return (x - m) / s
 
 
 def eval_transform(images: Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:

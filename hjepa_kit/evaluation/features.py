@@ -33,7 +33,7 @@ def extract_features(
 
     The target encoder runs once per batch; the predictor's per-level features come from the
     same forward pass. ``features`` replaces ``model.features`` (e.g. a compiled
-    :class:`~hjepa_kit.training.compiling.FeatureFunction` of the same model).
+    :class:`~hjepa_kit.evaluation.compiled.FeatureFunction` of the same model).
     """
     pooled, _ = extract_features_and_tokens(
         model, data, image_size=image_size, batch_size=batch_size, mean=mean, std=std, device=device,

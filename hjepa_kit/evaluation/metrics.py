@@ -1,36 +1,34 @@
-"""Pure math on feature matrices: spectra, ranks, variance, similarity, accuracy, grades.
+"""Pure math on feature matrices: spectra, ranks, variance, similarity, accuracy, grades, collapse.
 
 These functions take plain tensors and return plain numbers, so the evaluator plugins, the report
-and a training-time collapse monitor can all share them (the core may import this module; it
-imports no plugin). Inputs are ``(N, D)`` feature matrices, ``N`` samples of width ``D``; any
-float dtype and device. Sums that lose precision in float32 at ``N = 10^5`` (Gram matrices,
-centring) are done in float64, in row chunks so memory stays ``O(chunk * D + D^2)``.
+and the training-time collapse monitor can all share them (the core may import this module; it
+imports no plugin); :func:`judge_collapse` is the one definition of representation collapse.
+Inputs are ``(N, D)`` feature matrices, ``N`` samples of width ``D``; any float dtype and device.
+Sums that lose precision in float32 at ``N = 10^5`` (Gram matrices, centring) are done in float64,
+in row chunks so memory stays ``O(chunk * D + D^2)``.
 
 Two different "ranks" are computed, and they answer different questions:
 
 - :func:`effective_rank` is RankMe (Garrido et al., 2023): ``exp`` of the Shannon entropy of the
   L1-normalised singular values of the centred features. A smooth count of used directions:
   ``D`` for isotropic features, ``1`` for rank-one features.
-- :func:`energy_rank` is the "effective rank" of the collapse check: the number of leading
-  singular values that hold a fraction (95%) of the squared-singular-value energy (the variance
-  explained by principal components). :data:`RANK_FRACTION_THRESHOLDS` (48 / 96 / 144 of 192)
-  apply to this one. (Summing plain singular values of uncentred tokens instead counts more
-  components; squared values of centred features are the variance-explained reading.)
+- :func:`energy_rank` is the plan's "effective rank", which the plan grades (48 / 96 / 144 of
+  192): the number of leading singular values that hold a fraction (95%) of the
+  squared-singular-value energy (the variance explained by principal components). (Summing plain
+  singular values of uncentred tokens instead counts more components; squared values of centred
+  features are the variance-explained reading.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import attrs
 import torch
 from torch import Tensor
 
 __all__ = [
-    "VARIANCE_THRESHOLDS",
-    "RANK_FRACTION_THRESHOLDS",
     "GRADES",
-    "COLLAPSE_VARIANCE",
-    "COLLAPSE_RANK_FRACTION",
     "feature_variance",
     "singular_values",
     "effective_rank",
@@ -44,25 +42,12 @@ __all__ = [
     "topk_accuracy",
     "topk_correct",
     "grade",
-    "collapse_verdict",
+    "Collapse",
+    "judge_collapse",
 ]
-
-#: Thresholds (Minimum, Good, Excellent) of the mean per-dimension feature variance: a value
-#: strictly above a threshold reaches its grade (see :func:`grade`).
-VARIANCE_THRESHOLDS: tuple[float, float, float] = (0.05, 0.10, 0.15)
-
-#: Thresholds (Minimum, Good, Excellent) of the 95%-energy rank divided by the feature width ``D``
-#: (48 / 96 / 144 of ``D = 192``).
-RANK_FRACTION_THRESHOLDS: tuple[float, float, float] = (0.25, 0.50, 0.75)
 
 #: Grade names, from below every threshold to above the last.
 GRADES: tuple[str, ...] = ("below minimum", "minimum", "good", "excellent")
-
-#: The collapse symptom: mean per-dimension variance below this is a collapse.
-COLLAPSE_VARIANCE = 0.01
-
-#: The rank "red flag": a 95%-energy rank below this fraction of ``D`` is a dimensional collapse.
-COLLAPSE_RANK_FRACTION = 0.10
 
 _CHUNK = 65536
 
@@ -300,42 +285,55 @@ def grade(value: float, thresholds: Sequence[float]) -> str:
     return GRADES[reached]
 
 
-def collapse_verdict(
-    variance_mean: float,
-    rank: float,
-    dim: int,
-    *,
-    collapse_variance: float = COLLAPSE_VARIANCE,
-    collapse_rank_fraction: float = COLLAPSE_RANK_FRACTION,
-) -> tuple[bool, bool, str]:
-    """Judge features against the collapse symptoms and the variance and rank thresholds.
+@attrs.frozen
+class Collapse:
+    """What :func:`judge_collapse` found.
+
+    Attributes:
+        flat: the mean per-dimension std is below its threshold: every sample maps to nearly one
+            point (complete collapse).
+        narrow: the RankMe is below its fraction of the width: the spread lies in a few directions
+            (dimensional collapse).
+        reason: what fell below which threshold, for a message; ``None`` when neither did.
+    """
+
+    flat: bool
+    narrow: bool
+    reason: str | None
+
+    def __bool__(self) -> bool:
+        return self.flat or self.narrow
+
+
+def judge_collapse(
+    what: str, width: int, *, std: float | None = None, rank: float | None = None,
+    std_threshold: float, rank_fraction: float, source: str = "logging",
+) -> Collapse:
+    """The one definition of representation collapse, for features of width ``width``.
+
+    Features have collapsed when their mean per-dimension standard deviation ``std`` is below
+    ``std_threshold``, or their RankMe ``rank`` (:func:`effective_rank`) is below
+    ``rank_fraction * width``. ``nan`` counts as collapsed; a figure left ``None`` is not judged.
+    The training monitor (the target tokens every ``logging.feature_stats_every_steps`` steps, the
+    evaluated representation's pooled RankMe at each epoch's end) and the collapse diagnostics of
+    the evaluation all judge with it, at the thresholds of ``logging.collapse_std_threshold`` and
+    ``logging.collapse_rank_fraction``.
 
     Args:
-        variance_mean: mean per-dimension variance of the features.
-        rank: their 95%-energy rank (see :func:`energy_rank`).
-        dim: their width ``D``.
-        collapse_variance: variance below this is a (complete) collapse.
-        collapse_rank_fraction: a rank below this fraction of ``D`` is a dimensional collapse
-            (the rank's red flag).
-
-    Returns:
-        ``(collapsed, rank_collapsed, verdict)``: the two flags and a one-line verdict.
+        what: the features, for the reason (``"the target tokens"``).
+        width: their width ``D``.
+        std, rank: their mean per-dimension std and their RankMe.
+        std_threshold, rank_fraction: the thresholds.
+        source: where the thresholds were set, for the reason: their keys are
+            ``<source>.collapse_std_threshold`` and ``<source>.collapse_rank_fraction``.
     """
-    fraction = rank / dim if dim > 0 else 0.0
-    collapsed = not variance_mean >= collapse_variance  # nan counts as collapsed
-    rank_collapsed = not fraction >= collapse_rank_fraction
-    variance_grade = grade(variance_mean, VARIANCE_THRESHOLDS)
-    rank_grade = grade(fraction, RANK_FRACTION_THRESHOLDS)
-    detail = (
-        f"mean variance {variance_mean:.4g} ({variance_grade}); "
-        f"95%-energy rank {rank:g}/{dim} = {fraction:.2f} D ({rank_grade})"
-    )
-    if collapsed:
-        head = f"COLLAPSED: mean per-dimension variance below {collapse_variance:g}"
-    elif rank_collapsed:
-        head = f"DIMENSIONAL COLLAPSE: 95%-energy rank below {collapse_rank_fraction:g} D"
-    elif variance_grade == GRADES[0] or rank_grade == GRADES[0]:
-        head = "WARNING: below the minimum"
-    else:
-        head = "healthy"
-    return collapsed, rank_collapsed, f"{head} ({detail})"
+    flat = std is not None and not std >= std_threshold
+    narrow = rank is not None and width > 0 and not rank >= rank_fraction * width
+    prefix = f"{source}." if source else ""
+    parts = []
+    if flat:
+        parts.append(f"the mean per-dimension std of {what} is {std:.4g} (below {prefix}collapse_std_threshold={std_threshold:g})")
+    if narrow:
+        parts.append(f"RankMe of {what} is {rank:.1f} of {width} dimensions "
+                     f"(below {prefix}collapse_rank_fraction={rank_fraction:g}, i.e. {rank_fraction * width:.1f})")
+    return Collapse(flat=flat, narrow=narrow, reason="; ".join(parts) or None)

@@ -18,7 +18,7 @@ import attrs
 import torch
 
 from ..build import build_dataset, build_model
-from ..training.checkpoint import load_checkpoint
+from ..checkpoint_file import load_checkpoint
 from ..config import RunConfig, load_config
 from ..contracts import BuildContext, Dataset
 from ..errors import CheckpointError, UserError

@@ -16,16 +16,16 @@ from typing import Any
 import torch
 
 from ..build import build_dataset, build_model
-from ..training.checkpoint import load_checkpoint
+from ..checkpoint_file import load_checkpoint
 from ..config import load_config
 from ..contracts import BuildContext, EvalModel, Grade, ImageData, needs_model, needs_tokens
 from ..data.augment import BatchAugment, eval_transform
 from ..errors import CheckpointError, UserError
-from ..training.compiling import AUTO_EVAL_MIN_IMAGES, FeatureFunction, should_compile
+from .compiled import AUTO_EVAL_MIN_IMAGES, FeatureFunction
 from .features import check_representation, extract_features_and_tokens, feature_sets
 from .selection import EVAL_TYPE_EVALUATORS, select_evaluators
 from ..registry import Registry
-from ..runtime import autocast_dtype, resolve_device
+from ..runtime import autocast_dtype, resolve_device, should_compile
 from ..threads import configure_threads
 
 __all__ = ["run_evaluation", "EVAL_TYPE_EVALUATORS"]

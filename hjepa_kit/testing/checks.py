@@ -52,7 +52,7 @@ def check_component(
       scalar, whose ``terms`` are named scalars, and whose backward reaches the predictions.
     - **evaluator**: on small random labelled features (``encoder``, ``level0``, ``level1``)
       returns a non-empty mapping of names to numbers, or an :class:`~hjepa_kit.contracts.EvalResult`
-      whose grades name figures it returns. An evaluator that declares ``needs_tokens = True``
+      whose grades and headline name figures it returns. An evaluator that declares ``needs_tokens = True``
       gets ``(N, 8, 16)`` float16 patch tokens on ``encoder`` (none on the levels), as in a run.
       One that declares ``needs_model = True`` is also given ``model=``, an
       :class:`~hjepa_kit.contracts.EvalModel` (:func:`~hjepa_kit.testing.standins.stand_in_model`):

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .. import hookspecs
 from ..contracts import BuildContext, EvalResult, Grade, ImageData
-from ..registry import hook_problems
+from ..plugin_checks import hook_problems
 from .failure import _Check, _shape
 from .standins import random_feature_sets, stand_in_model
 
@@ -67,6 +67,9 @@ def _check_evaluator(check: _Check, evaluator: Any, ctx: BuildContext, options: 
     if isinstance(result, EvalResult):
         check.that(isinstance(result.artifacts, Mapping), f"artifacts must be a mapping, got {type(result.artifacts).__name__}")
         _check_grades(check, result.grades, metrics)
+        headline = result.headline
+        check.that(headline is None or headline in metrics,
+                   f"its headline {headline!r} is not among the figures it returns ({', '.join(sorted(metrics))})")
     return evaluator
 
 

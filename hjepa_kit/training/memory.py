@@ -10,7 +10,7 @@ allowance for kernel caches and allocator slack (``RUNTIME_BYTES``) completes it
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -18,6 +18,10 @@ from torch import nn
 
 from ..contracts import Masks
 from ..errors import TrainingStopped
+
+if TYPE_CHECKING:
+    from ..build import Built
+    from ..config import RunConfig
 
 log = logging.getLogger("hjepa_kit")
 
@@ -161,15 +165,24 @@ def check_memory_budget(estimate: MemoryEstimate, budget_gb: float | None, *, ba
     )
 
 
-def check_run_memory(trainer: Any) -> MemoryEstimate:
-    """Estimate a run's peak memory, log it, and refuse a run over ``training.memory_budget_gb``."""
+def check_run_memory(
+    cfg: RunConfig, built: Built, dataset: Any, *, amp_dtype: torch.dtype | None, device: torch.device,
+) -> MemoryEstimate:
+    """Estimate a run's peak memory, log it, and refuse a run over ``training.memory_budget_gb``.
+
+    Args:
+        cfg: the run's configuration (batch, views, accumulation, budget, training split).
+        built: the run's model, masker and loss and the context they were built with.
+        dataset: the run's dataset (the bytes of its training split held in RAM count).
+        amp_dtype: the autocast dtype (``None``: float32).
+        device: where the model runs.
+    """
     from ..data.loader import estimate_bytes
 
-    cfg, ctx = trainer.config, trainer.ctx
-    data_bytes = estimate_bytes(trainer.dataset, cfg.data.train_split) or 0
+    data_bytes = estimate_bytes(dataset, cfg.data.train_split) or 0
     estimate = estimate_peak_memory(
-        trainer.model, trainer.loss_fn, trainer.masker, batch_size=cfg.data.batch_size * cfg.data.views, image_size=ctx.image_size,
-        in_chans=ctx.in_chans, data_bytes=data_bytes, autocast_dtype=trainer.amp_dtype, device=trainer.device,
+        built.model, built.loss, built.masker, batch_size=cfg.data.batch_size * cfg.data.views, image_size=built.ctx.image_size,
+        in_chans=built.ctx.in_chans, data_bytes=data_bytes, autocast_dtype=amp_dtype, device=device,
     )
     budget = cfg.training.memory_budget_gb
     log.info("estimated peak memory: %s; budget %s", estimate.describe(), f"{budget:g} GB" if budget else "none")

@@ -1,30 +1,29 @@
-"""What the trainer watches while it trains: online evaluation, feature collapse, the best checkpoint.
+"""What the trainer watches while it trains: online evaluation and the target tokens' spread.
 
 - :class:`OnlineEvaluation` scores the current model with the configured online evaluator
-  (``evaluation.online``) on fixed labelled subsets of the train and test splits.
-- :func:`feature_stats` measures the target encoder's tokens (std, effective rank) and warns of
-  representation collapse.
-- :func:`new_best` decides whether an epoch's figures make a new ``best_model.pth``.
+  (``evaluation.online``) on fixed labelled subsets of the train and test splits, and keeps the
+  headline figure that evaluator declares.
+- :func:`feature_stats` measures the target encoder's tokens (std, effective rank) and judges them
+  by the one collapse rule (:func:`~hjepa_kit.evaluation.metrics.judge_collapse`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ..build import Resolved, build_component
 from ..config import LoggingConfig, RunConfig
-from ..contracts import BuildContext, Dataset, ImageData
-from .health import select_metric
+from ..contracts import BuildContext, Dataset, ImageData, needs_model
+from ..errors import ConfigError
 from ..evaluation.features import check_representation, extract_features, feature_sets, subset
-from ..evaluation.metrics import effective_rank
+from ..evaluation.metrics import Collapse, effective_rank, judge_collapse
 from ..registry import Registry
 
-__all__ = ["OnlineEvaluation", "feature_stats", "new_best"]
+__all__ = ["OnlineEvaluation", "feature_stats"]
 
 log = logging.getLogger("hjepa_kit")
 
@@ -38,6 +37,10 @@ class OnlineEvaluation:
         registry: the registry that resolved the configuration.
         resolved: the resolved components (``evaluation.online`` is built from it at each call).
         ctx: the build context (image size).
+
+    Attributes:
+        headline: the evaluator's headline figure as logged (``online/`` + its
+            :attr:`~hjepa_kit.contracts.EvalResult.headline`), once it has run and declared one.
     """
 
     def __init__(self, config: RunConfig, dataset: Dataset, registry: Registry, resolved: Resolved, ctx: BuildContext) -> None:
@@ -47,6 +50,18 @@ class OnlineEvaluation:
         self.resolved = resolved
         self.ctx = ctx
         self._splits: dict[str, ImageData] = {}
+        self.headline: str | None = None
+        online = config.evaluation.online
+        if online is not None and config.evaluation.online_every_epochs > 0 \
+                and needs_model(build_component(resolved, "evaluation.online", ctx)):
+            # Refused before the first step, not after the first epoch: the online evaluation sees
+            # frozen features only, never the encoder to train.
+            raise ConfigError(
+                f"evaluation.online: {online.name!r} trains the encoder (it declares needs_model), which the "
+                "evaluation during training cannot give it; choose an evaluator of frozen features "
+                "(knn_faiss, linear_probe, few_shot ...) and run it after training with "
+                f"`hjepa evaluate --eval-type {online.name}`", source="",
+            )
 
     def split(self, name: str) -> ImageData:
         """The dataset's split ``name``, loaded on first use."""
@@ -78,13 +93,15 @@ class OnlineEvaluation:
         evaluator = build_component(self.resolved, "evaluation.online", self.ctx)
         result = evaluator(sets, check_representation(ev.representation, sets))
         figures = getattr(result, "metrics", result)
+        headline = getattr(result, "headline", None)
+        self.headline = f"online/{headline}" if headline in figures else None
         out = {f"online/{k}": float(v) for k, v in figures.items()}
         out["online/seconds"] = time.perf_counter() - started
         return out
 
 
-def feature_stats(tokens: torch.Tensor, cfg: LoggingConfig) -> dict[str, float]:
-    """``features/std``, ``features/effective_rank`` and ``features/collapse_warning`` of ``tokens``.
+def feature_stats(tokens: torch.Tensor, cfg: LoggingConfig) -> tuple[dict[str, float], Collapse]:
+    """``features/std``, ``features/effective_rank`` and ``features/collapse_warning`` of ``tokens``, and the collapse verdict.
 
     The warning flag is set where the std or the effective rank falls below the ``logging``
     thresholds; the trainer answers it as ``training.on_collapse`` says.
@@ -92,23 +109,7 @@ def feature_stats(tokens: torch.Tensor, cfg: LoggingConfig) -> dict[str, float]:
     flat = tokens.float().reshape(-1, tokens.shape[-1])
     std = float(flat.std(dim=0).mean())
     rank = float(effective_rank(flat))
-    width = flat.shape[1]
-    stats = {"features/std": std, "features/effective_rank": rank}
-    collapsed = std < cfg.collapse_std_threshold or rank < cfg.collapse_rank_fraction * width
-    stats["features/collapse_warning"] = float(collapsed)
-    return stats
-
-
-def new_best(
-    best: Mapping[str, Any], metrics: Mapping[str, float], criterion: str, epoch: int, representation: str = "encoder"
-) -> dict[str, Any] | None:
-    """The new best record (``metric``, ``value``, ``epoch``) where ``metrics`` beat ``best``, else None.
-
-    ``criterion`` is ``checkpoint.best_metric``, resolved by :func:`~hjepa_kit.training.health.select_metric`:
-    ``auto`` uses the first online k-NN top-1 figure where there is one, else the label-free RankMe
-    of ``representation``'s pooled embeddings, else the loss. A change of metric always makes a new best.
-    """
-    name, value, higher = select_metric(criterion, metrics, representation)
-    if not best or best.get("metric") != name or (value > best["value"] if higher else value < best["value"]):
-        return {"metric": name, "value": value, "epoch": epoch}
-    return None
+    collapse = judge_collapse("the target tokens", flat.shape[1], std=std, rank=rank,
+                              std_threshold=cfg.collapse_std_threshold, rank_fraction=cfg.collapse_rank_fraction)
+    stats = {"features/std": std, "features/effective_rank": rank, "features/collapse_warning": float(bool(collapse))}
+    return stats, collapse

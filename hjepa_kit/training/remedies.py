@@ -1,5 +1,8 @@
 """What a stopped run tells its user to try next: commands that resume it with one change each.
 
+:class:`SkippedSteps` answers the optimizer steps skipped for a non-finite loss or gradient norm: a
+warning for each new one, a stop with these commands past ``training.max_skipped_steps``.
+
 The core's own remedies are a lower learning rate and a slower EMA. A loss component may add its
 own as parameter overrides through an optional ``collapse_remedies()`` method (the built-in
 prediction losses suggest VICReg on the tokens); the core prefixes them with ``loss.params.`` and
@@ -9,11 +12,16 @@ names no plugin parameter itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fallback_commands", "loss_remedies", "non_finite_message", "describe_skipped", "collapse_message"]
+from ..errors import TrainingStopped
+
+__all__ = ["fallback_commands", "loss_remedies", "non_finite_message", "describe_skipped", "collapse_message", "SkippedSteps"]
+
+log = logging.getLogger("hjepa_kit")
 
 
 def loss_remedies(loss: Any) -> list[dict[str, Any]]:
@@ -71,3 +79,38 @@ def collapse_message(reason: str, *, epoch: int, step: int, last: Path | None, c
     kept = (f"the last healthy checkpoint is {last} (it is kept: latest.pth is not overwritten)" if last
             else "no healthy checkpoint was written (the collapse came in the first epoch)")
     return f"representation collapse at epoch {epoch}, step {step}: {reason}; {kept}. Try one of:\n" + commands
+
+
+class SkippedSteps:
+    """The run's answer to optimizer steps skipped for a non-finite loss or gradient norm.
+
+    Args:
+        limit: ``training.max_skipped_steps``: more skipped steps than this stop the run.
+        steps_per_epoch: optimizer steps per epoch (the stop names the epoch).
+    """
+
+    def __init__(self, limit: int, steps_per_epoch: int) -> None:
+        self.limit, self.steps_per_epoch, self.seen = limit, steps_per_epoch, 0
+
+    def answer(self, bad: Any, *, last: Callable[[], Path | None], commands: Callable[[Path | None], str]) -> dict[str, float]:
+        """``{"skipped_steps": n}`` once any step was skipped (``{}`` before), warning once for each new one.
+
+        Args:
+            bad: the step's :class:`~hjepa_kit.training.step.NonFinite` record.
+            last: the last good checkpoint (asked for only when the run stops).
+            commands: the fallback commands resuming from a checkpoint.
+
+        Raises:
+            TrainingStopped: more than ``limit`` steps were skipped; the message names the last
+                good checkpoint and the commands.
+        """
+        if bad.skipped > self.limit:
+            checkpoint = last()
+            raise TrainingStopped(non_finite_message(bad, steps_per_epoch=self.steps_per_epoch, last=checkpoint,
+                                                     commands=commands(checkpoint)))
+        if not bad.skipped:
+            return {}
+        if bad.skipped > self.seen:
+            log.warning("%s; training.max_skipped_steps=%d", describe_skipped(bad), self.limit)
+            self.seen = bad.skipped
+        return {"skipped_steps": float(bad.skipped)}

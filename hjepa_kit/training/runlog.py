@@ -1,10 +1,10 @@
 """The run's log: output folders, training.log and console handlers, the per-interval figures, durations.
 
 Every module logs to the ``hjepa_kit`` logger; a run attaches a file handler (``training.log``)
-and, unless quiet, a console handler while it trains. :class:`LogWindow` counts what the host sees
-of one logging interval (images, optimizer steps, time; the loss terms stay on the device) for the
-interval line and the ETA. The module imports no torch: the progress bar callback uses
-:func:`format_duration`.
+and, unless quiet, a console handler while it trains. :class:`LogWindow` counts the images,
+optimizer steps and time of one logging interval, for the images/s and the ETA of its line; it
+holds no loss (the step sums the loss terms on the device and the trainer reads them per line).
+The module imports no torch: the progress bar callback uses :func:`format_duration`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from .runlock import RunLock
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..contracts import BuildContext
 
 __all__ = [
     "LogWindow", "format_duration", "prepare_output_folder", "open_run_log", "close_run_log", "log_interval", "open_metrics_log",
@@ -163,22 +167,36 @@ def open_run_outputs(
     return handlers
 
 
-def log_run_start(trainer: Any) -> None:
-    """The two lines a run starts its log with: what trains where, and for how long."""
-    cfg = trainer.config
-    params = sum(p.numel() for p in trainer.model.context_encoder.parameters())
-    pred = sum(p.numel() for p in trainer.model.predictor.parameters())
+def log_run_start(
+    cfg: RunConfig, *, model: Any, ctx: BuildContext, device: Any, bf16: bool, threads: int, compiled: bool, images: int,
+    steps_per_epoch: int, log_dir: Path, checkpoint_dir: Path,
+) -> None:
+    """The two lines a run starts its log with: what trains where, and for how long.
+
+    Args:
+        cfg: the run's configuration.
+        model: the :class:`~hjepa_kit.model.HJEPA` (its encoder's and predictor's sizes are logged).
+        ctx: the build context (image size, patch grid).
+        device: where the model runs.
+        bf16: whether the step runs under bf16 autocast.
+        threads: the CPU threads of the run.
+        compiled: whether the model is compiled (its first steps then compile).
+        images: training images one process sees per epoch.
+        steps_per_epoch: optimizer steps per epoch.
+        log_dir, checkpoint_dir: the run's folders.
+    """
+    params = sum(p.numel() for p in model.context_encoder.parameters())
+    pred = sum(p.numel() for p in model.predictor.parameters())
     log.info(
         "run %s: %s on %s (%s, %d threads%s), %d images of %dpx, grid %s, encoder %.1fM params, predictor %.1fM",
-        cfg.name, cfg.model.encoder.name, trainer.device, "bf16" if trainer.amp_dtype else "fp32", trainer.threads,
-        ", compiled: the first steps compile" if trainer.compiled else "",
-        len(trainer.loader) * cfg.data.batch_size, trainer.ctx.image_size, "x".join(map(str, trainer.ctx.grid_size or ())),
-        params / 1e6, pred / 1e6,
+        cfg.name, cfg.model.encoder.name, device, "bf16" if bf16 else "fp32", threads,
+        ", compiled: the first steps compile" if compiled else "",
+        images, ctx.image_size, "x".join(map(str, ctx.grid_size or ())), params / 1e6, pred / 1e6,
     )
     log.info(
         "%d epochs x %d steps (batch %d x accumulation %d = %d); logs: %s; checkpoints: %s",
-        cfg.training.epochs, trainer.steps_per_epoch, cfg.data.batch_size, cfg.training.accumulation_steps,
-        cfg.data.batch_size * cfg.training.accumulation_steps, trainer.log_dir, trainer.checkpoint_dir,
+        cfg.training.epochs, steps_per_epoch, cfg.data.batch_size, cfg.training.accumulation_steps,
+        cfg.data.batch_size * cfg.training.accumulation_steps, log_dir, checkpoint_dir,
     )
 
 

@@ -12,6 +12,7 @@ loading (``tests/test_legacy_checkpoint.py``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,14 @@ import attrs
 import torch
 
 from .. import __version__
-from ..config import dump_config
+from ..config import RunConfig, dump_config
+from ..contracts import BuildContext
 from ..helpers import write_atomic
 from ..runtime import restore_rng_state, rng_state
 from .checkpoint import load_training_state
 from .distributed import rescale_position
 
-__all__ = ["TrainResult", "training_state", "restore_training_state", "write_resolved_config", "resolved_config_text"]
+__all__ = ["TrainResult", "Restored", "training_state", "restore_training_state", "write_resolved_config", "resolved_config_text"]
 
 log = logging.getLogger("hjepa_kit")
 
@@ -35,10 +37,13 @@ class TrainResult:
     """What :func:`hjepa_kit.train` returns.
 
     Attributes:
-        status: ``completed``, ``interrupted`` (SIGINT/SIGTERM) or ``stopped`` (``max_steps``).
+        status: ``completed``, ``interrupted`` (SIGINT/SIGTERM) or ``stopped`` (``training.max_steps``,
+            early stopping or ``Trainer.request_stop``); a collapse that stops the run raises
+            :class:`~hjepa_kit.errors.CollapseDetected` instead.
         log_dir: folder of training.log, metrics.jsonl, config.yaml and TensorBoard events.
         checkpoint_dir: folder of the checkpoints.
-        checkpoints: reason (``latest``, ``best``, ``final``, ``epoch_5`` ...) -> path.
+        checkpoints: file stem (``latest``, ``best_model``, ``final``, ``checkpoint_epoch_5``,
+            ``interrupted`` ...) -> path of the checkpoints this run wrote.
         metrics: the last epoch's metrics (loss, online evaluation figures).
         steps: optimizer steps done.
         epochs: epochs done.
@@ -58,54 +63,96 @@ def _module_state(module: Any) -> dict[str, Any]:
     return dict(module.state_dict()) if isinstance(module, torch.nn.Module) else {}
 
 
-def training_state(trainer: Any) -> dict[str, Any]:
-    """Everything a resumed run needs, plus what evaluation needs to rebuild the model."""
-    ctx = trainer.ctx
+@attrs.frozen(kw_only=True)
+class Restored:
+    """What :func:`restore_training_state` takes back from a checkpoint besides the weights.
+
+    Attributes:
+        epoch: epochs done.
+        step: optimizer steps done (rescaled to this run's processes).
+        batch_in_epoch: micro-batches done in the current epoch (rescaled likewise).
+        best: the best figure so far (``{}`` when none).
+        metrics: the last epoch's metrics.
+        early_stopping: the early-stopping state (``{}`` when the run had none).
+    """
+
+    epoch: int
+    step: int
+    batch_in_epoch: int
+    best: dict[str, Any]
+    metrics: dict[str, float]
+    early_stopping: dict[str, Any]
+
+
+def training_state(
+    *, config: dict[str, Any], ctx: BuildContext, model: torch.nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer,
+    epoch: int, step: int, batch_in_epoch: int, world_size: int, best: Mapping[str, Any],
+    early_stopping: Mapping[str, Any], metrics: Mapping[str, float],
+) -> dict[str, Any]:
+    """Everything a resumed run needs, plus what evaluation needs to rebuild the model.
+
+    Args:
+        config: the resolved configuration as plain data (:func:`resolved_config_text`, parsed).
+        ctx: the build context (its image size, channels and classes rebuild the model).
+        model, loss_fn, optimizer: the run's modules; the loss's state is kept when it has one.
+        epoch, step, batch_in_epoch: the position: epochs done, optimizer steps done, micro-batches
+            done in the current epoch.
+        world_size: the run's processes (a resumed run with another count rescales the position).
+        best, early_stopping, metrics: the best figure so far, the early-stopping state and the
+            last epoch's metrics.
+    """
     return {
         "hjepa_kit_version": __version__,
-        "config": trainer.resolved_config(),
+        "config": config,
         "build": {"image_size": ctx.image_size, "in_chans": ctx.in_chans, "num_classes": ctx.num_classes},
-        "model": trainer.model.state_dict(),
-        "loss": _module_state(trainer.loss_fn),
-        "optimizer": trainer.optimizer.state_dict(),
-        "step": trainer.step,
-        "epoch": trainer.epoch,
-        "batch_in_epoch": trainer.batch_in_epoch,
-        "world_size": trainer.dist.world_size,
+        "model": model.state_dict(),
+        "loss": _module_state(loss_fn),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "epoch": epoch,
+        "batch_in_epoch": batch_in_epoch,
+        "world_size": world_size,
         "rng": rng_state(),
-        "best": dict(trainer.best),
-        "early_stopping": trainer.early_stopping.state_dict() if trainer.early_stopping else {},
-        "metrics": dict(trainer.last_metrics),
+        "best": dict(best),
+        "early_stopping": dict(early_stopping),
+        "metrics": dict(metrics),
     }
 
 
-def restore_training_state(trainer: Any, state: dict[str, Any], path: Path, *, accumulation: int = 1) -> None:
-    """Put ``trainer`` where the run of ``state`` (read from ``path``) stopped: weights, optimizer, position, RNG."""
-    load_training_state(state, trainer.model, trainer.optimizer, path)
-    if state.get("loss") and isinstance(trainer.loss_fn, torch.nn.Module):
-        trainer.loss_fn.load_state_dict(state["loss"], strict=False)  # a loss with state (SIGReg's counter)
-    trainer.epoch = int(state["epoch"])
-    trainer.step, trainer.batch_in_epoch = rescale_position(
-        int(state["step"]), int(state.get("batch_in_epoch", 0)), int(state.get("world_size", 1)), trainer.dist.world_size,
-        accumulation,
+def restore_training_state(
+    state: dict[str, Any], path: Path, *, model: torch.nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer,
+    world_size: int, accumulation: int = 1,
+) -> Restored:
+    """Load the weights, optimizer state and RNG of ``state`` (read from ``path``) in place; return the rest.
+
+    The position is rescaled from the checkpoint's processes to ``world_size`` at ``accumulation``
+    micro-batches per optimizer step.
+    """
+    load_training_state(state, model, optimizer, path)
+    if state.get("loss") and isinstance(loss_fn, torch.nn.Module):
+        loss_fn.load_state_dict(state["loss"], strict=False)  # a loss with state (SIGReg's counter)
+    epoch = int(state["epoch"])
+    step, batch_in_epoch = rescale_position(
+        int(state["step"]), int(state.get("batch_in_epoch", 0)), int(state.get("world_size", 1)), world_size, accumulation,
     )
-    trainer.best = dict(state.get("best", {}))
-    trainer.last_metrics = dict(state.get("metrics", {}))
     restore_rng_state(state["rng"])
-    trainer.healthy_checkpoint = path
-    if trainer.early_stopping is not None:
-        trainer.early_stopping.load_state_dict(state.get("early_stopping") or {})
-    log.info("resumed from %s at epoch %d, step %d", path, trainer.epoch, trainer.step)
+    log.info("resumed from %s at epoch %d, step %d", path, epoch, step)
+    return Restored(
+        epoch=epoch, step=step, batch_in_epoch=batch_in_epoch, best=dict(state.get("best", {})),
+        metrics=dict(state.get("metrics", {})), early_stopping=dict(state.get("early_stopping") or {}),
+    )
 
 
-def resolved_config_text(trainer: Any) -> str:
-    """The run's configuration as YAML, with every component's parameters filled in."""
-    params = {path: p for path, (_, p) in trainer.resolved.items()}
-    return dump_config(trainer.config, params)
+def resolved_config_text(config: RunConfig, resolved: Mapping[str, tuple[Any, Any]]) -> str:
+    """The run's configuration as YAML, with every component's parameters filled in.
+
+    ``resolved`` is what :meth:`~hjepa_kit.registry.Registry.resolve` returned for ``config``.
+    """
+    params = {path: p for path, (_, p) in resolved.items()}
+    return dump_config(config, params)
 
 
-def write_resolved_config(trainer: Any) -> Path:
+def write_resolved_config(log_dir: Path, config: RunConfig, resolved: Mapping[str, tuple[Any, Any]]) -> Path:
     """Write ``<log_dir>/config.yaml``: the run's configuration with every component's parameters filled in (atomic)."""
-    text = resolved_config_text(trainer)
-    target = trainer.log_dir / "config.yaml"
-    return write_atomic(target, f"# resolved configuration of run '{trainer.config.name}' (hjepa-kit {__version__})\n" + text)
+    text = resolved_config_text(config, resolved)
+    return write_atomic(log_dir / "config.yaml", f"# resolved configuration of run '{config.name}' (hjepa-kit {__version__})\n" + text)

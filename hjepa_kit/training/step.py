@@ -15,7 +15,8 @@ wherever in an epoch a run resumed. The throughput benchmark times the same call
 Nothing in a step reads a value back from the device: loss terms and gradient norms are summed
 on the device (:class:`DeviceMeans`) and read once per log line; a step whose loss or gradient
 norm is not finite is skipped *on the device* (the fused AdamW kernel's ``found_inf``, as a grad
-scaler does) and counted, and the trainer reads the count when it writes a log line or ends an
+scaler does: parameters and optimizer state stay as they were, while the EMA still moves the
+target encoder) and counted, and the trainer reads the count when it writes a log line or ends an
 epoch (:meth:`TrainStep.non_finite`). On a GPU the host thus queues steps ahead of the device.
 """
 
@@ -142,7 +143,8 @@ class TrainStep:
         self.health = health
         self.mask_generator = torch.Generator()
         self.accumulation = config.training.accumulation_steps
-        self.usable = epoch_batches // self.accumulation * self.accumulation
+        # The epoch's micro-batches that make whole optimizer steps (the rest are left over).
+        self._whole_step_batches = epoch_batches // self.accumulation * self.accumulation
         self.step = 0
         self.pending = 0
         self._target_tokens: torch.Tensor | None = None
@@ -151,7 +153,7 @@ class TrainStep:
         self.epoch_means = DeviceMeans()
         self._fused = bool(optimizer.defaults.get("fused"))
         self._step_terms: dict[str, torch.Tensor] = {}  # this step's loss terms, summed over its micro-batches
-        self._step_micro = 0
+        self._step_batches = 0  # this step's micro-batches so far
         self._term_names: list[str] = []
         zero = torch.zeros((), device=device)
         self._skipped = zero.long()
@@ -215,7 +217,8 @@ class TrainStep:
                 out = self.model.forward_step(images, masks, *self.ddp)
                 loss_out = self.loss_fn(out.predictions, out.targets, out.context)
                 (loss_out.total / accumulation).backward()
-            if self.health.enabled and (self.usable - micro_index) * images.shape[0] <= self.health.samples + images.shape[0]:
+            left = self._whole_step_batches - micro_index  # micro-batches left in the epoch, this one included
+            if self.health.enabled and left * images.shape[0] <= self.health.samples + images.shape[0]:
                 pooled = self.model.pooled(out.target)
                 self.health_widths = {k: int(v.shape[1]) for k, v in pooled.items()}
                 self.health.add(pooled)
@@ -225,7 +228,7 @@ class TrainStep:
         for key, value in terms.items():
             value = value.detach().float()
             self._step_terms[key] = self._step_terms[key] + value if key in self._step_terms else value
-        self._step_micro += 1
+        self._step_batches += 1
 
     def optimizer_update(self, step: int) -> dict[str, float]:
         """The optimizer update that ends optimizer step ``step + 1``: schedules, clipping, AdamW, EMA.
@@ -239,7 +242,7 @@ class TrainStep:
         wd = self.schedules.weight_decay_at(step)
         set_schedule(self.optimizer, lr, wd)
         grad_norm = gradient_norm(self.optimizer, self.config.training.grad_clip).to(self.device)
-        terms, micro, self._step_terms, self._step_micro = self._step_terms, self._step_micro, {}, 0
+        terms, batches, self._step_terms, self._step_batches = self._step_terms, self._step_batches, {}, 0
         loss = terms.get("loss", torch.zeros((), device=self.device))
         # Under DDP a rank's loss is its own, but the all-reduced gradient norm is every rank's:
         # judging by it alone keeps the ranks in step (they skip, and stop, together).
@@ -256,7 +259,7 @@ class TrainStep:
         momentum = self.schedules.momentum_at(step)
         self.model.update_target(momentum)
         # The step's mean terms (over its micro-batches) and its gradient norm, still on the device.
-        figures = {**{k: v / max(micro, 1) for k, v in terms.items()}, "grad_norm": grad_norm}
+        figures = {**{k: v / max(batches, 1) for k, v in terms.items()}, "grad_norm": grad_norm}
         self.interval.add(figures)
         self.epoch_means.add(figures)
         every = self.config.training.ddp_check_every_steps

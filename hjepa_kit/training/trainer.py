@@ -2,12 +2,9 @@
 
 :class:`Trainer` owns a run from its configuration to its last checkpoint. It knows no model: the
 encoder, masker, predictor, loss, dataset, evaluators and callbacks all come from plugins. One
-optimizer step is :class:`~hjepa_kit.training.step.TrainStep` (masks, the model's
-``forward_step``, loss, backward, AdamW, EMA). Beside it: ``state`` (what a checkpoint holds),
-``online`` (online evaluation, feature statistics, best checkpoint), ``health`` and ``stopping``
-(RankMe, early stopping), ``remedies`` (what a stopped run suggests), ``runlog`` (log handlers,
-interval lines), ``signals``, ``distributed``, ``checkpoint``, ``memory``, ``optim`` (AdamW and its schedules)
-and ``extension`` (extending a finished run).
+optimizer step is :class:`~hjepa_kit.training.step.TrainStep` (masks, forward, loss, backward,
+AdamW, EMA); what an epoch's figures decide (collapse, best checkpoint, early stopping) is
+:class:`~hjepa_kit.training.epoch_policy.EpochPolicy`'s. docs/architecture.md maps the rest.
 """
 
 from __future__ import annotations
@@ -32,14 +29,15 @@ from ..data.loader import build_train_loader
 from .distributed import (
     DistInfo, any_rank, setup_distributed, teardown_distributed, wrap_ddp,
 )
-from ..errors import CollapseDetected, TrainingStopped, UserError
-from .health import HealthMonitor, collapse_problem
+from ..errors import CollapseDetected, UserError
+from .epoch_policy import EpochPolicy
+from .health import HealthMonitor
 from .heap import HeapTrimmer
 from .memory import check_run_memory
-from .online import OnlineEvaluation, feature_stats, new_best
+from .online import OnlineEvaluation, feature_stats
 from .extension import ResumePoint, check_extendable, extend_request, plan_resume
 from .optim import Schedules, make_optimizer
-from .remedies import collapse_message, describe_skipped, fallback_commands, loss_remedies, non_finite_message
+from .remedies import SkippedSteps, fallback_commands, loss_remedies
 from ..registry import Registry
 from .runlock import RunLock
 from .runlog import LogWindow, close_run_log, log_interval, log_run_start, open_metrics_log, open_run_outputs
@@ -47,7 +45,6 @@ from ..runtime import autocast_dtype, peak_rss_mb, resolve_device, seed_everythi
 from .signals import Interrupt
 from .step import TrainStep
 from .state import TrainResult, resolved_config_text, restore_training_state, training_state, write_resolved_config
-from .stopping import EarlyStopping
 from ..process import apply_cpu_defaults
 from ..threads import configure_threads
 
@@ -101,23 +98,15 @@ class Trainer:
         self.console = console
         self.log_dir = self.config.log_dir
         self.checkpoint_dir = self.config.checkpoint_dir
-        self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.steps_per_epoch = 0
-        self.total_steps = 0
+        self.step = self.epoch = self.batch_in_epoch = self.steps_per_epoch = self.total_steps = 0
         self.compiled = False
         self.last_metrics: dict[str, float] = {}
         self.checkpoints: dict[str, Path] = {}
-        self.best: dict[str, Any] = {}
+        self.policy = EpochPolicy(self.config)  # collapse, best checkpoint, early stopping
         self._callbacks: list[Any] = []
         self._handlers: list[logging.Handler] = []
         self.dist = DistInfo()
-        self._online: OnlineEvaluation | None = None
         self.stop_reason: str | None = None
-        self._skipped_seen = 0
-        self.healthy_checkpoint: Path | None = None
-        self.early_stopping: EarlyStopping | None = None
         self.health = HealthMonitor(0)
 
     def request_stop(self, reason: str) -> None:
@@ -162,33 +151,27 @@ class Trainer:
         ctx = make_context(cfg, self.device)
         self.dataset = build_dataset(self.resolved, ctx)
         if cfg.data.train_split not in self.dataset.splits:
-            raise UserError(
-                f"data.train_split: the dataset '{cfg.data.dataset.name}' has no split {cfg.data.train_split!r}; "
-                f"it has {', '.join(self.dataset.splits)}"
-            )
+            raise UserError(f"data.train_split: the dataset '{cfg.data.dataset.name}' has no split {cfg.data.train_split!r}; "
+                            f"it has {', '.join(self.dataset.splits)}")
         self.loader = build_train_loader(
             self.dataset, cfg.data, image_size=ctx.image_size, seed=cfg.seed, device=self.device,
             rank=self.dist.rank, world_size=self.dist.world_size,
         )
         micro_batches = len(self.loader)
         if micro_batches < cfg.training.accumulation_steps:
-            raise UserError(
-                f"the training split has {micro_batches} batches of {cfg.data.batch_size}, fewer than "
-                f"training.accumulation_steps={cfg.training.accumulation_steps}: use a smaller data.batch_size"
-            )
+            raise UserError(f"the training split has {micro_batches} batches of {cfg.data.batch_size}, fewer than "
+                            f"training.accumulation_steps={cfg.training.accumulation_steps}: use a smaller data.batch_size")
         self.built: Built = build_model(self.resolved, ctx)
-        self.ctx = ctx
-        self.model = self.built.model
-        self.masker = self.built.masker
-        self.loss_fn = self.built.loss
+        self.ctx, self.model, self.masker, self.loss_fn = ctx, self.built.model, self.built.masker, self.built.loss
         self.optimizer = make_optimizer(self.model, cfg)
         self.steps_per_epoch = micro_batches // cfg.training.accumulation_steps
         self._schedule(cfg.training)
         self.heap = HeapTrimmer(cfg.training.release_memory_every_steps)
         self.health = HealthMonitor(cfg.logging.health_samples)
-        stopping = cfg.training.early_stopping
-        self.early_stopping = EarlyStopping(stopping, cfg.evaluation.representation) if stopping else None
-        self._check_memory()  # eager: it runs the model on one image
+        self.skipped = SkippedSteps(cfg.training.max_skipped_steps, self.steps_per_epoch)
+        self._online = OnlineEvaluation(cfg, self.dataset, self.registry, self.resolved, ctx)
+        # Eager (before compiling): the estimate runs the model on one image.
+        self.memory_estimate = check_run_memory(self.config, self.built, self.dataset, amp_dtype=self.amp_dtype, device=self.device)
         self.compiled = should_compile(cfg.training.compile, self.device, key="training.compile",
                                        large_enough=self.total_steps >= AUTO_TRAIN_MIN_STEPS)
         if self.compiled:
@@ -205,20 +188,21 @@ class Trainer:
         self.total_steps = min(full, training.max_steps) if training.max_steps else full
         self.schedules = Schedules.from_training(training, self.steps_per_epoch)
 
-    def _check_memory(self) -> None:
-        self.memory_estimate = check_run_memory(self)
-
     def resolved_config(self) -> dict[str, Any]:
         """The configuration as plain data with every component's parameters filled in."""
         import yaml
 
-        return yaml.safe_load(resolved_config_text(self))
+        return yaml.safe_load(resolved_config_text(self.config, self.resolved))
 
     # --- checkpoints ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs, plus what evaluation needs to rebuild the model."""
-        return training_state(self)
+        return training_state(
+            config=self.resolved_config(), ctx=self.ctx, model=self.model, loss_fn=self.loss_fn, optimizer=self.optimizer,
+            epoch=self.epoch, step=self.step, batch_in_epoch=self.batch_in_epoch, world_size=self.dist.world_size,
+            best=self.policy.best, early_stopping=self.policy.stopping_state(), metrics=self.last_metrics,
+        )
 
     def save(self, name: str, reason: str) -> Path:
         """Write ``<checkpoint_dir>/<name>`` atomically and tell the callbacks (rank 0 only)."""
@@ -235,7 +219,11 @@ class Trainer:
         target = resume_target(self.resume_from, self.checkpoint_dir)
         if target is not None:
             state = load_checkpoint(target, map_location=self.device)
-            restore_training_state(self, state, Path(target), accumulation=self.config.training.accumulation_steps)
+            restored = restore_training_state(state, Path(target), model=self.model, loss_fn=self.loss_fn, optimizer=self.optimizer,
+                                              world_size=self.dist.world_size, accumulation=self.config.training.accumulation_steps)
+            self.epoch, self.step, self.batch_in_epoch = restored.epoch, restored.step, restored.batch_in_epoch
+            self.last_metrics = restored.metrics
+            self.policy.restore(restored.best, restored.early_stopping, Path(target))
             self.train_step.resume(self.step)
             groups = self.optimizer.param_groups
             point = ResumePoint(
@@ -260,7 +248,7 @@ class Trainer:
             self._build()
             self._resume()
             if self.dist.is_main:
-                write_resolved_config(self)
+                write_resolved_config(self.log_dir, self.config, self.resolved)
                 checkpoint_space(self.checkpoint_dir, self.model, self.optimizer, epochs=self.config.training.epochs,
                                  start_epoch=self.epoch, every_epochs=self.config.checkpoint.every_epochs,
                                  save_final=self.config.checkpoint.save_final)
@@ -268,7 +256,9 @@ class Trainer:
                 callback = build_component(self.resolved, spec_path, self.ctx)
                 self.registry.add_plugin(callback, name=f"{spec_path}:{self.resolved[spec_path][0].name}")
                 self._callbacks.append(callback)
-            log_run_start(self)
+            log_run_start(self.config, model=self.model, ctx=self.ctx, device=self.device, bf16=self.amp_dtype is not None,
+                          threads=self.threads, compiled=self.compiled, images=len(self.loader) * self.config.data.batch_size,
+                          steps_per_epoch=self.steps_per_epoch, log_dir=self.log_dir, checkpoint_dir=self.checkpoint_dir)
             self._hook("hjepa_fit_start")
             with Interrupt() as interrupt:
                 status = self._loop(interrupt)
@@ -278,15 +268,8 @@ class Trainer:
                 elif self.config.checkpoint.save_final:
                     self.save("final.pth", "final")
             log.info("run %s: %s after %d steps (%d epochs); peak RSS %.0f MB", self.config.name, status, self.step, self.epoch, peak_rss_mb())
-            return TrainResult(
-                status=status,
-                log_dir=self.log_dir,
-                checkpoint_dir=self.checkpoint_dir,
-                checkpoints=dict(self.checkpoints),
-                metrics=dict(self.last_metrics),
-                steps=self.step,
-                epochs=self.epoch,
-            )
+            return TrainResult(status=status, log_dir=self.log_dir, checkpoint_dir=self.checkpoint_dir, checkpoints=dict(self.checkpoints),
+                               metrics=dict(self.last_metrics), steps=self.step, epochs=self.epoch)
         except KeyboardInterrupt:
             status = "interrupted"
             raise
@@ -318,10 +301,8 @@ class Trainer:
         self.model.train()
         self._metrics_file = open_metrics_log(self.log_dir, main=self.dist.is_main)  # whole lines, rank 0 alone
         try:
-            if self.early_stopping is not None and self.early_stopping.exhausted and self.epoch < cfg.training.epochs:
-                # A resumed run that had stopped early: its patience is still used up.
-                self.request_stop(self.early_stopping.reason() + " (resumed after the stop: raise the patience "
-                                  "or set training.early_stopping to null to train on)")
+            if (stopped := self.policy.stopped_before(self.epoch, cfg.training.epochs)) is not None:
+                self.request_stop(stopped)  # a resumed run that had stopped early: its patience is still used up
             while self.epoch < cfg.training.epochs:
                 whole = len(self.loader) // accumulation * accumulation  # micro-batches of whole steps
                 if self.step >= self.total_steps and self.batch_in_epoch < whole:
@@ -330,9 +311,8 @@ class Trainer:
                     log.info("stopping at step %d: %s", self.step, self.stop_reason or "another rank asked to stop")
                     return "stopped"
                 self.loader.set_epoch(self.epoch)
-                skip = self.batch_in_epoch
-                if skip:
-                    self.loader.skip(skip)
+                if self.batch_in_epoch:
+                    self.loader.skip(self.batch_in_epoch)
                 sums: dict[str, float] = {}
                 count = 0
                 window = LogWindow()
@@ -363,8 +343,7 @@ class Trainer:
                         break
                     if self.batch_in_epoch + accumulation > len(self.loader):
                         break  # the leftover micro-batches cannot make a whole optimizer step
-                finished_epoch = self.batch_in_epoch >= (len(self.loader) // accumulation) * accumulation
-                if not finished_epoch:
+                if self.batch_in_epoch < whole:  # the epoch did not finish
                     return "stopped"
                 self.epoch += 1
                 self.batch_in_epoch = 0
@@ -379,39 +358,20 @@ class Trainer:
 
     def _read_device_figures(self, figures: dict[str, float]) -> dict[str, float]:
         """Answer the non-finite steps among figures just read from the device (one more synchronisation)."""
-        bad = self.train_step.non_finite()
-        if bad.skipped > self.config.training.max_skipped_steps:
-            last = self.checkpoints.get("latest") or find_latest(self.checkpoint_dir)
-            raise TrainingStopped(non_finite_message(bad, steps_per_epoch=self.steps_per_epoch, last=last, commands=self._fallbacks(last)))
-        if bad.skipped:
-            figures["skipped_steps"] = float(bad.skipped)
-            if bad.skipped > self._skipped_seen:
-                log.warning("%s; training.max_skipped_steps=%d", describe_skipped(bad), self.config.training.max_skipped_steps)
-                self._skipped_seen = bad.skipped
-        return figures
+        return figures | self.skipped.answer(self.train_step.non_finite(), commands=self._fallbacks,
+                                             last=lambda: self.checkpoints.get("latest") or find_latest(self.checkpoint_dir))
 
     def _fallbacks(self, checkpoint: Path | None) -> str:
         """The usual remedies for divergence and collapse, as commands that resume from ``checkpoint``."""
         return fallback_commands(self.log_dir / "config.yaml", checkpoint, self.config.training.lr, loss_remedies(self.loss_fn))
 
-    def _check_collapse(self, reason: str | None) -> None:
-        """Answer a collapse as ``training.on_collapse`` says: a warning, or a stop that keeps the last healthy checkpoint."""
-        if reason is None:
-            return
-        last = self.healthy_checkpoint
-        message = collapse_message(reason, epoch=self.epoch + (0 if self.batch_in_epoch == 0 else 1), step=self.step,
-                                   last=last, commands=self._fallbacks(last))
-        if self.config.training.on_collapse == "stop":
-            raise CollapseDetected(message + "\n(training.on_collapse=stop; set it to warn to train on)")
-        log.warning("%s", message)
-
     def _after_step(self, metrics: dict[str, float], target_tokens: torch.Tensor | None, window: LogWindow) -> None:
         cfg = self.config
         if target_tokens is not None:
-            metrics.update(feature_stats(target_tokens, cfg.logging))
-            if metrics.get("features/collapse_warning"):  # a warning or a stop, with the remedies as commands
-                self._check_collapse(f"the target tokens' std is {metrics['features/std']:.4g} and their effective rank "
-                                     f"{metrics['features/effective_rank']:.1f} (thresholds logging.collapse_*)")
+            stats, collapse = feature_stats(target_tokens, cfg.logging)
+            metrics.update(stats)
+            # A warning or a stop, with the remedies as commands (training.on_collapse).
+            self.policy.answer_collapse(collapse.reason, epoch=self.epoch + 1, step=self.step, commands=self._fallbacks)
         metrics["images_per_s"] = window.images_per_s()
         remaining = self.total_steps - self.step
         metrics["eta_s"] = remaining * window.seconds_per_step()
@@ -429,36 +389,32 @@ class Trainer:
         self._hook("hjepa_step_end", step=self.step, metrics=metrics)
 
     def _end_epoch(self, metrics: dict[str, float]) -> None:
-        cfg = self.config
-        ev = cfg.evaluation
+        cfg, ev = self.config, self.config.evaluation
         metrics.update(self.health.rankme())
         if ev.online is not None and ev.online_every_epochs and self.epoch % ev.online_every_epochs == 0 and self.dist.is_main:
             metrics.update(self.online_evaluation())
         self.last_metrics = dict(metrics)
-        self._check_collapse(collapse_problem(metrics, self.train_step.health_widths, cfg.logging.collapse_rank_fraction,
-                                              cfg.evaluation.representation))
+        decision = self.policy.decide(metrics, self.epoch, widths=self.train_step.health_widths, main=self.dist.is_main,
+                                      headline=self._online.headline)
+        self.policy.answer_collapse(decision.collapse, epoch=self.epoch, step=self.step, commands=self._fallbacks)
         summary = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("loss", "online/", "health/")))
         log.info("epoch %d/%d done: %s", self.epoch, cfg.training.epochs, summary)
-        if self.early_stopping is not None and self.dist.is_main and self.early_stopping.update(metrics, self.epoch):
-            self.request_stop(self.early_stopping.reason())
-        self.healthy_checkpoint = self.save("latest.pth", "latest")
+        if decision.stop is not None:
+            self.request_stop(decision.stop)
+        if decision.best is not None:  # best_model.pth first: latest.pth never names a record whose file is missing
+            self.policy.best = decision.best
+            self.save("best_model.pth", "best")
+        self.policy.healthy_checkpoint = self.save("latest.pth", "latest")
         if self.epoch % cfg.checkpoint.every_epochs == 0:
             self.save(f"checkpoint_epoch_{self.epoch}.pth", "periodic")
-        best = new_best(self.best, metrics, cfg.checkpoint.best_metric, self.epoch, cfg.evaluation.representation)
-        if best is not None:
-            self.best = best
-            self.save("best_model.pth", "best")
         self._hook("hjepa_epoch_end", epoch=self.epoch, metrics=metrics)
         if self.dist.enabled:
             torch.distributed.barrier()
 
     def online_evaluation(self) -> dict[str, float]:
         """Run the online evaluator on labelled subsets; figures are prefixed ``online/``."""
-        if self._online is None:
-            self._online = OnlineEvaluation(self.config, self.dataset, self.registry, self.resolved, self.ctx)
         with eager(self.compiled):
             out = self._online(self.model, device=self.device, amp_dtype=self.amp_dtype)
-        if out is None:
-            return {}
-        self._hook("hjepa_evaluation_end", results=out)
-        return out
+        if out is not None:  # None: the data has no labels or no test split
+            self._hook("hjepa_evaluation_end", results=out)
+        return out or {}

@@ -10,10 +10,10 @@ from torch.nn import functional as F
 
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet
 from hjepa_kit.errors import UserError
+from hjepa_kit.plugins.attentive_heads import AttentiveProbes
 from hjepa_kit.plugins.attentive_probe import (
     ATTENTIVE_PROBE_GRADE,
     AttentiveProbeParams,
-    AttentiveProbes,
     attentive_probe,
     build_attentive_probe,
 )

@@ -8,13 +8,13 @@ import torch
 
 from hjepa_kit.contracts import BuildContext, FeatureSet
 from hjepa_kit.evaluation.metrics import (
-    collapse_verdict,
     dims_holding_variance,
     effective_rank,
     energy_rank,
     energy_rank_from_spectrum,
     feature_variance,
     grade,
+    judge_collapse,
     linear_cka,
     mean_pairwise_cosine,
     rankme_from_spectrum,
@@ -25,6 +25,7 @@ from hjepa_kit.plugins import feature_quality as module
 from hjepa_kit.plugins.feature_quality import (
     FeatureQualityParams,
     HierarchyParams,
+    collapse_verdict,
     build_feature_quality,
     build_hierarchy,
     feature_quality,
@@ -149,8 +150,9 @@ def test_healthy_and_dimensionally_collapsed_features():
     assert narrow.metrics["feature_quality/collapsed"] == 0.0  # plenty of variance ...
     assert narrow.metrics["feature_quality/rank_collapsed"] == 1.0  # ... in a single direction
     assert narrow.artifacts["verdict"].startswith("DIMENSIONAL COLLAPSE")
-    assert collapse_verdict(0.2, 100, 192)[2].startswith("healthy")
-    assert collapse_verdict(0.03, 100, 192)[2].startswith("WARNING")
+    none = judge_collapse("x", 192, std=0.4, rank=100.0, std_threshold=0.01, rank_fraction=0.05)
+    assert collapse_verdict(none, 0.2, 100, 192).startswith("healthy")
+    assert collapse_verdict(none, 0.03, 100, 192).startswith("WARNING")
 
 
 def test_feature_quality_evaluator_reports_every_metric():
