@@ -99,3 +99,12 @@ def test_evaluation_never_reaches_training(start):
 def test_the_check_catches_each_way_of_importing_training(code, caught):
     modules = imported_modules(code, "hjepa_kit.evaluation")
     assert any(_is_training(m) for m in modules) is caught, modules
+
+
+def test_no_core_module_imports_the_plugin_helper_layer():
+    """``hjepa_kit.helpers`` is the plugins' face of the core: it re-exports, and the core imports the
+    modules it re-exports from (``atomic``, ``data.images``, ``evaluation.metrics`` ...), never the face,
+    so the helper layer sits above ``training`` and ``evaluation`` and no folder imports it back."""
+    users = sorted(name for name in MODULES if name != "hjepa_kit.helpers" and "hjepa_kit.helpers" in _imports_of(name))
+    assert not users, f"core modules importing hjepa_kit.helpers (import what it re-exports instead): {users}"
+    assert {"hjepa_kit.atomic", "hjepa_kit.evaluation.representation"} <= set(MODULES)

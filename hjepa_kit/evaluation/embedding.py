@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..data.augment import eval_transform
 from ..data.loader import choose_in_memory, iter_eval_batches
 from ..errors import DataError, UserError
-from ..helpers import IMAGE_EXTENSIONS, decode_image
+from ..data.images import IMAGE_EXTENSIONS, decode_image
 from .outputs import atomic_file, check_new_file
 from .pretrained import Pretrained, load_pretrained
 from ..runtime import autocast_dtype, resolve_device

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..contracts import FeatureSet, ImageData
 from ..errors import ConfigError
-from ..helpers import choose_representation
+from .representation import choose_representation
 from ..data.loader import iter_eval_batches
 from ..model import HJEPA
 

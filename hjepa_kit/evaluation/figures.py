@@ -128,7 +128,7 @@ def _figure(width: float, height: float):
 
 def _save(fig: Any, path: Path) -> None:
     """Write ``fig`` as a PNG whole or not at all (a temporary file renamed to ``path``: a killed evaluation leaves no half image)."""
-    from ..helpers import write_atomic
+    from ..atomic import write_atomic
 
     write_atomic(path, lambda handle: fig.savefig(handle, format="png"))
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import helpers
+from .. import atomic
 from ..errors import OutputError
 
 __all__ = ["atomic_folder", "atomic_file", "check_new_folder", "check_new_file", "check_output_folder"]
@@ -76,7 +76,7 @@ def atomic_folder(
     """
     out = Path(out)
     check_new_folder(out, force=force, replaceable=replaceable, option=option)
-    with helpers.atomic_folder(out) as tmp:
+    with atomic.atomic_folder(out) as tmp:
         yield tmp
 
 
@@ -104,5 +104,5 @@ def atomic_file(out: str | os.PathLike[str], *, force: bool = False, option: str
     """
     out = Path(out)
     check_new_file(out, force=force, option=option)
-    with helpers.atomic_file(out) as tmp:
+    with atomic.atomic_file(out) as tmp:
         yield tmp

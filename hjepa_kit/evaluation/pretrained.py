@@ -22,7 +22,7 @@ from ..checkpoint_file import load_checkpoint
 from ..config import RunConfig, load_config
 from ..contracts import BuildContext, Dataset
 from ..errors import CheckpointError, UserError
-from ..helpers import choose_representation
+from .representation import choose_representation
 from ..model import HJEPA
 from ..registry import Component, Registry
 

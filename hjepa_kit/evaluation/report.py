@@ -31,7 +31,7 @@ import attrs
 
 from ..contracts import Grade
 from ..errors import OutputError
-from ..helpers import write_atomic
+from ..atomic import write_atomic
 from .figures import MaskExamples, draw_figures
 from .metrics import grade
 

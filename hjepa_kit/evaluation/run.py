@@ -174,7 +174,7 @@ def run_evaluation(
             mask_examples=_mask_examples(built, test_split),
         )
         paths = {Path(p).name: str(p) for p in written.values()}
-        from ..helpers import atomic_folder
+        from ..atomic import atomic_folder
         from .tensorboard_writer import write_tensorboard
 
         with atomic_folder(out / "tensorboard") as records:  # whole or not at all; it replaces an earlier evaluation's

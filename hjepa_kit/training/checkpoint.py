@@ -19,7 +19,7 @@ import torch
 
 from ..checkpoint_file import FORMAT, check_checkpoint_file, load_checkpoint
 from ..errors import CheckpointError
-from ..helpers import format_bytes, write_atomic
+from ..atomic import format_bytes, write_atomic
 
 __all__ = [
     "FORMAT", "save_checkpoint", "load_checkpoint", "check_checkpoint_file", "load_training_state", "find_latest",

@@ -22,7 +22,7 @@ import torch
 from .. import __version__
 from ..config import RunConfig, dump_config
 from ..contracts import BuildContext
-from ..helpers import write_atomic
+from ..atomic import write_atomic
 from ..runtime import restore_rng_state, rng_state
 from .checkpoint import load_training_state
 from .distributed import rescale_position

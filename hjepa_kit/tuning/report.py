@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ..helpers import atomic_file, atomic_folder, write_atomic
+from ..atomic import atomic_file, atomic_folder, write_atomic
 from .trial import trial_name
 
 __all__ = ["trial_rows", "best_trial", "state_counts", "clean_checkpoints", "write_progress", "write_report"]
