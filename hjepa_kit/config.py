@@ -273,7 +273,7 @@ class EvaluationConfig:
         attrs.Factory(lambda: [ComponentSpec(name=n) for n in ("knn_faiss", "linear_probe", "feature_quality", "hierarchy")]),
         help="Evaluators run by `hjepa evaluate --eval-type all`.",
     )
-    online: ComponentSpec | None = param(_spec("knn_faiss", k=[20]), help="Evaluator run during training; null: none.")
+    online: ComponentSpec | None = param(_spec("knn_faiss"), help="Evaluator run during training (its parameters default to its own); null: none.")
     online_every_epochs: int = param(1, help="Run the online evaluator every N epochs (0: never).", ge=0)
     online_train_samples: int = param(5000, help="Labelled training images used by the online evaluator.", ge=1)
     online_test_samples: int = param(1000, help="Test images used by the online evaluator.", ge=1)

@@ -3,42 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..contracts import FeatureSet, ImageData
-from ..errors import ConfigError
-from .representation import choose_representation
 from ..data.loader import iter_eval_batches
+from ..errors import ConfigError
 from ..model import HJEPA
+from .representation import choose_representation
 
 __all__ = ["extract_features", "extract_features_and_tokens", "compact_tokens", "feature_sets", "subset", "check_representation"]
 
 
 @torch.no_grad()
-def extract_features(
-    model: HJEPA,
-    data: ImageData,
-    *,
-    image_size: int,
-    batch_size: int,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    device: torch.device,
-    autocast_dtype: torch.dtype | None = None,
-    features: Callable[[Tensor], dict[str, Tensor]] | None = None,
-) -> dict[str, Tensor]:
+def extract_features(model: HJEPA, data: ImageData, **options: Any) -> dict[str, Tensor]:
     """Every representation's ``(N, D)`` float32 features of ``data``, on the CPU.
 
-    The target encoder runs once per batch; the predictor's per-level features come from the
-    same forward pass. ``features`` replaces ``model.features`` (e.g. a compiled
-    :class:`~hjepa_kit.evaluation.compiled.FeatureFunction` of the same model).
+    ``options`` are the keyword arguments of :func:`extract_features_and_tokens` (``image_size``,
+    ``batch_size``, ``mean``, ``std``, ``device``, ``autocast_dtype``, ``features``) but ``tokens``.
+    The target encoder runs once per batch; the predictor's per-level features come from the same
+    forward pass.
     """
-    pooled, _ = extract_features_and_tokens(
-        model, data, image_size=image_size, batch_size=batch_size, mean=mean, std=std, device=device,
-        autocast_dtype=autocast_dtype, features=features, tokens=False,
-    )  # fmt: skip
+    pooled, _ = extract_features_and_tokens(model, data, **options, tokens=False)
     return pooled
 
 

@@ -149,10 +149,10 @@ def _check_callback(check: _Check, callback: Any, ctx: BuildContext, options: Ma
                    "grad_norm": 1.0, "images_per_s": 100.0, "eta_s": 10.0, "features/std": 0.5, "features/effective_rank": 10.0}
         trainer.step = 1
         check.call("hjepa_step_end", hook.hjepa_step_end, trainer=trainer, step=1, metrics=metrics)
-        check.call("hjepa_evaluation_end", hook.hjepa_evaluation_end, trainer=trainer, results={"online/knn/top1@20": 0.3})
+        check.call("hjepa_evaluation_end", hook.hjepa_evaluation_end, trainer=trainer, results={"online/probe/top1": 0.3})  # no built-in named
         check.call("hjepa_checkpoint_saved", hook.hjepa_checkpoint_saved, trainer=trainer, path=str(Path(folder) / "latest.pth"), reason="latest")
         trainer.epoch = 1
-        check.call("hjepa_epoch_end", hook.hjepa_epoch_end, trainer=trainer, epoch=1, metrics={"loss": 0.5, "online/knn/top1@20": 0.3})
+        check.call("hjepa_epoch_end", hook.hjepa_epoch_end, trainer=trainer, epoch=1, metrics={"loss": 0.5, "online/probe/top1": 0.3})
         check.call("hjepa_fit_end", hook.hjepa_fit_end, trainer=trainer, status="completed")
         manager.unregister(callback)
     return callback
