@@ -119,3 +119,42 @@ def test_few_shot_and_attentive_probe_run_in_an_evaluation_with_report_and_figur
     assert "accuracy_vs_labels" in saved["figures"] and (out / saved["figures"]["accuracy_vs_labels"]).is_file()
     report = (out / "report.md").read_text()
     assert "## few_shot" in report and "## attentive_probe" in report and "Attentive probe accuracy" in report
+
+
+def test_a_small_train_split_trains_the_attentive_probe_in_smaller_batches():
+    from hjepa_kit.plugins.attentive_probe import batch_for
+
+    # CIFAR-sized: 45,000 images at 256 give 3,520 steps in 20 epochs; the batch stays.
+    assert batch_for(45_000, 256, 20, 400) == 256
+    # The quickstart's 1,132: 100 steps at 256; 56 images give 400 steps over the same 20 epochs.
+    assert batch_for(1_132, 256, 20, 400) == 56
+    assert 20 * -(-1_132 // 56) >= 400
+    # Never below 16 images, never above the batch asked for; 0 turns the rule off.
+    assert batch_for(48, 256, 1, 400) == 16
+    assert batch_for(48, 8, 1, 400) == 8
+    assert batch_for(1_132, 256, 20, 0) == 256
+
+
+def test_the_attentive_probe_reports_the_batch_it_trained_with():
+    from hjepa_kit.plugins.attentive_probe import attentive_probe
+
+    generator = torch.Generator().manual_seed(0)
+    directions = torch.randn(3, 16, generator=generator)
+
+    def tokens_of(labels: torch.Tensor) -> torch.Tensor:
+        # one token of each image, at a random place, points in its class's direction
+        tokens = torch.randn(len(labels), 4, 16, generator=generator)
+        where = torch.randint(0, 4, (len(labels),), generator=generator)
+        tokens[torch.arange(len(labels)), where] += 5.0 * directions[labels]
+        return tokens
+
+    labels, test_labels = torch.arange(400) % 3, torch.arange(90) % 3
+    tokens, test = tokens_of(labels), tokens_of(test_labels)
+
+    def probe(min_steps: int):
+        return attentive_probe(tokens, labels, test, test_labels, 3, lr=(3e-3,), weight_decay=(1e-3,), epochs=10,
+                               batch_size=256, min_steps=min_steps, num_heads=1)  # fmt: skip
+
+    shrunk, fixed = probe(200), probe(0)
+    assert (shrunk.batch_size, fixed.batch_size) == (18, 256)  # 360 fit images: 20 steps an epoch at 18, 2 at 256
+    assert shrunk.top1 > 0.9 and shrunk.top1 > fixed.top1 + 0.2, (shrunk.top1, fixed.top1)
