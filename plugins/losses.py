@@ -91,6 +91,15 @@ def _regularise() -> Any:
     )
 
 
+def _sigreg_regularise() -> Any:
+    return param(
+        None,
+        help="What SIGReg sees, when it should differ from `regularise` (`tokens`, `pooled` or `both`); null: as "
+        "`regularise`. LeJEPA tests the pooled image embeddings: `pooled` here keeps VICReg on the tokens.",
+        choices=(None, "tokens", "pooled", "both"),
+    )
+
+
 @attrs.frozen(kw_only=True)
 class SmoothL1Params:
     """Parameters of the ``smooth_l1`` loss."""
@@ -102,6 +111,7 @@ class SmoothL1Params:
     sigreg_weight: float = _sigreg_weight()
     sigreg_slices: int = _sigreg_slices()
     regularise: Literal["tokens", "pooled", "both"] = _regularise()
+    sigreg_regularise: Literal["tokens", "pooled", "both"] | None = _sigreg_regularise()
 
 
 @attrs.frozen(kw_only=True)
@@ -114,6 +124,7 @@ class MSEParams:
     sigreg_weight: float = _sigreg_weight()
     sigreg_slices: int = _sigreg_slices()
     regularise: Literal["tokens", "pooled", "both"] = _regularise()
+    sigreg_regularise: Literal["tokens", "pooled", "both"] | None = _sigreg_regularise()
 
 
 def _as_rows(features: Tensor) -> Tensor:
@@ -192,17 +203,20 @@ class PredictionLoss(nn.Module):
         sigreg_weight: float = 0.0,
         sigreg_slices: int = 128,
         regularise: str = "tokens",
+        sigreg_regularise: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if regularise not in ("tokens", "pooled", "both"):
-            raise ValueError(f"regularise must be 'tokens', 'pooled' or 'both', got {regularise!r}")
+        for name, side in (("regularise", regularise), ("sigreg_regularise", sigreg_regularise or regularise)):
+            if side not in ("tokens", "pooled", "both"):
+                raise ValueError(f"{name} must be 'tokens', 'pooled' or 'both', got {side!r}")
         self.level_weights = tuple(float(w) for w in level_weights)
         self.variance_weight = float(variance_weight)
         self.covariance_weight = float(covariance_weight)
         self.std_target = float(std_target)
         self.sigreg_weight = float(sigreg_weight)
         self.regularise = regularise
+        self.sigreg_regularise = sigreg_regularise or regularise
         self.sigreg = SIGReg(num_slices=sigreg_slices, seed=seed) if self.sigreg_weight > 0 else None
 
     @property
@@ -219,9 +233,16 @@ class PredictionLoss(nn.Module):
             remedy["regularise"] = "tokens"
         return [remedy]
 
-    def _regulariser_terms(self, embeddings: Tensor, prefix: str, terms: dict[str, Tensor]) -> list[Tensor]:
-        """The weighted regulariser terms of ``embeddings`` (their unweighted values go into ``terms``)."""
-        weights = (("variance", self.variance_weight), ("covariance", self.covariance_weight), ("sigreg", self.sigreg_weight))
+    def _regulariser_terms(self, embeddings: Tensor, prefix: str, terms: dict[str, Tensor], side: str) -> list[Tensor]:
+        """The weighted regulariser terms of ``embeddings`` (their unweighted values go into ``terms``).
+
+        ``side`` (``tokens`` or ``pooled``) says which terms apply: VICReg's where ``regularise``
+        names it, SIGReg's where ``sigreg_regularise`` does.
+        """
+        vicreg = self.regularise in (side, "both")
+        sigreg = self.sigreg is not None and self.sigreg_regularise in (side, "both")
+        weights = (("variance", self.variance_weight if vicreg else 0.0), ("covariance", self.covariance_weight if vicreg else 0.0),
+                   ("sigreg", self.sigreg_weight if sigreg else 0.0))  # fmt: skip
         if embeddings.reshape(-1, embeddings.shape[-1]).shape[0] < 2:
             # One image pooled (a memory estimate, a batch of 1): no spread to measure; the terms
             # are zero but stay in the graph so that backward() sees the same parameters.
@@ -229,13 +250,13 @@ class PredictionLoss(nn.Module):
             terms.update({prefix + name: zero for name, weight in weights if weight > 0})
             return [zero]
         parts = []
-        if self.variance_weight > 0:
+        if vicreg and self.variance_weight > 0:
             terms[prefix + "variance"] = variance_loss(embeddings, self.std_target)
             parts.append(self.variance_weight * terms[prefix + "variance"])
-        if self.covariance_weight > 0:
+        if vicreg and self.covariance_weight > 0:
             terms[prefix + "covariance"] = covariance_loss(embeddings)
             parts.append(self.covariance_weight * terms[prefix + "covariance"])
-        if self.sigreg is not None:
+        if sigreg:
             terms[prefix + "sigreg"] = self.sigreg(embeddings)
             parts.append(self.sigreg_weight * terms[prefix + "sigreg"])
         return parts
@@ -281,11 +302,14 @@ class PredictionLoss(nn.Module):
                     f"variance_weight={self.variance_weight}, covariance_weight={self.covariance_weight} and "
                     f"sigreg_weight={self.sigreg_weight} regularise the context tokens, but no context was given"
                 )
-            sides = {"tokens": ("tokens",), "pooled": ("pooled",), "both": ("tokens", "pooled")}[self.regularise]
-            for side in sides:
+            seen = {self.regularise, self.sigreg_regularise if self.sigreg is not None else self.regularise}
+            both = "both" in seen or seen == {"tokens", "pooled"}
+            for side in ("tokens", "pooled"):
+                if not any(s in (side, "both") for s in seen):
+                    continue
                 embeddings = context.float().mean(dim=1) if side == "pooled" else context
-                prefix = "pooled_" if self.regularise == "both" and side == "pooled" else ""
-                parts.extend(self._regulariser_terms(embeddings, prefix, terms))
+                prefix = "pooled_" if both and side == "pooled" else ""
+                parts.extend(self._regulariser_terms(embeddings, prefix, terms, side))
         total = torch.stack(parts).sum()
         return LossOutput(total=total, terms=terms)
 
@@ -364,6 +388,7 @@ def _regulariser(params: SmoothL1Params | MSEParams) -> dict[str, Any]:
     return dict(
         variance_weight=params.variance_weight, covariance_weight=params.covariance_weight, std_target=params.std_target,
         sigreg_weight=params.sigreg_weight, sigreg_slices=params.sigreg_slices, regularise=params.regularise,
+        sigreg_regularise=params.sigreg_regularise,
     )
 
 

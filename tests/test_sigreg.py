@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hjepa_kit.plugins.losses import SmoothL1PredictionLoss
+from hjepa_kit.plugins.losses import SmoothL1PredictionLoss, variance_loss
 from hjepa_kit.plugins.sigreg import SIGReg, epps_pulley
 
 
@@ -96,6 +96,20 @@ def test_prediction_loss_adds_sigreg_on_pooled_or_token_embeddings() -> None:
     assert out_tokens.terms["sigreg"].item() == pytest.approx(expected_tokens.item(), rel=1e-6)
     with pytest.raises(ValueError, match="no context"):
         pooled(predictions, targets)
+
+
+def test_sigreg_may_see_the_pooled_embeddings_while_vicreg_sees_the_tokens() -> None:
+    torch.manual_seed(0)
+    predictions, targets = [torch.randn(4, 2, 3, 8)], [torch.randn(4, 2, 3, 8)]
+    context = torch.randn(4, 5, 8)
+    loss = SmoothL1PredictionLoss((1.0,), variance_weight=1.0, sigreg_weight=0.5, sigreg_slices=16,
+                                  regularise="tokens", sigreg_regularise="pooled")  # fmt: skip
+    out = loss(predictions, targets, context)
+    assert set(out.terms) == {"level0", "variance", "pooled_sigreg"}
+    assert out.terms["pooled_sigreg"].item() == pytest.approx(SIGReg(num_slices=16)(context.mean(dim=1)).item(), rel=1e-6)
+    assert out.terms["variance"].item() == pytest.approx(variance_loss(context).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="sigreg_regularise must be"):
+        SmoothL1PredictionLoss((1.0,), sigreg_weight=0.5, sigreg_regularise="images")
 
 
 def test_pooled_regularisers_of_a_single_image_are_zero_and_keep_the_graph() -> None:
