@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fmt", "fmt_points", "table", "overview", "long_table", "report", "seed_curve", "band", "draw"]
+__all__ = ["fmt", "fmt_points", "table", "overview", "long_table", "protocol_table", "report", "seed_curve", "band", "draw"]
 
 
 def fmt(s: dict[str, float], digits: int = 3) -> str:
@@ -85,6 +85,37 @@ def long_table(summary: dict[str, Any], long: dict[str, Any], representation: st
             mark = "*" if rep == representation else ""
             lines.append(f"| {dataset} | {rep}{mark} | {epochs} | {fmt(s['knn'])} | {fmt(f['knn'])} | {fmt_points(d['knn'])} | "
                          f"{fmt(s['linear'])} | {fmt(f['linear'])} | {fmt_points(d['linear'])} |")
+    return "\n".join(lines)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    import statistics
+
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def protocol_table(runs: list[dict[str, Any]]) -> str:
+    """``--protocols``: few-shot per representation and the attentive probe, trained / untrained / raw pixels, over seeds."""
+    lines = ["\nthe other protocols (trained / untrained network / raw pixels; mean ± std over seeds):",
+             "| dataset | protocol | representation | trained | untrained | raw pixels |", "|---|---|---|---|---|---|"]
+    for dataset in dict.fromkeys(r["dataset"] for r in runs):
+        rs = [r for r in runs if r["dataset"] == dataset and r.get("protocols")]
+        if not rs:
+            continue
+        few = rs[0]["protocols"]["trained"].get("few_shot", {})
+        for rep, shots in few.items():
+            for k in shots:
+                trained = _stats([r["protocols"]["trained"]["few_shot"][rep][k] for r in rs])
+                untrained = _stats([r["protocols"]["untrained"]["few_shot"][rep][k] for r in rs])
+                pixels = rs[0]["pixels"].get("few_shot", {}).get(k)
+                lines.append(f"| {dataset} | {k}-shot | {rep} | {fmt(trained)} | {fmt(untrained)} | "
+                             f"{'-' if pixels is None else f'{pixels:.3f}'} |")
+        if "attentive_probe" in rs[0]["protocols"]["trained"]:
+            trained = _stats([r["protocols"]["trained"]["attentive_probe"]["top1"] for r in rs])
+            untrained = _stats([r["protocols"]["untrained"]["attentive_probe"]["top1"] for r in rs])
+            tokens = rs[0]["protocols"]["trained"]["attentive_probe"]["tokens_of"]
+            lines.append(f"| {dataset} | attentive probe | {tokens} tokens | {fmt(trained)} | {fmt(untrained)} | - |")
     return "\n".join(lines)
 
 

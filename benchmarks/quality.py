@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import _machine  # noqa: F401  (first: hjepa_kit before torch)
-from _quality_report import draw, long_table, overview, report, table
+from _quality_report import draw, long_table, overview, protocol_table, report, table
 import attrs
 import torch
 import yaml
@@ -57,7 +57,7 @@ import hjepa_kit
 from hjepa_kit.api import _source
 from hjepa_kit.config import ComponentSpec, load_config
 from hjepa_kit.data.loader import iter_eval_batches
-from hjepa_kit.evaluation.features import extract_features, feature_sets
+from hjepa_kit.evaluation.features import extract_features, extract_features_and_tokens, feature_sets
 from hjepa_kit.evaluation.metrics import effective_rank
 from hjepa_kit.training.trainer import Trainer
 
@@ -69,6 +69,10 @@ DATASETS = {
 }
 DEFAULT_DATASETS = ["digits", "digits_nearest", "synthetic"]
 METRICS = ("knn", "linear", "rankme")
+#: ``--protocols``: the field's other frozen-feature protocols, run at the end of each run and on its
+#: untrained network (``few_shot`` per representation and on the raw pixels; ``attentive_probe`` on
+#: the patch tokens, which every representation is pooled from).
+PROTOCOLS = ("few_shot", "attentive_probe")
 
 
 def dataset_specs(names: list[str], assignments: list[str]) -> dict[str, dict[str, Any]]:
@@ -97,7 +101,7 @@ def core_seconds() -> float:
 class Evaluator:
     """k-NN(20) and linear probe on a dataset's full splits, built from the run's registry."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: Trainer, protocols: tuple[str, ...] = ()) -> None:
         self.trainer = trainer
         self.train = trainer.dataset.load("train")
         self.test = trainer.dataset.load("test")
@@ -105,6 +109,8 @@ class Evaluator:
         knn, linear = trainer.registry.get("evaluator", "knn_faiss"), trainer.registry.get("evaluator", "linear_probe")
         self.knn = knn.build(knn.params(k=(20,)), trainer.ctx)
         self.linear = linear.build(linear.params(), trainer.ctx)
+        self.protocols = {name: trainer.registry.get("evaluator", name) for name in protocols}
+        self.protocols = {name: entry.build(entry.params(), trainer.ctx) for name, entry in self.protocols.items()}
 
     def _kwargs(self) -> dict[str, Any]:
         cfg = self.trainer.config
@@ -112,11 +118,31 @@ class Evaluator:
                     mean=cfg.data.augmentation.mean, std=cfg.data.augmentation.std,
                     device=self.trainer.device, autocast_dtype=self.trainer.amp_dtype)
 
-    def features(self) -> dict[str, Any]:
+    def features(self, tokens: bool = False) -> dict[str, Any]:
         model = self.trainer.model
+        if tokens:
+            train, train_tokens = extract_features_and_tokens(model, self.train, **self._kwargs())
+            test, test_tokens = extract_features_and_tokens(model, self.test, **self._kwargs())
+            return feature_sets(train, self.train.labels, test, self.test.labels, self.num_classes,
+                                train_tokens=train_tokens, test_tokens=test_tokens)
         train = extract_features(model, self.train, **self._kwargs())
         test = extract_features(model, self.test, **self._kwargs())
         return feature_sets(train, self.train.labels, test, self.test.labels, self.num_classes)
+
+    def protocol_figures(self, sets: dict[str, Any], attentive: bool = True) -> dict[str, Any]:
+        """``--protocols``: few-shot top-1 per representation and shot count, the attentive probe's top-1."""
+        out: dict[str, Any] = {}
+        if "few_shot" in self.protocols:
+            for name in sets:
+                figures = _figures(self.protocols["few_shot"](sets, name))
+                out.setdefault("few_shot", {})[name] = {
+                    k.split("/")[1].removesuffix("shot_top1"): v for k, v in figures.items() if k.endswith("shot_top1")
+                }
+        if attentive and "attentive_probe" in self.protocols:
+            with_tokens = next(name for name, fs in sets.items() if fs.has_tokens)
+            result = self.protocols["attentive_probe"](sets, with_tokens)
+            out["attentive_probe"] = {"tokens_of": with_tokens, "top1": _figures(result)["attentive_probe/top1"]}
+        return out
 
     def pixels(self) -> dict[str, Any]:
         def flat(data: Any) -> torch.Tensor:
@@ -145,7 +171,9 @@ class Evaluator:
 class BudgetCallback:
     """Evaluates at the curve's minutes, stops the run at the budget; evaluation time is not counted."""
 
-    def __init__(self, curve: list[float], budget_min: float) -> None:
+    def __init__(self, curve: list[float], budget_min: float, protocols: tuple[str, ...] = ()) -> None:
+        self.protocols = protocols
+        self.untrained_protocols: dict[str, Any] = {}
         self.curve = sorted(curve)
         self.budget_s = budget_min * 60.0
         self.points: list[dict[str, Any]] = []
@@ -166,7 +194,9 @@ class BudgetCallback:
     @hjepa_kit.hookimpl
     def hjepa_fit_start(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self.evaluator = Evaluator(trainer)
+        self.evaluator = Evaluator(trainer, self.protocols)
+        if self.protocols:  # the untrained network's figures, before the clock starts
+            self.untrained_protocols = self.evaluator.protocol_figures(self.evaluator.features(tokens=True))
         self.start = core_seconds()
         self._evaluate(0.0, trainer.step)  # the random-init baseline of this very run
 
@@ -200,19 +230,25 @@ def run_one(config_source: Any, dataset: str, seed: int, args: argparse.Namespac
                           training=attrs.evolve(config.training, epochs=shipped_epochs * factor))
     budget_min = args.budget_min * factor
     curve = list(args.curve) if factor == 1 else long_curve(args.curve_requested, factor, budget_min)
-    callback = BudgetCallback(curve, budget_min)
+    callback = BudgetCallback(curve, budget_min, tuple(args.protocols))
     label = f"{args.config} ({dataset}, seed {seed}" + (f", {factor}x epochs)" if factor > 1 else ")")
     trainer = Trainer(config, plugins=[callback], source=label, console=args.verbose)
     started = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - started
     train_minutes = callback.elapsed() / 60.0
-    sets = callback.evaluator.features()
+    sets = callback.evaluator.features(tokens=bool(args.protocols))
     final = callback.evaluator.full(sets)
     cache = pixel_cache if pixel_cache is not None else {}
     if dataset not in cache:
-        cache[dataset] = callback.evaluator.full(callback.evaluator.pixels())["pixels"]
+        pixel_sets = callback.evaluator.pixels()
+        cache[dataset] = callback.evaluator.full(pixel_sets)["pixels"]
+        if "few_shot" in args.protocols:
+            cache[dataset]["few_shot"] = callback.evaluator.protocol_figures(pixel_sets, attentive=False)["few_shot"]["pixels"]
     pixels = dict(cache[dataset])
+    protocols = {}
+    if args.protocols:
+        protocols = {"trained": callback.evaluator.protocol_figures(sets), "untrained": callback.untrained_protocols}
     # Curve points past the end of a completed run carry its final figures.
     for minute in callback.curve:
         callback.points.append({"minute": minute, "step": trainer.step, "knn": {k: v["knn"] for k, v in final.items()},
@@ -225,7 +261,7 @@ def run_one(config_source: Any, dataset: str, seed: int, args: argparse.Namespac
         "status": result.status, "steps": trainer.step, "epochs": trainer.epoch,
         "completed": result.status == "completed",  # ended at its configured epochs, not at the budget
         "train_core_minutes": train_minutes, "wall_s": wall, "final_loss": loss,
-        "curve": callback.points, "final": final, "pixels": pixels,
+        "curve": callback.points, "final": final, "pixels": pixels, "protocols": protocols,
     }
 
 
@@ -292,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run every dataset and seed with training.epochs x F and a budget x F, and report "
                         "its final figures beside the shipped length's (0: off)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    parser.add_argument("--protocols", nargs="*", default=[], choices=PROTOCOLS,
+                        help="also run these evaluators at the end of each run and on its untrained network: few_shot "
+                        "(1/5/10 labels per class, per representation and on the raw pixels), attentive_probe (on the patch tokens)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--figure", type=Path, metavar="OUT.png", help="draw the time-to-accuracy curves here")
     parser.add_argument("--verbose", action="store_true", help="echo the training log")
@@ -322,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     print(overview(summary, representation))
     if long:
         print(long_table(summary, long, representation))
+    if args.protocols:
+        print(protocol_table(runs))
     payload = {"machine": _machine.machine(), "config": args.config, "overrides": args.set,
                "representation": representation, "budget_min": args.budget_min, "seeds": args.seeds,
                "datasets": args.dataset_specs, "long_factor": args.long_factor,

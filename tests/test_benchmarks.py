@@ -181,3 +181,22 @@ def test_throughput_on_the_gpu_uses_bf16_and_fused_attention(tmp_path: Path) -> 
     assert result["fused_attention"] is True
     assert result["hjepa_images_per_s"] > 0 and 0 < result["fraction_of_peak"] < 1.5
     assert "gpu" in result["machine"]
+
+
+def test_quality_runs_the_other_protocols_beside_their_baselines(tmp_path: Path) -> None:
+    result = run_benchmark(
+        "quality.py", "--config", str(CONFIG), "--datasets", "synthetic", "--dataset-param", "synthetic.num_train=200",
+        "--dataset-param", "synthetic.num_test=50", "--dataset-param", "synthetic.image_size=16",
+        "--set", "data.image_size=16", "--set", "training.epochs=1", "--set", "data.batch_size=32",
+        "--seeds", "0", "--budget-min", "0.5", "--curve", "100", "--protocols", "few_shot", "attentive_probe",
+        "--json", str(tmp_path / "q.json"),
+    )
+    (run,) = result["runs"]
+    trained, untrained = run["protocols"]["trained"], run["protocols"]["untrained"]
+    for figures in (trained, untrained):
+        # few-shot per representation and shot count; the attentive probe on the tokens they are pooled from
+        assert set(figures["few_shot"]) == {"encoder", "level0", "level1"}
+        assert all(set(shots) == {"1", "5", "10"} for shots in figures["few_shot"].values())
+        assert all(0.0 <= v <= 1.0 for shots in figures["few_shot"].values() for v in shots.values())
+        assert figures["attentive_probe"]["tokens_of"] == "encoder" and 0.0 <= figures["attentive_probe"]["top1"] <= 1.0
+    assert set(run["pixels"]["few_shot"]) == {"1", "5", "10"}
