@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fmt", "fmt_points", "table", "overview", "long_table", "protocol_table", "report", "seed_curve", "band", "draw"]
+__all__ = ["stats", "fmt", "fmt_points", "table", "overview", "long_table", "protocol_table", "report", "seed_curve", "band", "draw"]
 
 
 def fmt(s: dict[str, float], digits: int = 3) -> str:
@@ -88,9 +90,11 @@ def long_table(summary: dict[str, Any], long: dict[str, Any], representation: st
     return "\n".join(lines)
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    import statistics
-
+def stats(values: list[float | None]) -> dict[str, float]:
+    """Mean, sample std, min, max and count of ``values`` (``None`` and NaN left out; ``{}`` if none is left)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {}
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "n": len(values)}
 
@@ -106,14 +110,14 @@ def protocol_table(runs: list[dict[str, Any]]) -> str:
         few = rs[0]["protocols"]["trained"].get("few_shot", {})
         for rep, shots in few.items():
             for k in shots:
-                trained = _stats([r["protocols"]["trained"]["few_shot"][rep][k] for r in rs])
-                untrained = _stats([r["protocols"]["untrained"]["few_shot"][rep][k] for r in rs])
+                trained = stats([r["protocols"]["trained"]["few_shot"][rep][k] for r in rs])
+                untrained = stats([r["protocols"]["untrained"]["few_shot"][rep][k] for r in rs])
                 pixels = rs[0]["pixels"].get("few_shot", {}).get(k)
                 lines.append(f"| {dataset} | {k}-shot | {rep} | {fmt(trained)} | {fmt(untrained)} | "
                              f"{'-' if pixels is None else f'{pixels:.3f}'} |")
         if "attentive_probe" in rs[0]["protocols"]["trained"]:
-            trained = _stats([r["protocols"]["trained"]["attentive_probe"]["top1"] for r in rs])
-            untrained = _stats([r["protocols"]["untrained"]["attentive_probe"]["top1"] for r in rs])
+            trained = stats([r["protocols"]["trained"]["attentive_probe"]["top1"] for r in rs])
+            untrained = stats([r["protocols"]["untrained"]["attentive_probe"]["top1"] for r in rs])
             tokens = rs[0]["protocols"]["trained"]["attentive_probe"]["tokens_of"]
             lines.append(f"| {dataset} | attentive probe | {tokens} tokens | {fmt(trained)} | {fmt(untrained)} | - |")
     return "\n".join(lines)

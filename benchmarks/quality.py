@@ -39,8 +39,6 @@ The JSON holds ``runs`` (one per dataset and seed: its curve, final figures, pix
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import sys
 import tempfile
 import time
@@ -48,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import _machine  # noqa: F401  (first: hjepa_kit before torch)
-from _quality_report import draw, long_table, overview, protocol_table, report, table
+from _quality_report import draw, long_table, overview, protocol_table, report, stats, table
 import attrs
 import torch
 import yaml
@@ -109,8 +107,8 @@ class Evaluator:
         knn, linear = trainer.registry.get("evaluator", "knn_faiss"), trainer.registry.get("evaluator", "linear_probe")
         self.knn = knn.build(knn.params(k=(20,)), trainer.ctx)
         self.linear = linear.build(linear.params(), trainer.ctx)
-        self.protocols = {name: trainer.registry.get("evaluator", name) for name in protocols}
-        self.protocols = {name: entry.build(entry.params(), trainer.ctx) for name, entry in self.protocols.items()}
+        entries = {name: trainer.registry.get("evaluator", name) for name in protocols}
+        self.protocols = {name: entry.build(entry.params(), trainer.ctx) for name, entry in entries.items()}
 
     def _kwargs(self) -> dict[str, Any]:
         cfg = self.trainer.config
@@ -185,9 +183,9 @@ class BudgetCallback:
     def elapsed(self) -> float:
         return core_seconds() - self.start - self.eval_core_s
 
-    def _evaluate(self, minute: float, step: int) -> None:
+    def _evaluate(self, minute: float, step: int, sets: dict[str, Any] | None = None) -> None:
         t0 = core_seconds()
-        knn = self.evaluator.knn_top1(self.evaluator.features())
+        knn = self.evaluator.knn_top1(sets if sets is not None else self.evaluator.features())
         self.eval_core_s += core_seconds() - t0
         self.points.append({"minute": minute, "step": step, "knn": knn})
 
@@ -195,10 +193,12 @@ class BudgetCallback:
     def hjepa_fit_start(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self.evaluator = Evaluator(trainer, self.protocols)
+        sets = None
         if self.protocols:  # the untrained network's figures, before the clock starts
-            self.untrained_protocols = self.evaluator.protocol_figures(self.evaluator.features(tokens=True))
+            sets = self.evaluator.features(tokens=True)
+            self.untrained_protocols = self.evaluator.protocol_figures(sets)
         self.start = core_seconds()
-        self._evaluate(0.0, trainer.step)  # the random-init baseline of this very run
+        self._evaluate(0.0, trainer.step, sets)  # the random-init baseline of this very run
 
     @hjepa_kit.hookimpl
     def hjepa_step_end(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
@@ -265,14 +265,6 @@ def run_one(config_source: Any, dataset: str, seed: int, args: argparse.Namespac
     }
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return {}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
-
-
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
@@ -280,17 +272,17 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         reps = list(rs[0]["final"])
         entry: dict[str, Any] = {"final": {}, "random_init_knn": {}, "curve": {}, "pixels": {}}
         for rep in reps:
-            entry["final"][rep] = {m: _stats([r["final"][rep][m] for r in rs]) for m in METRICS}
+            entry["final"][rep] = {m: stats([r["final"][rep][m] for r in rs]) for m in METRICS}
             entry["final"][rep]["width"] = rs[0]["final"][rep]["width"]
-            entry["random_init_knn"][rep] = _stats([r["curve"][0]["knn"][rep] for r in rs])
+            entry["random_init_knn"][rep] = stats([r["curve"][0]["knn"][rep] for r in rs])
             minutes = sorted({p["minute"] for r in rs for p in r["curve"]})
             entry["curve"][rep] = {
-                str(m): _stats([p["knn"][rep] for r in rs for p in r["curve"] if p["minute"] == m]) for m in minutes
+                str(m): stats([p["knn"][rep] for r in rs for p in r["curve"] if p["minute"] == m]) for m in minutes
             }
-        entry["pixels"] = {m: _stats([r["pixels"][m] for r in rs]) for m in ("knn", "linear")}
-        entry["train_core_minutes"] = _stats([r["train_core_minutes"] for r in rs])
-        entry["steps"] = _stats([float(r["steps"]) for r in rs])
-        entry["final_loss"] = _stats([r["final_loss"] for r in rs])
+        entry["pixels"] = {m: stats([r["pixels"][m] for r in rs]) for m in ("knn", "linear")}
+        entry["train_core_minutes"] = stats([r["train_core_minutes"] for r in rs])
+        entry["steps"] = stats([float(r["steps"]) for r in rs])
+        entry["final_loss"] = stats([r["final_loss"] for r in rs])
         entry["epochs_configured"] = rs[0]["epochs_configured"]
         entry["completed"] = sum(bool(r["completed"]) for r in rs)
         summary[dataset] = entry
@@ -305,7 +297,7 @@ def summarise_long(runs: list[dict[str, Any]], long_runs: list[dict[str, Any]], 
         pairs = [(shipped[(r["dataset"], r["seed"])], r) for r in long_runs if r["dataset"] == dataset]
         entry["factor"] = factor
         entry["delta_points"] = {
-            rep: {m: _stats([100.0 * (lr["final"][rep][m] - sr["final"][rep][m]) for sr, lr in pairs])
+            rep: {m: stats([100.0 * (lr["final"][rep][m] - sr["final"][rep][m]) for sr, lr in pairs])
                   for m in ("knn", "linear")}
             for rep in entry["final"]
         }

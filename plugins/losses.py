@@ -233,14 +233,17 @@ class PredictionLoss(nn.Module):
             remedy["regularise"] = "tokens"
         return [remedy]
 
-    def _regulariser_terms(self, embeddings: Tensor, prefix: str, terms: dict[str, Tensor], side: str) -> list[Tensor]:
-        """The weighted regulariser terms of ``embeddings`` (their unweighted values go into ``terms``).
+    def _sides(self) -> dict[str, tuple[bool, bool]]:
+        """``side -> (vicreg, sigreg)``: which terms see the ``tokens`` and the ``pooled`` context (sides nothing sees left out).
 
-        ``side`` (``tokens`` or ``pooled``) says which terms apply: VICReg's where ``regularise``
-        names it, SIGReg's where ``sigreg_regularise`` does.
+        VICReg's terms see the sides ``regularise`` names, SIGReg's those ``sigreg_regularise`` names.
         """
-        vicreg = self.regularise in (side, "both")
-        sigreg = self.sigreg is not None and self.sigreg_regularise in (side, "both")
+        sides = {side: (self.regularise in (side, "both"), self.sigreg is not None and self.sigreg_regularise in (side, "both"))
+                 for side in ("tokens", "pooled")}  # fmt: skip
+        return {side: flags for side, flags in sides.items() if any(flags)}
+
+    def _regulariser_terms(self, embeddings: Tensor, prefix: str, terms: dict[str, Tensor], vicreg: bool, sigreg: bool) -> list[Tensor]:
+        """The weighted regulariser terms of ``embeddings`` (their unweighted values go into ``terms``): VICReg's if ``vicreg``, SIGReg's if ``sigreg``."""
         weights = (("variance", self.variance_weight if vicreg else 0.0), ("covariance", self.covariance_weight if vicreg else 0.0),
                    ("sigreg", self.sigreg_weight if sigreg else 0.0))  # fmt: skip
         if embeddings.reshape(-1, embeddings.shape[-1]).shape[0] < 2:
@@ -302,14 +305,11 @@ class PredictionLoss(nn.Module):
                     f"variance_weight={self.variance_weight}, covariance_weight={self.covariance_weight} and "
                     f"sigreg_weight={self.sigreg_weight} regularise the context tokens, but no context was given"
                 )
-            seen = {self.regularise, self.sigreg_regularise if self.sigreg is not None else self.regularise}
-            both = "both" in seen or seen == {"tokens", "pooled"}
-            for side in ("tokens", "pooled"):
-                if not any(s in (side, "both") for s in seen):
-                    continue
+            sides = self._sides()
+            for side, (vicreg, sigreg) in sides.items():
                 embeddings = context.float().mean(dim=1) if side == "pooled" else context
-                prefix = "pooled_" if both and side == "pooled" else ""
-                parts.extend(self._regulariser_terms(embeddings, prefix, terms, side))
+                prefix = "pooled_" if len(sides) == 2 and side == "pooled" else ""
+                parts.extend(self._regulariser_terms(embeddings, prefix, terms, vicreg, sigreg))
         total = torch.stack(parts).sum()
         return LossOutput(total=total, terms=terms)
 
