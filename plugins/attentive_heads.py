@@ -1,5 +1,7 @@
 """The stacked probes of the ``attentive_probe`` evaluator, and the AdamW that trains them together.
 
+Two heads: :class:`AttentiveProbes` (``head: vjepa``) and :class:`EfficientProbes` (``head: efficient``).
+
 ``G`` probes of V-JEPA's design (Bardes et al. 2024, ``src/models/attentive_pooler.py`` of
 ``facebookresearch/jepa``; written here from its description): one learned query, one
 cross-attention block with a residual MLP, a linear layer to the classes (the evaluator,
@@ -28,9 +30,20 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["AttentiveProbes", "normalise_tokens", "StackedAdamW"]
+__all__ = ["AttentiveProbes", "EfficientProbes", "normalise_tokens", "StackedAdamW"]
 
 _LN_EPS = 1e-5  # torch.nn.LayerNorm's, as in V-JEPA
+
+
+@torch.no_grad()
+def _predict(self, tokens: Tensor, batch_size: int, normalised: bool = False) -> Tensor:
+    """``(G, N, C)`` logits of ``(N, T, D)`` tokens of any dtype, in batches."""
+    parts = [self(tokens[i : i + batch_size].float(), normalised) for i in range(0, tokens.shape[0], batch_size)]
+    return torch.cat(parts, dim=1) if parts else torch.zeros(self.count, 0, self.num_classes, device=self.params["wh"].device)
+
+
+def _normal(generator: torch.Generator, *shape: int, scale: float = 1.0) -> Tensor:
+    return torch.nn.init.trunc_normal_(torch.empty(*shape), std=0.02, generator=generator) * scale
 
 
 class AttentiveProbes:
@@ -60,7 +73,7 @@ class AttentiveProbes:
         g = count
 
         def normal(*shape: int, scale: float = 1.0) -> Tensor:
-            return torch.nn.init.trunc_normal_(torch.empty(g, *shape), std=0.02, generator=generator) * scale
+            return _normal(generator, g, *shape, scale=scale)
 
         def ones(size: int) -> Tensor:
             return torch.ones(g, size)
@@ -108,11 +121,58 @@ class AttentiveProbes:
         y = y + torch.baddbmm(s["b2"][:, None, :], z, s["w2"].transpose(1, 2))
         return torch.baddbmm(s["bh"][:, None, :], y, s["wh"].transpose(1, 2))
 
-    @torch.no_grad()
-    def predict(self, tokens: Tensor, batch_size: int, normalised: bool = False) -> Tensor:
-        """``(G, N, C)`` logits of ``(N, T, D)`` tokens of any dtype, in batches."""
-        parts = [self(tokens[i : i + batch_size].float(), normalised) for i in range(0, tokens.shape[0], batch_size)]
-        return torch.cat(parts, dim=1) if parts else torch.zeros(self.count, 0, self.num_classes, device=self.params["wh"].device)
+    predict = _predict
+
+
+class EfficientProbes:
+    """``G`` stacked *efficient probes* (EP; Psomas et al. 2025, "Attention, Please! Revisiting
+    Attentive Probing for Masked Image Modeling"; written here from the paper's description).
+
+    ``K`` learned queries attend over the tokens with no query or key projection (the logits are
+    ``q_k . x_t / sqrt(D)``); one value projection ``W_v`` (``D x D``, no bias) is split into ``K``
+    slices of ``D / K`` rows, and query ``k`` pools slice ``k`` of the values: the output is the
+    ``K`` pooled slices side by side, ``D`` wide, then a LayerNorm and a linear layer to the classes.
+    Since the weights ``a_kt`` sum to one, slice ``k`` of ``sum_t a_kt W_v x_t`` is
+    ``W_v,k (sum_t a_kt x_t)``: the values are never formed, the work per image and probe is
+    ``O(K T D + D^2)``. Each query may look at a different part of the image, where V-JEPA's one
+    query (:class:`AttentiveProbes`) averages all it reads with one set of weights per head.
+
+    Args:
+        count: ``G``; dim: ``D``; num_classes: ``C``.
+        num_queries: ``K`` (divides ``D``).
+        generator: the source of the initial weights (a CPU generator); device: where they live.
+    """
+
+    NO_DECAY = ("ln_w", "ln_b", "bh")
+
+    def __init__(self, count: int, dim: int, num_classes: int, num_queries: int, generator: torch.Generator,
+                 device: torch.device | str = "cpu") -> None:  # fmt: skip
+        if dim % num_queries:
+            raise ValueError(f"num_queries={num_queries} does not divide the token width {dim}")
+        self.count, self.dim, self.num_classes, self.num_queries = count, dim, num_classes, num_queries
+        g = count
+        params = {
+            "query": _normal(generator, g, num_queries, dim),
+            "wv": _normal(generator, g, dim, dim),
+            "ln_w": torch.ones(g, dim), "ln_b": torch.zeros(g, dim),
+            "wh": _normal(generator, g, num_classes, dim), "bh": torch.zeros(g, num_classes),
+        }  # fmt: skip
+        self.params: dict[str, Tensor] = {k: v.to(device).requires_grad_(True) for k, v in params.items()}
+
+    def __call__(self, tokens: Tensor, normalised: bool = False) -> Tensor:
+        """``(G, B, C)`` logits of every probe for ``(B, T, D)`` float32 tokens (see :meth:`AttentiveProbes.__call__`)."""
+        s = self.params
+        g, k, d = self.count, self.num_queries, self.dim
+        b, t, _ = tokens.shape
+        x = tokens if normalised else F.layer_norm(tokens, (d,), eps=_LN_EPS)
+        scores = (x.reshape(b * t, d) @ (s["query"].reshape(g * k, d).T / math.sqrt(d))).view(b, t, g * k)
+        attn = scores.softmax(dim=1).transpose(1, 2)  # (B, G*K, T), over the tokens
+        pooled = torch.bmm(attn, x).view(b, g, k, d)  # sum_t a_kt x_t
+        y = torch.einsum("bgkd,gkcd->gbkc", pooled, s["wv"].view(g, k, d // k, d)).reshape(g, b, d)
+        z = F.layer_norm(y, (d,), eps=_LN_EPS) * s["ln_w"][:, None, :] + s["ln_b"][:, None, :]
+        return torch.baddbmm(s["bh"][:, None, :], z, s["wh"].transpose(1, 2))
+
+    predict = _predict
 
 
 @torch.no_grad()

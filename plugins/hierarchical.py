@@ -25,7 +25,10 @@ target token of the *other* augmented views of the same image (``data.views >= 2
 of its own full image). It is the invariance term of LeJEPA (Balestriero & LeCun 2025) and of
 VICReg, made a JEPA level: the pooled embedding, otherwise never compared with anything of its own
 image, is asked to agree across crops. Its evaluation feature ``level<L>`` is the mean normalised
-target token.
+target token. With ``cross_view_target="views"`` there is no MLP and no target encoder in the level:
+its prediction is the gap between each view's mean context token and the other views', its target
+zero, so the gradient reaches every view (VICReg's invariance term, Bardes et al. 2022; the loss's
+``regularise: both`` then regularises the same pooled embedding).
 
 Each level may read a different block of the target encoder (``level_blocks``); by default every
 level reads the encoder's final output, and :attr:`HierarchicalPredictor.target_blocks` is ``()``.
@@ -137,6 +140,7 @@ class HierarchicalPredictor(nn.Module):
         self.encoder_depth = encoder_depth
         self.views = int(views)
         self.cross_view = params.cross_view_weight > 0
+        self.cross_view_target = params.cross_view_target
         extra = (params.cross_view_weight,) if self.cross_view else ()
         self.num_levels = params.num_levels + len(extra)
         self.level_weights = params.resolved_level_weights + extra
@@ -168,7 +172,9 @@ class HierarchicalPredictor(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(width, embed_dim) for _ in range(params.num_levels))
         hidden = params.cross_view_hidden * embed_dim
         self.cross_view_head = (
-            nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, embed_dim)) if self.cross_view else None
+            nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
+            if self.cross_view and self.cross_view_target == "ema"
+            else None
         )
 
         # Fixed tables, rebuilt from the grid: not persistent, so checkpoints hold only weights.
@@ -232,6 +238,11 @@ class HierarchicalPredictor(nn.Module):
         if self.cross_view_head is not None:
             # one prediction per image, repeated per target block to keep the (B, M, T, D) contract
             predictions.append(self.cross_view_head(context.mean(dim=1)).view(B, 1, 1, -1).expand(B, M, 1, -1))
+        elif self.cross_view:
+            # "views": the gap between this view's pooled context and the other views', against a zero
+            # target, so the gradient reaches both views (a batch without whole views has no gap).
+            pooled = context.mean(dim=1)
+            predictions.append((pooled - self._other_views(pooled)).view(B, 1, 1, -1).expand(B, M, 1, -1))
         return predictions
 
     # --- targets --------------------------------------------------------------------------------
@@ -262,6 +273,9 @@ class HierarchicalPredictor(nn.Module):
                     f"target tokens have batch size {cells.shape[0]} but masks.targets has shape {tuple(masks.targets.shape)}"
                 )
             if self.cross_view and level == self.num_levels - 1:
+                if self.cross_view_target == "views":  # the views' gap is driven to zero
+                    targets.append(cells.new_zeros(B, M, 1, cells.shape[-1]))
+                    continue
                 pooled = _standardise(self._other_views(cells[:, 0]))
                 targets.append(pooled.view(B, 1, 1, -1).expand(B, M, 1, -1))
                 continue

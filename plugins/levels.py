@@ -69,6 +69,14 @@ class HierarchicalParams:
         ge=0.0,
     )
     cross_view_hidden: int = param(4, help="Hidden width of the cross-view level's MLP as a multiple of the encoder width.", ge=1)
+    cross_view_target: Literal["ema", "views"] = param(
+        "ema",
+        help="What the cross-view level compares: ema = an MLP on each view's pooled context predicts the other views' "
+        "pooled target-encoder tokens (standardised over the batch); views = each view's pooled context is pulled to "
+        "the other views' pooled context, gradients through both (VICReg's and LeJEPA's invariance term; pair it with "
+        "loss.params.regularise: both so the pooled context is also regularised).",
+        choices=("ema", "views"),
+    )
     feature_pool: Literal["max", "mean"] = param(
         "max",
         help="How level_features pools each level's cell map for evaluation: max over cells (differs per level) or mean.",

@@ -153,7 +153,7 @@ def test_the_attentive_probe_reports_the_batch_it_trained_with():
 
     def probe(min_steps: int):
         return attentive_probe(tokens, labels, test, test_labels, 3, lr=(3e-3,), weight_decay=(1e-3,), epochs=10,
-                               batch_size=256, min_steps=min_steps, num_heads=1)  # fmt: skip
+                               batch_size=256, min_steps=min_steps, head="vjepa", num_heads=1)  # fmt: skip
 
     shrunk, fixed = probe(200), probe(0)
     assert (shrunk.batch_size, fixed.batch_size) == (18, 256)  # 360 fit images: 20 steps an epoch at 18, 2 at 256

@@ -11,6 +11,7 @@ from hjepa_kit.contracts import BuildContext, EncoderOutput, ImageData
 from hjepa_kit.data.loader import build_train_loader
 from hjepa_kit.plugins.hierarchical import HierarchicalParams, build_hierarchical
 from hjepa_kit.testing import check_component
+from hjepa_kit.testing.standins import tiny_context
 from test_data import _Dataset
 
 D = 32
@@ -70,6 +71,23 @@ def test_the_cross_view_level_predicts_the_other_views_pooled_target():
     assert torch.allclose(predictor.level_features(EncoderOutput(tokens=tokens))["level2"], pooled, atol=1e-6)
 
 
+def test_the_views_target_pulls_each_views_pooled_context_to_the_others_through_both():
+    predictor = _predictor(2, cross_view_weight=1.0, cross_view_target="views")
+    assert predictor.num_levels == 3 and predictor.cross_view_head is None  # no MLP, no target encoder in the level
+    masks = make_masks((8, 8), batch=6)  # 3 images x 2 views
+    targets = predictor.make_targets(EncoderOutput(tokens=torch.randn(6, 64, D)), masks)
+    assert targets[2].shape == (6, 3, 1, D) and not targets[2].any()
+    context = torch.randn(6, 10, D, requires_grad=True)
+    gap = predictor(context, masks)[2]
+    pooled = context.detach().mean(dim=1)
+    assert torch.allclose(gap[:3, 0, 0], pooled[:3] - pooled[3:], atol=1e-6)
+    assert torch.allclose(gap[3:, 0, 0], pooled[3:] - pooled[:3], atol=1e-6)
+    gap[:3].pow(2).sum().backward()  # view 0's gap alone: the gradient reaches view 1's context too
+    assert context.grad[:3].abs().sum() > 0 and context.grad[3:].abs().sum() > 0
+    check_component("predictor", "hierarchical", params={"cross_view_weight": 1.0, "cross_view_target": "views", "depth": 1},
+                    ctx=attrs.evolve(tiny_context(), views=2))
+
+
 def test_with_one_view_the_cross_view_level_predicts_its_own_full_image():
     predictor = _predictor(1, cross_view_weight=1.0)
     tokens = torch.randn(4, 64, D)
@@ -88,7 +106,6 @@ def test_off_by_default_and_the_single_view_path_is_unchanged():
 
 
 def test_the_predictor_contract_check_covers_a_batch_of_views():
-    from hjepa_kit.testing.standins import tiny_context
 
     ctx = attrs.evolve(tiny_context(), views=2)
     check_component("predictor", "hierarchical", params={"cross_view_weight": 1.0, "depth": 1}, ctx=ctx)

@@ -10,10 +10,11 @@ from torch.nn import functional as F
 
 from hjepa_kit.contracts import BuildContext, EvalResult, FeatureSet
 from hjepa_kit.errors import UserError
-from hjepa_kit.plugins.attentive_heads import AttentiveProbes
+from hjepa_kit.plugins.attentive_heads import AttentiveProbes, EfficientProbes
 from hjepa_kit.plugins.attentive_probe import (
     ATTENTIVE_PROBE_GRADE,
     AttentiveProbeParams,
+    _queries_for,
     attentive_probe,
     build_attentive_probe,
 )
@@ -52,10 +53,11 @@ def probe(fs: FeatureSet, **kw):
     return attentive_probe(fs.train_tokens, fs.train_labels, fs.test_tokens, fs.test_labels, fs.num_classes, **kw)
 
 
-def test_attention_reads_which_token_holds_the_pattern_where_mean_pooling_cannot():
+@pytest.mark.parametrize("head, kw", [("vjepa", {}), ("efficient", {"lr": (3e-2,), "num_queries": 4})])
+def test_attention_reads_which_token_holds_the_pattern_where_mean_pooling_cannot(head, kw):
     fs = token_set()
     pooled = linear_probe(fs.train, fs.train_labels, fs.test, fs.test_labels, 2, weight_decay=1e-3, max_iter=100)
-    attended = probe(fs, epochs=8)
+    attended = probe(fs, epochs=8, head=head, **kw)
     assert pooled.top1 < 0.65  # chance is 0.5
     assert attended.top1 > 0.9, attended
     assert attended.val_top1 > 0.9
@@ -89,6 +91,39 @@ def test_the_folded_attention_is_the_block_with_full_keys_and_values():
         torch.testing.assert_close(fast[g], naive_block(probes, g, tokens, key_bias=torch.randn(D)), rtol=1e-4, atol=1e-4)
 
 
+def naive_efficient(probes: EfficientProbes, g: int, tokens: torch.Tensor) -> torch.Tensor:
+    """Probe ``g`` written as EP: every token's values formed, query ``k`` pooling its slice of them."""
+    p = {k: v[g].detach() for k, v in probes.params.items()}
+    k, d = probes.num_queries, probes.dim
+    x = F.layer_norm(tokens, (d,), eps=1e-5)
+    attn = torch.einsum("kd,btd->bkt", p["query"], x).div(math.sqrt(d)).softmax(-1)
+    values = (x @ p["wv"].T).view(*x.shape[:2], k, d // k)  # (B, T, K, D/K)
+    y = torch.einsum("bkt,btkc->bkc", attn, values).reshape(len(x), d)
+    return F.layer_norm(y, (d,), p["ln_w"], p["ln_b"], eps=1e-5) @ p["wh"].T + p["bh"]
+
+
+def test_the_efficient_probe_pools_values_it_never_forms():
+    probes = EfficientProbes(3, D, 5, 4, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for v in probes.params.values():
+            v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(v.numel())) * 0.5)
+    tokens = torch.randn(4, T, D)
+    fast = probes(tokens)
+    assert fast.shape == (3, 4, 5)
+    for g in range(3):
+        torch.testing.assert_close(fast[g], naive_efficient(probes, g, tokens), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="num_queries=3 does not divide the token width 16"):
+        EfficientProbes(1, D, 5, 3, torch.Generator())
+
+
+def test_each_head_has_its_own_default_grid():
+    fs = token_set(n_train=100, n_test=50)
+    assert set(probe(fs, epochs=1, lr=None, head="efficient").grid) == {(a, 1e-3) for a in (1e-2, 3e-2)}
+    assert set(probe(fs, epochs=1, lr=None, head="vjepa").grid) == {(a, 1e-3) for a in (1e-3, 3e-3)}
+    assert AttentiveProbeParams().head == "efficient" and AttentiveProbeParams().lr is None
+    assert [_queries_for(d, None) for d in (192, 384, 16, 200, 7)] == [32, 32, 16, 25, 7]  # EP's 32, else a divisor below it
+
+
 def test_a_seed_reproduces_the_result_and_the_grid_is_searched_on_held_out_train():
     fs = token_set(n_train=200, n_test=100)
     kw = {"epochs": 3, "lr": (1e-3, 3e-3), "weight_decay": (1e-3, 1e-1)}
@@ -120,7 +155,15 @@ def test_bad_parameters_and_missing_tokens_are_clear_errors():
     with pytest.raises(UserError, match="'encoder' carries no patch tokens"):
         build_attentive_probe(AttentiveProbeParams(representation="encoder"), ctx)({"encoder": pooled_only}, "encoder")
     with pytest.raises(UserError, match="num_heads=3 does not divide the token width 16"):
-        probe(fs, num_heads=3)
+        probe(fs, head="vjepa", num_heads=3)
+    with pytest.raises(UserError, match="num_queries=3 does not divide the token width 16"):
+        probe(fs, num_queries=3)
+    with pytest.raises(UserError, match="num_queries=5 does not divide the token width 192"):
+        build_attentive_probe(AttentiveProbeParams(num_queries=5), BuildContext(image_size=16, embed_dim=192))
+    with pytest.raises(UserError, match="head 'mlp' is not one of vjepa, efficient"):
+        probe(fs, head="mlp")
+    with pytest.raises(ValueError, match="head"):
+        AttentiveProbeParams(head="mlp")
     with pytest.raises(UserError, match="at least one value"):
         build_attentive_probe(AttentiveProbeParams(lr=()), ctx)
     with pytest.raises(ValueError, match="epochs"):
