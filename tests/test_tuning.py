@@ -209,3 +209,37 @@ def test_without_optuna_the_error_names_the_extra(tmp_path, monkeypatch, capsys)
         hjepa_kit.tune(_config(tmp_path), space, trials=1, console=False)
     assert main(["tune", "--space", str(space), "--trials", "1"]) == 2
     assert "needs the package optuna, which is not installed: pip install 'hjepa-kit[tune]'" in capsys.readouterr().err
+
+
+@needs_optuna
+def test_the_pruning_benchmark_reruns_the_same_trials_unpruned(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(_config(tmp_path, training={"epochs": 2, "warmup_epochs": 0.5, "threads": 1})))
+    out = tmp_path / "bench.json"
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(repo / "benchmarks" / "tune_pruning.py"), "--config", str(config), "--trials", "4",
+                    "--epochs", "2", "--startup", "1", "--output-dir", str(tmp_path / "studies"), "--quiet", "--json", str(out)],
+                   cwd=repo, check=True, timeout=600, capture_output=True, text=True, env={**os.environ, "HJEPA_THREADS": "1"})
+    result = json.loads(out.read_text())
+    pruned, unpruned = result["studies"]["pruned"], result["studies"]["unpruned"]
+    assert pruned["complete"] + pruned["pruned"] == 4 and (unpruned["complete"], unpruned["pruned"]) == (4, 0)
+    assert unpruned["cpu_min"] > 0 and pruned["cpu_min"] > 0
+    assert len(result["pruned_trials"]) == pruned["pruned"]
+    for row in result["pruned_trials"]:  # every stopped trial is scored to the end by the unpruned study
+        assert row["epochs"] < 2 and 0.0 <= row["value_unpruned"] <= 1.0 and 1 <= row["rank_unpruned"] <= 4
+    # The same parameter sets: a trial complete in both studies reaches the same value in both.
+    import optuna
+
+    def values(name):
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'studies' / name / 'study.db'}")
+        return {t.number: (t.params, t.value, t.state.name) for t in study.get_trials()}
+
+    first, second = values("pruned"), values("unpruned")
+    for number, (params, value, state) in first.items():
+        assert second[number][0] == params
+        if state == "COMPLETE":
+            assert second[number][1] == pytest.approx(value)
