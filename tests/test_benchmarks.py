@@ -200,3 +200,11 @@ def test_quality_runs_the_other_protocols_beside_their_baselines(tmp_path: Path)
         assert all(0.0 <= v <= 1.0 for shots in figures["few_shot"].values() for v in shots.values())
         assert figures["attentive_probe"]["tokens_of"] == "encoder" and 0.0 <= figures["attentive_probe"]["top1"] <= 1.0
     assert set(run["pixels"]["few_shot"]) == {"1", "5", "10"}
+
+
+def test_attentive_probe_benchmark_times_the_default_grid(tmp_path: Path) -> None:
+    result = run_benchmark("attentive_probe.py", "--train", "120", "--test", "40", "--epochs", "1", "--head", "vjepa",
+                           "--json", str(tmp_path / "a.json"))
+    assert (result["head"], result["probes"], result["train"], result["tokens"], result["dim"]) == ("vjepa", 4, 120, 64, 192)
+    assert result["wall_s"] > 0 and result["peak_rss_gb"] > 0 and 0.0 <= result["top1"] <= 1.0
+    assert set(result["machine"]) >= {"cpu", "threads", "torch"}
