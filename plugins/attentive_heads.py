@@ -35,18 +35,28 @@ __all__ = ["AttentiveProbes", "EfficientProbes", "normalise_tokens", "StackedAda
 _LN_EPS = 1e-5  # torch.nn.LayerNorm's, as in V-JEPA
 
 
-@torch.no_grad()
-def _predict(self, tokens: Tensor, batch_size: int, normalised: bool = False) -> Tensor:
-    """``(G, N, C)`` logits of ``(N, T, D)`` tokens of any dtype, in batches."""
-    parts = [self(tokens[i : i + batch_size].float(), normalised) for i in range(0, tokens.shape[0], batch_size)]
-    return torch.cat(parts, dim=1) if parts else torch.zeros(self.count, 0, self.num_classes, device=self.params["wh"].device)
+class _StackedProbes:
+    """What both heads share: ``G`` probes' parameters in :attr:`params`, called on ``(B, T, D)`` tokens."""
+
+    count: int
+    num_classes: int
+    params: dict[str, Tensor]
+
+    def __call__(self, tokens: Tensor, normalised: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, tokens: Tensor, batch_size: int, normalised: bool = False) -> Tensor:
+        """``(G, N, C)`` logits of ``(N, T, D)`` tokens of any dtype, in batches."""
+        parts = [self(tokens[i : i + batch_size].float(), normalised) for i in range(0, tokens.shape[0], batch_size)]
+        return torch.cat(parts, dim=1) if parts else torch.zeros(self.count, 0, self.num_classes, device=self.params["wh"].device)
 
 
 def _normal(generator: torch.Generator, *shape: int, scale: float = 1.0) -> Tensor:
     return torch.nn.init.trunc_normal_(torch.empty(*shape), std=0.02, generator=generator) * scale
 
 
-class AttentiveProbes:
+class AttentiveProbes(_StackedProbes):
     """``G`` independent attentive probes whose parameters are stacked along a first axis of size ``G``.
 
     Each parameter is one tensor ``(G, ...)`` (:attr:`params`), so a mini-batch goes through every
@@ -121,10 +131,8 @@ class AttentiveProbes:
         y = y + torch.baddbmm(s["b2"][:, None, :], z, s["w2"].transpose(1, 2))
         return torch.baddbmm(s["bh"][:, None, :], y, s["wh"].transpose(1, 2))
 
-    predict = _predict
 
-
-class EfficientProbes:
+class EfficientProbes(_StackedProbes):
     """``G`` stacked *efficient probes* (EP; Psomas et al. 2025, "Attention, Please! Revisiting
     Attentive Probing for Masked Image Modeling"; written here from the paper's description).
 
@@ -171,8 +179,6 @@ class EfficientProbes:
         y = torch.einsum("bgkd,gkcd->gbkc", pooled, s["wv"].view(g, k, d // k, d)).reshape(g, b, d)
         z = F.layer_norm(y, (d,), eps=_LN_EPS) * s["ln_w"][:, None, :] + s["ln_b"][:, None, :]
         return torch.baddbmm(s["bh"][:, None, :], z, s["wh"].transpose(1, 2))
-
-    predict = _predict
 
 
 @torch.no_grad()

@@ -244,7 +244,8 @@ def attentive_probe(
     if n < 2:
         raise UserError(f"evaluator attentive_probe: needs at least 2 train images (one held out), got {n}")
     dim = int(train_tokens.shape[2])
-    heads = _heads_for(dim, num_heads) if head == "vjepa" else _queries_for(dim, num_queries)
+    heads = _heads_for(dim, num_heads) if head == "vjepa" else 0
+    queries = _queries_for(dim, num_queries) if head == "efficient" else 0
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)
     held = min(max(1, round(n * val_fraction)), n - 1)
@@ -259,7 +260,7 @@ def attentive_probe(
         if head == "vjepa":
             probes = AttentiveProbes(len(grid), dim, num_classes, heads, mlp_ratio, generator, device)
         else:
-            probes = EfficientProbes(len(grid), dim, num_classes, heads, generator, device)
+            probes = EfficientProbes(len(grid), dim, num_classes, queries, generator, device)
         optimizer = StackedAdamW(probes.params, torch.tensor([a for a, _ in grid], device=device),
                                  torch.tensor([w for _, w in grid], device=device),
                                  no_decay=probes.NO_DECAY)  # fmt: skip
@@ -334,7 +335,7 @@ def select_token_features(features: Mapping[str, FeatureSet], default: str, name
 
 def build_attentive_probe(params: AttentiveProbeParams, ctx: BuildContext):
     """Factory of the ``attentive_probe`` evaluator (it declares ``needs_tokens``)."""
-    if params.lr is not None and not params.lr or not params.weight_decay:
+    if (params.lr is not None and not params.lr) or not params.weight_decay:
         raise UserError("evaluator attentive_probe: lr and weight_decay need at least one value each")
     if ctx.embed_dim is not None and params.num_heads is not None and ctx.embed_dim % params.num_heads:
         raise UserError(f"evaluator attentive_probe: num_heads={params.num_heads} does not divide the token width {ctx.embed_dim}")

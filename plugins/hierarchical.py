@@ -22,13 +22,14 @@ so the cell is the whole image.
 **The cross-view level** (``cross_view_weight > 0``) sits above the spatial levels: its cell is the
 whole image. An MLP maps each view's mean context token to a prediction of the mean normalised
 target token of the *other* augmented views of the same image (``data.views >= 2``; with one view,
-of its own full image). It is the invariance term of LeJEPA (Balestriero & LeCun 2025) and of
-VICReg, made a JEPA level: the pooled embedding, otherwise never compared with anything of its own
-image, is asked to agree across crops. Its evaluation feature ``level<L>`` is the mean normalised
+of its own full image): an invariance term with a target encoder and a predictor, as in BYOL, made
+a JEPA level: the pooled embedding, otherwise never compared with anything of its own image, is
+asked to agree across crops. Its evaluation feature ``level<L>`` is the mean normalised
 target token. With ``cross_view_target="views"`` there is no MLP and no target encoder in the level:
 its prediction is the gap between each view's mean context token and the other views', its target
-zero, so the gradient reaches every view (VICReg's invariance term, Bardes et al. 2022; the loss's
-``regularise: both`` then regularises the same pooled embedding).
+zero, so the gradient reaches every view: VICReg's invariance term (Bardes et al. 2022), as
+LeJEPA (Balestriero & LeCun 2025) also writes it; the loss's regulariser on the tokens keeps the
+features from collapsing.
 
 Each level may read a different block of the target encoder (``level_blocks``); by default every
 level reads the encoder's final output, and :attr:`HierarchicalPredictor.target_blocks` is ``()``.

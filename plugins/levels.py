@@ -73,8 +73,9 @@ class HierarchicalParams:
         "ema",
         help="What the cross-view level compares: ema = an MLP on each view's pooled context predicts the other views' "
         "pooled target-encoder tokens (standardised over the batch); views = each view's pooled context is pulled to "
-        "the other views' pooled context, gradients through both (VICReg's and LeJEPA's invariance term; pair it with "
-        "loss.params.regularise: both so the pooled context is also regularised).",
+        "the other views' pooled context, gradients through both (VICReg's and LeJEPA's invariance term). The tokens' regulariser keeps the "
+        "features spread; regularising the pooled context too (loss.params.regularise: both) unlearned on the "
+        "small digit sets (docs/quality.md).",
         choices=("ema", "views"),
     )
     feature_pool: Literal["max", "mean"] = param(

@@ -63,6 +63,13 @@ def test_attention_reads_which_token_holds_the_pattern_where_mean_pooling_cannot
     assert attended.val_top1 > 0.9
 
 
+def randomise(probes) -> None:
+    """Random values in every parameter, the LayerNorm affine included, so nothing is trivially 0 or 1."""
+    with torch.no_grad():
+        for v in probes.params.values():
+            v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(v.numel())) * 0.5)
+
+
 def naive_block(probes: AttentiveProbes, g: int, tokens: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
     """Probe ``g`` written as V-JEPA's block: full keys (with a bias) and values of every token."""
     p = {k: v[g].detach() for k, v in probes.params.items()}
@@ -81,9 +88,7 @@ def naive_block(probes: AttentiveProbes, g: int, tokens: torch.Tensor, key_bias:
 
 def test_the_folded_attention_is_the_block_with_full_keys_and_values():
     probes = AttentiveProbes(3, D, 5, 2, 4.0, torch.Generator().manual_seed(0))
-    with torch.no_grad():  # random values everywhere, the LayerNorm affine included, so nothing is trivially 0 or 1
-        for v in probes.params.values():
-            v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(v.numel())) * 0.5)
+    randomise(probes)
     tokens = torch.randn(4, T, D)
     fast = probes(tokens)
     assert fast.shape == (3, 4, 5)
@@ -104,9 +109,7 @@ def naive_efficient(probes: EfficientProbes, g: int, tokens: torch.Tensor) -> to
 
 def test_the_efficient_probe_pools_values_it_never_forms():
     probes = EfficientProbes(3, D, 5, 4, torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        for v in probes.params.values():
-            v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(v.numel())) * 0.5)
+    randomise(probes)
     tokens = torch.randn(4, T, D)
     fast = probes(tokens)
     assert fast.shape == (3, 4, 5)
