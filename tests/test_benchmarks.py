@@ -84,7 +84,8 @@ def test_quality_reports_learning_against_its_own_baselines(tmp_path: Path) -> N
         "--json", str(tmp_path / "q.json"),
     )
     digits = result["summary"]["digits"]
-    assert set(digits["final"]) == {"encoder", "level0", "level1"}
+    # The quickstart's two spatial levels and its cross-view level (level2), beside the encoder.
+    assert set(digits["final"]) == {"encoder", "level0", "level1", "level2"}
     for rep, figures in digits["final"].items():
         for metric in ("knn", "linear"):
             assert figures[metric]["n"] == 2 and 0.0 <= figures[metric]["min"] <= figures[metric]["max"] <= 1.0
@@ -130,7 +131,7 @@ def test_quality_long_schedule_and_figure(tmp_path: Path, monkeypatch: pytest.Mo
     long = entry["long"]
     assert long["factor"] == 2 and long["epochs_configured"] == 2
     assert long["shipped_completed"] == long["long_completed"] == 2
-    assert set(long["final"]) == set(long["delta_points"]) == {"encoder", "level0", "level1"}
+    assert set(long["final"]) == set(long["delta_points"]) == {"encoder", "level0", "level1", "level2"}
     for rep, delta in long["delta_points"].items():
         for metric in ("knn", "linear"):
             paired = [100 * (lr["final"][rep][metric] - sr["final"][rep][metric])
@@ -195,7 +196,7 @@ def test_quality_runs_the_other_protocols_beside_their_baselines(tmp_path: Path)
     trained, untrained = run["protocols"]["trained"], run["protocols"]["untrained"]
     for figures in (trained, untrained):
         # few-shot per representation and shot count; the attentive probe on the tokens they are pooled from
-        assert set(figures["few_shot"]) == {"encoder", "level0", "level1"}
+        assert set(figures["few_shot"]) == {"encoder", "level0", "level1", "level2"}
         assert all(set(shots) == {"1", "5", "10"} for shots in figures["few_shot"].values())
         assert all(0.0 <= v <= 1.0 for shots in figures["few_shot"].values() for v in shots.values())
         assert figures["attentive_probe"]["tokens_of"] == "encoder" and 0.0 <= figures["attentive_probe"]["top1"] <= 1.0

@@ -109,3 +109,20 @@ def test_the_predictor_contract_check_covers_a_batch_of_views():
 
     ctx = attrs.evolve(tiny_context(), views=2)
     check_component("predictor", "hierarchical", params={"cross_view_weight": 1.0, "depth": 1}, ctx=ctx)
+
+
+def test_a_run_of_views_trains_and_its_log_says_what_the_encoder_sees(tiny):
+    """The header line counts the images per step and the views; img/s then reads as images through the encoder."""
+    import hjepa_kit
+
+    result = hjepa_kit.train(
+        tiny(data={"views": 2, "batch_size": 8}, training={"epochs": 1, "max_steps": 2},
+             model={"predictor": {"name": "hierarchical",
+                                  "params": {"depth": 1, "cross_view_weight": 1.0, "cross_view_target": "views"}}},
+             evaluation={"online": None}, callbacks=[]),
+        console=False,
+    )
+    assert result.status in ("completed", "stopped")
+    log = (result.log_dir / "training.log").read_text()
+    assert "(batch 8 x accumulation 1 = 8 images x 2 views = 16 through the encoder)" in log
+    assert "loss/level2" in (result.log_dir / "metrics.jsonl").read_text()  # the cross-view level above 2 spatial ones

@@ -193,11 +193,13 @@ def log_run_start(
         ", compiled: the first steps compile" if compiled else "",
         images, ctx.image_size, "x".join(map(str, ctx.grid_size or ())), params / 1e6, pred / 1e6,
     )
-    log.info(
-        "%d epochs x %d steps (batch %d x accumulation %d = %d); logs: %s; checkpoints: %s",
-        cfg.training.epochs, steps_per_epoch, cfg.data.batch_size, cfg.training.accumulation_steps,
-        cfg.data.batch_size * cfg.training.accumulation_steps, log_dir, checkpoint_dir,
-    )
+    views = cfg.data.views
+    per_step = cfg.data.batch_size * cfg.training.accumulation_steps
+    batch = f"batch {cfg.data.batch_size} x accumulation {cfg.training.accumulation_steps} = {per_step}"
+    if views > 1:  # every image of the batch is seen `views` times: the encoder sees views x per_step images
+        batch += f" images x {views} views = {per_step * views} through the encoder"
+    log.info("%d epochs x %d steps (%s); logs: %s; checkpoints: %s", cfg.training.epochs, steps_per_epoch, batch,
+             log_dir, checkpoint_dir)
 
 
 def log_interval(metrics: Mapping[str, float], *, epoch: int, epochs: int, step: int, total_steps: int, rss_mb: float) -> None:
