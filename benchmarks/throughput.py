@@ -348,7 +348,8 @@ def measure(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
     cfg = trainer.config
     batch = cfg.data.batch_size
     accumulation = cfg.training.accumulation_steps
-    images_per_step = batch * accumulation
+    views = cfg.data.views
+    images_per_step = batch * accumulation * views  # through the encoder, as the run log's img/s and the FLOPs per image
     step_dtype = trainer.amp_dtype or torch.float32
     encoder = trainer.model.context_encoder
     hjepa = HJEPABench(trainer)
@@ -360,7 +361,8 @@ def measure(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
     )
     print(
         f"# {cfg.name}: {cfg.model.encoder.name}/{encoder.patch_size} at {encoder.image_size}px "
-        f"({encoder.num_patches} patches), batch {batch} x accumulation {accumulation}, "
+        f"({encoder.num_patches} patches), batch {batch} x accumulation {accumulation}"
+        f"{f' x {views} views' if views > 1 else ''}, "
         f"predictor {cfg.model.predictor.name} {dict(cfg.model.predictor.params)}",
         flush=True,
     )

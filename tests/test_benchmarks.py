@@ -40,6 +40,8 @@ def test_throughput_reports_every_promised_figure(tmp_path: Path) -> None:
                 "fraction_of_peak", "peak_rss_mb", "batch_size", "context_fraction", "phases_ms_per_step"):
         assert key in result, key
     assert result["batch_size"] == 8
+    # The quickstart's two views: 16 images through the encoder per step, as its run log counts them.
+    assert result["images_per_step"] == 16
     assert result["hjepa_images_per_s"] > 0 and result["reference_images_per_s"] > 0
     assert 0 < result["gflop_per_image"] < result["reference_gflop_per_image"]
     assert 0 < result["context_fraction"] < 1
