@@ -70,6 +70,11 @@ class AugmentationConfig:
     )
     color_jitter_prob: float = param(0.8, ge=0.0, le=1.0, help="Probability that an image is colour-jittered (with color_jitter > 0).")
     grayscale_prob: float = param(0.0, ge=0.0, le=1.0, help="Probability that an image is turned to grey (ITU-R 601 luma); 0: never.")
+    nearest_prob: float = param(
+        0.0, ge=0.0, le=1.0,
+        help="Probability that an image's crop is resized with nearest-neighbour sampling (sharp, blocky) instead of "
+        "the antialiased bilinear kernel (smooth); 0: always bilinear.",
+    )
     mean: tuple[float, float, float] = param((0.485, 0.456, 0.406), help="Per-channel mean used to normalise images.")
     std: tuple[float, float, float] = param((0.229, 0.224, 0.225), help="Per-channel std used to normalise images.", gt=0.0)
 

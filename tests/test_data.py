@@ -119,6 +119,47 @@ def test_colour_augmentation_off_draws_nothing_extra():
     assert not torch.equal(torch.rand(1, generator=generator), after_plain)
 
 
+def test_nearest_resampling_matches_torch_nearest_exact_per_sample():
+    config = AugmentationConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False, nearest_prob=0.5, **PLAIN)
+    augment = BatchAugment(config, 32)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    params = augment.sample(64, 8, 8, gen(2))
+    assert 0.3 < params.nearest.float().mean() < 0.7
+    out = augment.apply(images, params)
+    x = images.float() / 255
+    blocky = F.interpolate(x, size=(32, 32), mode="nearest-exact")
+    smooth = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.allclose(out[params.nearest], blocky[params.nearest], atol=1e-6)
+    assert torch.allclose(out[~params.nearest], smooth[~params.nearest], atol=1e-5)
+
+
+def test_nearest_crops_only_hold_pixels_of_the_image_and_flip_as_the_bilinear_ones():
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    config = AugmentationConfig(nearest_prob=1.0, **PLAIN)
+    params = BatchAugment(config, 48).sample(32, 32, 32, gen(4))
+    out = BatchAugment(config, 48).apply(images, params)
+    levels = torch.arange(256, dtype=torch.float32) / 255  # no value between two pixels: no blur
+    assert torch.isclose(out.flatten()[:, None], levels[None]).any(dim=1).all()
+    # With the crop boxes of the draw, each sample is torch's nearest resize of its (flipped) crop.
+    for i in range(32):
+        top, left, h, w = params.boxes[i].tolist()
+        crop = images[i : i + 1, :, top : top + h, left : left + w].float() / 255
+        if params.flips[i]:
+            crop = crop.flip(-1)
+        assert torch.allclose(out[i], F.interpolate(crop, size=(48, 48), mode="nearest-exact")[0], atol=1e-6), i
+
+
+def test_nearest_off_draws_nothing_extra():
+    generator = gen(7)
+    assert BatchAugment(AugmentationConfig(), 32).sample(8, 32, 32, generator).nearest is None
+    after_plain = torch.rand(1, generator=generator)
+    generator = gen(7)
+    assert BatchAugment(AugmentationConfig(nearest_prob=0.3), 32).sample(8, 32, 32, generator).nearest.shape == (8,)
+    assert not torch.equal(torch.rand(1, generator=generator), after_plain)
+    with pytest.raises(ValueError, match="nearest_prob"):
+        AugmentationConfig(nearest_prob=1.5)
+
+
 def test_augment_is_reproducible_with_the_same_generator():
     augment = BatchAugment(AugmentationConfig(), 32)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)

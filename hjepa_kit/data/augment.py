@@ -6,7 +6,8 @@ configured, a per-sample colour jitter and grayscale (SimCLR's colour distortion
 al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020). The
 crop and resize are one separable resampling per sample, done as two batched matrix products
 (``W_y @ X @ W_x^T``) with bilinear weights (antialiased when shrinking, as torchvision's
-``antialias=True``): a few batched matrix products instead of a per-sample sampling grid, fast
+``antialias=True``), or, for the fraction ``nearest_prob`` of the samples, nearest-neighbour
+weights (torch's ``nearest-exact``): a few batched matrix products instead of a per-sample sampling grid, fast
 enough that augmentation is never the step's bottleneck (docs/performance.md has the figures of
 ``benchmarks/augmentation.py``). It runs on the device of its input, so a trainer may move uint8 batches to the GPU and augment there.
 
@@ -44,14 +45,17 @@ class CropParams:
         flips: ``(B,)`` bool, ``True`` where the sample is flipped horizontally.
         colour: ``(B, 4)`` float32 brightness, contrast and saturation factors and a grayscale flag
             (1.0: grey) per sample, or ``None`` when colour augmentation is off.
+        nearest: ``(B,)`` bool, ``True`` where the crop is resized with nearest-neighbour sampling
+            instead of the bilinear kernel, or ``None`` when ``nearest_prob`` is 0.
     """
 
-    __slots__ = ("boxes", "flips", "colour")
+    __slots__ = ("boxes", "flips", "colour", "nearest")
 
-    def __init__(self, boxes: Tensor, flips: Tensor, colour: Tensor | None = None) -> None:
+    def __init__(self, boxes: Tensor, flips: Tensor, colour: Tensor | None = None, nearest: Tensor | None = None) -> None:
         self.boxes = boxes
         self.flips = flips
         self.colour = colour
+        self.nearest = nearest
 
 
 def sample_crop_boxes(
@@ -107,7 +111,9 @@ def _centre_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tu
     return height, width
 
 
-def resample_weights(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tensor | None = None) -> Tensor:
+def resample_weights(
+    start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tensor | None = None, nearest: Tensor | None = None
+) -> Tensor:
     """Per-sample 1-D resampling matrices for "crop ``[start, start + length)`` and resize".
 
     Output pixel ``k`` reads the input around its centre ``start + (k + 0.5) * length / out_size``
@@ -122,6 +128,9 @@ def resample_weights(start: Tensor, length: Tensor, in_size: int, out_size: int,
         in_size: input length in pixels.
         out_size: output length in pixels.
         flip: ``(B,)`` bool, reverse the output of these samples.
+        nearest: ``(B,)`` bool, these samples read the one input pixel that holds each output
+            pixel's centre (nearest-neighbour, as ``F.interpolate(mode="nearest-exact")``): no
+            blur, whatever the scale.
 
     Returns:
         ``(B, out_size, in_size)`` float32 weights on the device of ``start``.
@@ -137,7 +146,12 @@ def resample_weights(start: Tensor, length: Tensor, in_size: int, out_size: int,
     source = torch.arange(in_size, device=device, dtype=torch.float32) + 0.5  # input pixel centres
     support = step.clamp(min=1.0)[:, None, None]
     weights = (1.0 - (source - centre[:, :, None]).abs() / support).clamp_(min=0.0)
-    return weights / weights.sum(dim=-1, keepdim=True).clamp_(min=1e-12)
+    weights = weights / weights.sum(dim=-1, keepdim=True).clamp_(min=1e-12)
+    if nearest is not None:
+        held = torch.floor(centre).clamp_(0, in_size - 1).to(torch.int64)  # the pixel holding each centre
+        one_hot = torch.nn.functional.one_hot(held, in_size).to(weights.dtype)
+        weights = torch.where(nearest.to(device)[:, None, None], one_hot, weights)
+    return weights
 
 
 def _normalised_float(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -203,7 +217,10 @@ class BatchAugment:
             factors = 1.0 + jittered * cfg.color_jitter * (2.0 * draws[:, 1:4] - 1.0)
             grey = (draws[:, 4:] < cfg.grayscale_prob).float()
             colour = torch.cat([factors, grey], dim=1)
-        return CropParams(boxes, flips, colour)
+        nearest = None
+        if cfg.nearest_prob > 0:  # no draw otherwise: older runs replay exactly
+            nearest = torch.rand(batch_size, generator=generator, device=generator.device) < cfg.nearest_prob
+        return CropParams(boxes, flips, colour, nearest)
 
     def apply(self, images: Tensor, params: CropParams) -> Tensor:
         """Crop, resize, flip and normalise ``(B, C, H, W)`` uint8 images with given draws.
@@ -219,10 +236,12 @@ class BatchAugment:
             starts = boxes[:, :2].T.reshape(-1)  # (2B,): tops, then lefts
             lengths = boxes[:, 2:].T.reshape(-1)  # heights, then widths
             flip_x_only = torch.cat([torch.zeros_like(flips), flips])
-            weights_y, weights_x = resample_weights(starts, lengths, height, size, flip=flip_x_only).chunk(2)
+            nearest = None if params.nearest is None else params.nearest.to(images.device).repeat(2)
+            weights_y, weights_x = resample_weights(starts, lengths, height, size, flip=flip_x_only, nearest=nearest).chunk(2)
         else:
-            weights_y = resample_weights(boxes[:, 0], boxes[:, 2], height, size)
-            weights_x = resample_weights(boxes[:, 1], boxes[:, 3], width, size, flip=flips)
+            nearest = None if params.nearest is None else params.nearest.to(images.device)
+            weights_y = resample_weights(boxes[:, 0], boxes[:, 2], height, size, nearest=nearest)
+            weights_x = resample_weights(boxes[:, 1], boxes[:, 3], width, size, flip=flips, nearest=nearest)
         x = _normalised_float(images, self.config.mean, self.config.std)
         out = _resample(x, weights_y, weights_x)
         if params.colour is not None:
