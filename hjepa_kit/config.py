@@ -75,11 +75,18 @@ class AugmentationConfig:
         help="Probability that an image's crop is resized with nearest-neighbour sampling (sharp, blocky) instead of "
         "the antialiased bilinear kernel (smooth); 0: always bilinear.",
     )
+    blur_prob: float = param(
+        0.0, ge=0.0, le=1.0,
+        help="Probability that an image is blurred with a Gaussian after its crop (SimCLR's and BYOL's blur); 0: never.",
+    )
+    blur_sigma: tuple[float, float] = param(
+        (0.1, 2.0), ge=0.0, help="Range of the blur's std, in pixels of the output image (drawn uniformly per image)."
+    )
     mean: tuple[float, float, float] = param((0.485, 0.456, 0.406), help="Per-channel mean used to normalise images.")
     std: tuple[float, float, float] = param((0.229, 0.224, 0.225), help="Per-channel std used to normalise images.", gt=0.0)
 
     def __attrs_post_init__(self) -> None:
-        for key in ("crop_scale", "crop_ratio"):
+        for key in ("crop_scale", "crop_ratio", "blur_sigma"):
             low, high = getattr(self, key)
             if low > high:
                 raise ValueError(f"{key}: lower bound {low} is above upper bound {high}")

@@ -160,6 +160,44 @@ def test_nearest_off_draws_nothing_extra():
         AugmentationConfig(nearest_prob=1.5)
 
 
+def test_blur_is_a_gaussian_folded_into_the_resize():
+    from torchvision.transforms import functional as TF
+
+    config = AugmentationConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False, blur_prob=0.5,
+                                blur_sigma=(0.5, 1.5), **PLAIN)
+    augment = BatchAugment(config, 32)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    params = augment.sample(64, 32, 32, gen(6))
+    blurred = params.blur > 0
+    assert 0.3 < blurred.float().mean() < 0.7
+    assert float(params.blur[blurred].min()) >= 0.5 and float(params.blur.max()) <= 1.5
+    out = augment.apply(images, params)
+    x = images.float() / 255
+    assert torch.allclose(out[~blurred], x[~blurred], atol=1e-5)  # sigma 0: the crop alone
+    for i in blurred.nonzero().flatten().tolist():
+        sigma = float(params.blur[i])
+        reference = TF.gaussian_blur(x[i], kernel_size=[31, 31], sigma=[sigma, sigma])
+        inner = slice(6, 26)  # away from the border, where torchvision reflects and this renormalises
+        assert torch.allclose(out[i][:, inner, inner], reference[:, inner, inner], atol=2e-3), i
+    # blurring averages: a constant image stays constant, noise loses variance
+    flat = torch.full((64, 3, 32, 32), 77, dtype=torch.uint8)
+    assert torch.allclose(augment.apply(flat, params), torch.full((64, 3, 32, 32), 77 / 255), atol=1e-5)
+    assert float(out[blurred].std()) < 0.8 * float(x[blurred].std())
+
+
+def test_blur_off_draws_nothing_extra_and_its_range_is_checked():
+    generator = gen(8)
+    assert BatchAugment(AugmentationConfig(), 32).sample(8, 32, 32, generator).blur is None
+    after_plain = torch.rand(1, generator=generator)
+    generator = gen(8)
+    assert BatchAugment(AugmentationConfig(blur_prob=1.0), 32).sample(8, 32, 32, generator).blur.shape == (8,)
+    assert not torch.equal(torch.rand(1, generator=generator), after_plain)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        AugmentationConfig(blur_sigma=(2.0, 1.0))
+    with pytest.raises(ValueError, match="blur_prob"):
+        AugmentationConfig(blur_prob=-0.1)
+
+
 def test_augment_is_reproducible_with_the_same_generator():
     augment = BatchAugment(AugmentationConfig(), 32)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)

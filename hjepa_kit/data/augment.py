@@ -7,7 +7,7 @@ al., "A Simple Framework for Contrastive Learning of Visual Representations", IC
 crop and resize are one separable resampling per sample, done as two batched matrix products
 (``W_y @ X @ W_x^T``) with bilinear weights (antialiased when shrinking, as torchvision's
 ``antialias=True``), or, for the fraction ``nearest_prob`` of the samples, nearest-neighbour
-weights (torch's ``nearest-exact``): a few batched matrix products instead of a per-sample sampling grid, fast
+weights (torch's ``nearest-exact``); a Gaussian blur (``blur_prob``) folds into the same weights: a few batched matrix products instead of a per-sample sampling grid, fast
 enough that augmentation is never the step's bottleneck (docs/performance.md has the figures of
 ``benchmarks/augmentation.py``). It runs on the device of its input, so a trainer may move uint8 batches to the GPU and augment there.
 
@@ -30,6 +30,7 @@ __all__ = [
     "CropParams",
     "sample_crop_boxes",
     "resample_weights",
+    "gaussian_weights",
     "eval_transform",
 ]
 
@@ -47,15 +48,25 @@ class CropParams:
             (1.0: grey) per sample, or ``None`` when colour augmentation is off.
         nearest: ``(B,)`` bool, ``True`` where the crop is resized with nearest-neighbour sampling
             instead of the bilinear kernel, or ``None`` when ``nearest_prob`` is 0.
+        blur: ``(B,)`` float32 std in output pixels of each sample's Gaussian blur (0: none), or
+            ``None`` when ``blur_prob`` is 0.
     """
 
-    __slots__ = ("boxes", "flips", "colour", "nearest")
+    __slots__ = ("boxes", "flips", "colour", "nearest", "blur")
 
-    def __init__(self, boxes: Tensor, flips: Tensor, colour: Tensor | None = None, nearest: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        boxes: Tensor,
+        flips: Tensor,
+        colour: Tensor | None = None,
+        nearest: Tensor | None = None,
+        blur: Tensor | None = None,
+    ) -> None:
         self.boxes = boxes
         self.flips = flips
         self.colour = colour
         self.nearest = nearest
+        self.blur = blur
 
 
 def sample_crop_boxes(
@@ -154,6 +165,26 @@ def resample_weights(
     return weights
 
 
+def gaussian_weights(sigma: Tensor, size: int) -> Tensor:
+    """Per-sample 1-D Gaussian blur matrices over ``size`` pixels.
+
+    Row ``k`` holds ``exp(-(j - k)^2 / (2 sigma^2))`` over the pixels ``j`` of the line, normalised
+    to sum to one (so pixels near the border average only the pixels there, as a clamped
+    border). A ``sigma`` of 0 gives the identity.
+
+    Args:
+        sigma: ``(B,)`` std in pixels, ``>= 0``.
+
+    Returns:
+        ``(B, size, size)`` float32 on the device of ``sigma``.
+    """
+    position = torch.arange(size, device=sigma.device, dtype=torch.float32)
+    distance = (position[None, :, None] - position[None, None, :]).square()  # (1, size, size)
+    variance = 2.0 * sigma.to(torch.float32).square().clamp(min=1e-12)[:, None, None]
+    weights = torch.exp(-distance / variance)  # sigma 0: exp(0) on the diagonal, exp(-inf) off it
+    return weights / weights.sum(dim=-1, keepdim=True)
+
+
 def _normalised_float(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 ``(B, C, H, W)`` -> float32 ``(x / 255 - mean) / std`` per channel, one pass."""
     if images.dtype != torch.uint8:
@@ -220,7 +251,12 @@ class BatchAugment:
         nearest = None
         if cfg.nearest_prob > 0:  # no draw otherwise: older runs replay exactly
             nearest = torch.rand(batch_size, generator=generator, device=generator.device) < cfg.nearest_prob
-        return CropParams(boxes, flips, colour, nearest)
+        blur = None
+        if cfg.blur_prob > 0:  # no draws otherwise: older runs replay exactly
+            draws = torch.rand((batch_size, 2), generator=generator, device=generator.device)
+            low, high = cfg.blur_sigma
+            blur = torch.where(draws[:, 0] < cfg.blur_prob, low + (high - low) * draws[:, 1], torch.zeros_like(draws[:, 1]))
+        return CropParams(boxes, flips, colour, nearest, blur)
 
     def apply(self, images: Tensor, params: CropParams) -> Tensor:
         """Crop, resize, flip and normalise ``(B, C, H, W)`` uint8 images with given draws.
@@ -242,6 +278,10 @@ class BatchAugment:
             nearest = None if params.nearest is None else params.nearest.to(images.device)
             weights_y = resample_weights(boxes[:, 0], boxes[:, 2], height, size, nearest=nearest)
             weights_x = resample_weights(boxes[:, 1], boxes[:, 3], width, size, flip=flips, nearest=nearest)
+        if params.blur is not None:  # the blur folds into the resampling: no extra pass over the pixels
+            blur_y = gaussian_weights(params.blur.to(images.device), size)
+            weights_y = torch.bmm(blur_y, weights_y)
+            weights_x = torch.bmm(blur_y, weights_x)  # the same std on both axes (square output)
         x = _normalised_float(images, self.config.mean, self.config.std)
         out = _resample(x, weights_y, weights_x)
         if params.colour is not None:
