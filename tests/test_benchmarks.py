@@ -211,3 +211,36 @@ def test_attentive_probe_benchmark_times_the_default_grid(tmp_path: Path) -> Non
     assert (result["head"], result["probes"], result["train"], result["tokens"], result["dim"]) == ("vjepa", 4, 120, 64, 192)
     assert result["wall_s"] > 0 and result["peak_rss_gb"] > 0 and 0.0 <= result["top1"] <= 1.0
     assert set(result["machine"]) >= {"cpu", "threads", "torch"}
+
+
+def test_synthetic_factors_are_the_ones_drawn_and_the_probe_scores_them() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from synthetic_factors import ridge_cv
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    from plugins.datasets.synthetic import SHAPES, render_shapes, shape_factors
+
+    # The factors are the rendering's: without noise, a disc's centre pixel has the shape's colour
+    # and the background's polarity decides which side of mid-grey the image's corners are.
+    labels = torch.full((40,), SHAPES.index("disc"))
+    images = render_shapes(labels, 32, noise=0.0, seed=3).float() / 255
+    factors = shape_factors(40, 32, noise=0.0, seed=3)
+    x, y = factors.centre.floor().long().unbind(1)
+    centre = images[torch.arange(40), :, y, x]
+    assert torch.allclose(centre, factors.foreground, atol=1 / 255 + 1e-6)
+    corner = images[:, :, 0, 0].mean(dim=1)
+    assert torch.equal(corner > 0.5, factors.light_background)
+    # The probe: a feature that holds the factor scores it; one that does not, scores chance.
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(300, generator=generator).numpy()
+    noise = torch.randn(300, 8, generator=generator).numpy()
+    holds = noise.copy()
+    holds[:, 0] = 3 * target + 1
+    assert ridge_cv(holds, target, classify=False) > 0.99
+    assert ridge_cv(noise, target, classify=False) < 0.1
+    classes = (torch.arange(300) % 3).numpy()
+    one_hot = noise.copy()
+    one_hot[:, :3] += 5 * (classes[:, None] == [0, 1, 2])
+    assert ridge_cv(one_hot, classes, classify=True) == 1.0
+    assert ridge_cv(noise, classes, classify=True) < 0.5

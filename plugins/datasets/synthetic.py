@@ -12,7 +12,7 @@ from hjepa_kit.contracts import BuildContext, ImageData
 from hjepa_kit.errors import DataError
 from hjepa_kit.params import param
 
-__all__ = ["SyntheticParams", "SyntheticDataset", "SHAPES", "build_synthetic", "render_shapes"]
+__all__ = ["SyntheticParams", "SyntheticDataset", "SHAPES", "ShapeFactors", "build_synthetic", "render_shapes", "shape_factors"]
 
 
 @attrs.frozen(kw_only=True)
@@ -84,6 +84,44 @@ def _colours(count: int, light: Tensor, generator: torch.Generator) -> Tensor:
     return (base + 0.6 * light[:, None].to(base.dtype)).view(count, 3, 1, 1)
 
 
+@attrs.frozen
+class ShapeFactors:
+    """The class-independent factors of each rendered image (what a representation should ignore).
+
+    Attributes:
+        radius: ``(N,)`` half-size of the shape in pixels.
+        centre: ``(N, 2)`` x, y of its centre in pixels.
+        light_background: ``(N,)`` bool, a light background (and a dark shape).
+        background_a, background_b: ``(N, 3)`` the background gradient's two colours in [0, 1].
+        foreground: ``(N, 3)`` the shape's colour in [0, 1].
+        angle: ``(N,)`` direction of the background gradient in radians.
+        noise_std: ``(N,)`` std of the image's per-pixel noise.
+    """
+
+    radius: Tensor
+    centre: Tensor
+    light_background: Tensor
+    background_a: Tensor
+    background_b: Tensor
+    foreground: Tensor
+    angle: Tensor
+    noise_std: Tensor
+
+
+def shape_factors(count: int, size: int, *, noise: float, seed: int) -> ShapeFactors:
+    """Draw the factors :func:`render_shapes` uses for ``count`` images (the same for the same seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    radius = size * (0.2 + 0.18 * torch.rand(count, generator=generator))
+    centre = radius[:, None] + torch.rand((count, 2), generator=generator) * (size - 2 * radius[:, None])
+    light_background = torch.rand(count, generator=generator) < 0.5
+    background_a = _colours(count, light_background, generator).view(count, 3)
+    background_b = _colours(count, light_background, generator).view(count, 3)
+    foreground = _colours(count, ~light_background, generator).view(count, 3)
+    angle = torch.rand(count, generator=generator) * (2 * math.pi)
+    noise_std = torch.rand(count, generator=generator) * noise
+    return ShapeFactors(radius, centre, light_background, background_a, background_b, foreground, angle, noise_std)
+
+
 def render_shapes(labels: Tensor, size: int, *, noise: float, seed: int) -> Tensor:
     """Draw one shape per label on a gradient-and-noise background.
 
@@ -101,15 +139,10 @@ def render_shapes(labels: Tensor, size: int, *, noise: float, seed: int) -> Tens
         ``(N, 3, S, S)`` uint8.
     """
     count = labels.shape[0]
-    generator = torch.Generator().manual_seed(seed)
-    radius = size * (0.2 + 0.18 * torch.rand(count, generator=generator))
-    centre = radius[:, None] + torch.rand((count, 2), generator=generator) * (size - 2 * radius[:, None])
-    light_background = torch.rand(count, generator=generator) < 0.5
-    background_a = _colours(count, light_background, generator)
-    background_b = _colours(count, light_background, generator)
-    foreground = _colours(count, ~light_background, generator)
-    angle = torch.rand(count, generator=generator) * (2 * math.pi)
-    noise_std = torch.rand(count, generator=generator) * noise
+    factors = shape_factors(count, size, noise=noise, seed=seed)
+    radius, centre, angle, noise_std = factors.radius, factors.centre, factors.angle, factors.noise_std
+    background_a, background_b = factors.background_a.view(count, 3, 1, 1), factors.background_b.view(count, 3, 1, 1)
+    foreground = factors.foreground.view(count, 3, 1, 1)
 
     out = torch.empty((count, 3, size, size), dtype=torch.uint8)
     pixel = torch.arange(size, dtype=torch.float32) + 0.5
@@ -162,11 +195,19 @@ class SyntheticDataset:
         """Decoded size of ``split``."""
         return self._count(split) * 3 * self.image_size**2
 
+    def _split_seed(self, split: str) -> int:
+        self._count(split)  # the unknown-split error
+        return self.params.seed * 2 + self.splits.index(split)
+
+    def factors(self, split: str) -> ShapeFactors:
+        """The class-independent factors of every image of ``split``, in the order of :meth:`load`."""
+        return shape_factors(self._count(split), self.image_size, noise=self.params.noise, seed=self._split_seed(split))
+
     def load(self, split: str) -> ImageData:
         """Generate ``split``: ``(N, 3, S, S)`` uint8 images and balanced ``(N,)`` int64 labels."""
         if split not in self._cache:
             count = self._count(split)
-            split_seed = self.params.seed * 2 + self.splits.index(split)
+            split_seed = self._split_seed(split)
             order = torch.Generator().manual_seed(split_seed)
             labels = (torch.arange(count) % self.params.num_classes)[torch.randperm(count, generator=order)]
             images = render_shapes(labels, self.image_size, noise=self.params.noise, seed=split_seed)
