@@ -82,11 +82,18 @@ class AugmentationConfig:
     blur_sigma: tuple[float, float] = param(
         (0.1, 2.0), ge=0.0, help="Range of the blur's std, in pixels of the output image (drawn uniformly per image)."
     )
+    noise_prob: float = param(
+        0.0, ge=0.0, le=1.0,
+        help="Probability that an image gets Gaussian pixel noise added after its other augmentations; 0: never.",
+    )
+    noise_std: tuple[float, float] = param(
+        (0.0, 0.1), ge=0.0, help="Range of the added noise's std, in pixel values of [0, 1] (drawn uniformly per image)."
+    )
     mean: tuple[float, float, float] = param((0.485, 0.456, 0.406), help="Per-channel mean used to normalise images.")
     std: tuple[float, float, float] = param((0.229, 0.224, 0.225), help="Per-channel std used to normalise images.", gt=0.0)
 
     def __attrs_post_init__(self) -> None:
-        for key in ("crop_scale", "crop_ratio", "blur_sigma"):
+        for key in ("crop_scale", "crop_ratio", "blur_sigma", "noise_std"):
             low, high = getattr(self, key)
             if low > high:
                 raise ValueError(f"{key}: lower bound {low} is above upper bound {high}")

@@ -198,6 +198,30 @@ def test_blur_off_draws_nothing_extra_and_its_range_is_checked():
         AugmentationConfig(blur_prob=-0.1)
 
 
+def test_pixel_noise_is_added_per_image_at_its_drawn_std():
+    config = AugmentationConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False, noise_prob=0.5,
+                                noise_std=(0.05, 0.1), std=(0.5, 0.25, 0.2), mean=(0.0, 0.0, 0.0))
+    augment = BatchAugment(config, 32)
+    images = torch.full((64, 3, 32, 32), 128, dtype=torch.uint8)
+    params = augment.sample(64, 32, 32, gen(9))
+    out = augment.apply(images, params)
+    pixels = out * torch.tensor(config.std).view(1, 3, 1, 1)  # back to [0, 1] units
+    spread = pixels.flatten(1).std(dim=1)
+    noisy = spread > 0
+    assert 0.3 < noisy.float().mean() < 0.7
+    assert float(spread[noisy].min()) > 0.04 and float(spread[noisy].max()) < 0.11
+    assert torch.allclose(pixels[~noisy], torch.full_like(pixels[~noisy], 128 / 255), atol=1e-5)
+    assert torch.allclose(pixels, 128 / 255 + params.noise, atol=1e-5)
+    generator = gen(9)
+    assert BatchAugment(AugmentationConfig(), 32).sample(8, 32, 32, generator).noise is None
+    after_plain = torch.rand(1, generator=generator)
+    generator = gen(9)
+    BatchAugment(AugmentationConfig(noise_prob=0.1), 32).sample(8, 32, 32, generator)
+    assert not torch.equal(torch.rand(1, generator=generator), after_plain)
+    with pytest.raises(ValueError, match="noise_std"):
+        AugmentationConfig(noise_std=(0.2, 0.1))
+
+
 def test_augment_is_reproducible_with_the_same_generator():
     augment = BatchAugment(AugmentationConfig(), 32)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)

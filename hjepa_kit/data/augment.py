@@ -3,7 +3,8 @@
 Augmentation: a per-sample random resized crop (the I-JEPA scale range, sampled as torchvision's
 ``RandomResizedCrop`` does, with its centre-crop fallback), a per-sample horizontal flip and, when
 configured, a per-sample colour jitter and grayscale (SimCLR's colour distortion without hue: Chen et
-al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020). The
+al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020), Gaussian
+blur (SimCLR's, BYOL's: Grill et al., NeurIPS 2020) and additive Gaussian pixel noise. The
 crop and resize are one separable resampling per sample, done as two batched matrix products
 (``W_y @ X @ W_x^T``) with bilinear weights (antialiased when shrinking, as torchvision's
 ``antialias=True``), or, for the fraction ``nearest_prob`` of the samples, nearest-neighbour
@@ -50,9 +51,11 @@ class CropParams:
             instead of the bilinear kernel, or ``None`` when ``nearest_prob`` is 0.
         blur: ``(B,)`` float32 std in output pixels of each sample's Gaussian blur (0: none), or
             ``None`` when ``blur_prob`` is 0.
+        noise: ``(B, C, S, S)`` float32 pixel noise to add (in [0, 1] pixel units, 0 for samples
+            drawn without), or ``None`` when ``noise_prob`` is 0.
     """
 
-    __slots__ = ("boxes", "flips", "colour", "nearest", "blur")
+    __slots__ = ("boxes", "flips", "colour", "nearest", "blur", "noise")
 
     def __init__(
         self,
@@ -61,12 +64,14 @@ class CropParams:
         colour: Tensor | None = None,
         nearest: Tensor | None = None,
         blur: Tensor | None = None,
+        noise: Tensor | None = None,
     ) -> None:
         self.boxes = boxes
         self.flips = flips
         self.colour = colour
         self.nearest = nearest
         self.blur = blur
+        self.noise = noise
 
 
 def sample_crop_boxes(
@@ -233,7 +238,9 @@ class BatchAugment:
         self.config = config
         self.output_size = int(output_size)
 
-    def sample(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> CropParams:
+    def sample(
+        self, batch_size: int, height: int, width: int, generator: torch.Generator, channels: int = 3
+    ) -> CropParams:
         """Draw the crops and flips of a batch from ``generator`` (a fixed number of draws)."""
         cfg = self.config
         boxes = sample_crop_boxes(batch_size, height, width, cfg.crop_scale, cfg.crop_ratio, generator)
@@ -256,7 +263,15 @@ class BatchAugment:
             draws = torch.rand((batch_size, 2), generator=generator, device=generator.device)
             low, high = cfg.blur_sigma
             blur = torch.where(draws[:, 0] < cfg.blur_prob, low + (high - low) * draws[:, 1], torch.zeros_like(draws[:, 1]))
-        return CropParams(boxes, flips, colour, nearest, blur)
+        noise = None
+        if cfg.noise_prob > 0:  # no draws otherwise: older runs replay exactly
+            draws = torch.rand((batch_size, 2), generator=generator, device=generator.device)
+            low, high = cfg.noise_std
+            std = torch.where(draws[:, 0] < cfg.noise_prob, low + (high - low) * draws[:, 1], torch.zeros_like(draws[:, 1]))
+            size = self.output_size
+            noise = torch.randn((batch_size, channels, size, size), generator=generator, device=generator.device)
+            noise.mul_(std.view(-1, 1, 1, 1))
+        return CropParams(boxes, flips, colour, nearest, blur, noise)
 
     def apply(self, images: Tensor, params: CropParams) -> Tensor:
         """Crop, resize, flip and normalise ``(B, C, H, W)`` uint8 images with given draws.
@@ -286,6 +301,9 @@ class BatchAugment:
         out = _resample(x, weights_y, weights_x)
         if params.colour is not None:
             out = _colour_distort(out, params.colour.to(images.device), self.config.mean, self.config.std)
+        if params.noise is not None:  # pixel units -> normalised units, per channel; no clamp (as sensor noise)
+            inverse_std = torch.tensor([1.0 / s for s in self.config.std], device=images.device).view(1, -1, 1, 1)
+            out = out + params.noise.to(images.device) * inverse_std
         return out
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
@@ -294,7 +312,7 @@ class BatchAugment:
         Returns:
             ``(B, C, S, S)`` float32, normalised, on the device of ``images``.
         """
-        params = self.sample(images.shape[0], images.shape[2], images.shape[3], generator)
+        params = self.sample(images.shape[0], images.shape[2], images.shape[3], generator, channels=images.shape[1])
         return self.apply(images, params)
 
 
