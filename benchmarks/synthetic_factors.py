@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--representation", default=None, help="encoder, level0, level1 ... (default: each run's evaluated one)")
     args = parser.parse_args(argv)
 
+    names = [Path(c).name for c in args.checkpoint]
+    if len(set(names)) < len(names):  # checkpoints of several runs share their file names
+        names = list(args.checkpoint)
     columns = []
     with tempfile.TemporaryDirectory() as folder:
         for i, checkpoint in enumerate(args.checkpoint):
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             features = np.load(out)["features"].astype(np.float64)
             targets = factor_targets(checkpoint)
             scores = {name: ridge_cv(features, values, classify) for name, (values, classify) in targets.items()}
-            columns.append((f"{Path(checkpoint).name} ({result.representation})", scores))
+            columns.append((f"{names[i]} ({result.representation})", scores))
     names = list(columns[0][1])
     print("| factor | " + " | ".join(title for title, _ in columns) + " |")
     print("| --- |" + " --- |" * len(columns))
