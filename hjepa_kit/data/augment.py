@@ -8,8 +8,8 @@ blur (SimCLR's, BYOL's: Grill et al., NeurIPS 2020) and additive Gaussian pixel 
 crop and resize are one separable resampling per sample, done as two batched matrix products
 (``W_y @ X @ W_x^T``) with bilinear weights (antialiased when shrinking, as torchvision's
 ``antialias=True``), or, for the fraction ``nearest_prob`` of the samples, nearest-neighbour
-weights (torch's ``nearest-exact``); a Gaussian blur (``blur_prob``) folds into the same weights: a few batched matrix products instead of a per-sample sampling grid, fast
-enough that augmentation is never the step's bottleneck (docs/performance.md has the figures of
+weights (torch's ``nearest-exact``); a Gaussian blur (``blur_prob``) folds into the same weights.
+A few batched matrix products instead of a per-sample sampling grid, fast enough that augmentation is never the step's bottleneck (docs/performance.md has the figures of
 ``benchmarks/augmentation.py``). It runs on the device of its input, so a trainer may move uint8 batches to the GPU and augment there.
 
 The evaluation transform (:func:`eval_transform`) resizes the whole image with the same kernel and
@@ -186,7 +186,7 @@ def gaussian_weights(sigma: Tensor, size: int) -> Tensor:
     position = torch.arange(size, device=sigma.device, dtype=torch.float32)
     distance = (position[None, :, None] - position[None, None, :]).square()  # (1, size, size)
     variance = 2.0 * sigma.to(torch.float32).square().clamp(min=1e-12)[:, None, None]
-    weights = torch.exp(-distance / variance)  # sigma 0: exp(0) on the diagonal, exp(-inf) off it
+    weights = torch.exp(-distance / variance)  # sigma 0: 1 on the diagonal, exp(-1e12) = 0 off it
     return weights / weights.sum(dim=-1, keepdim=True)
 
 
@@ -241,7 +241,11 @@ class BatchAugment:
     def sample(
         self, batch_size: int, height: int, width: int, generator: torch.Generator, channels: int = 3
     ) -> CropParams:
-        """Draw the crops and flips of a batch from ``generator`` (a fixed number of draws)."""
+        """Draw the crops, flips and other random choices of a batch from ``generator``.
+
+        The number of draws depends only on the configuration and the batch shape; ``channels``
+        (the images' channels) shapes the pixel noise.
+        """
         cfg = self.config
         boxes = sample_crop_boxes(batch_size, height, width, cfg.crop_scale, cfg.crop_ratio, generator)
         if cfg.hflip:
