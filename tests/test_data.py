@@ -108,17 +108,6 @@ def test_colour_jitter_and_grayscale_match_torchvision_per_sample():
         assert torch.allclose(out[i], (x - mean) / std, atol=1e-4), i
 
 
-def test_colour_augmentation_off_draws_nothing_extra():
-    plain = BatchAugment(AugmentationConfig(), 32)
-    generator = gen(5)
-    assert plain.sample(8, 32, 32, generator).colour is None
-    after_plain = torch.rand(1, generator=generator)
-    jitter = BatchAugment(AugmentationConfig(color_jitter=0.4), 32)
-    generator = gen(5)
-    assert jitter.sample(8, 32, 32, generator).colour.shape == (8, 4)
-    assert not torch.equal(torch.rand(1, generator=generator), after_plain)
-
-
 def test_nearest_resampling_matches_torch_nearest_exact_per_sample():
     config = AugmentationConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False, nearest_prob=0.5, **PLAIN)
     augment = BatchAugment(config, 32)
@@ -149,17 +138,6 @@ def test_nearest_crops_only_hold_pixels_of_the_image_and_flip_as_the_bilinear_on
         assert torch.allclose(out[i], F.interpolate(crop, size=(48, 48), mode="nearest-exact")[0], atol=1e-6), i
 
 
-def test_nearest_off_draws_nothing_extra():
-    generator = gen(7)
-    assert BatchAugment(AugmentationConfig(), 32).sample(8, 32, 32, generator).nearest is None
-    after_plain = torch.rand(1, generator=generator)
-    generator = gen(7)
-    assert BatchAugment(AugmentationConfig(nearest_prob=0.3), 32).sample(8, 32, 32, generator).nearest.shape == (8,)
-    assert not torch.equal(torch.rand(1, generator=generator), after_plain)
-    with pytest.raises(ValueError, match="nearest_prob"):
-        AugmentationConfig(nearest_prob=1.5)
-
-
 def test_blur_is_a_gaussian_folded_into_the_resize():
     from torchvision.transforms import functional as TF
 
@@ -185,19 +163,6 @@ def test_blur_is_a_gaussian_folded_into_the_resize():
     assert float(out[blurred].std()) < 0.8 * float(x[blurred].std())
 
 
-def test_blur_off_draws_nothing_extra_and_its_range_is_checked():
-    generator = gen(8)
-    assert BatchAugment(AugmentationConfig(), 32).sample(8, 32, 32, generator).blur is None
-    after_plain = torch.rand(1, generator=generator)
-    generator = gen(8)
-    assert BatchAugment(AugmentationConfig(blur_prob=1.0), 32).sample(8, 32, 32, generator).blur.shape == (8,)
-    assert not torch.equal(torch.rand(1, generator=generator), after_plain)
-    with pytest.raises(ValueError, match="blur_sigma"):
-        AugmentationConfig(blur_sigma=(2.0, 1.0))
-    with pytest.raises(ValueError, match="blur_prob"):
-        AugmentationConfig(blur_prob=-0.1)
-
-
 def test_pixel_noise_is_added_per_image_at_its_drawn_std():
     config = AugmentationConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False, noise_prob=0.5,
                                 noise_std=(0.05, 0.1), std=(0.5, 0.25, 0.2), mean=(0.0, 0.0, 0.0))
@@ -212,14 +177,31 @@ def test_pixel_noise_is_added_per_image_at_its_drawn_std():
     assert float(spread[noisy].min()) > 0.04 and float(spread[noisy].max()) < 0.11
     assert torch.allclose(pixels[~noisy], torch.full_like(pixels[~noisy], 128 / 255), atol=1e-5)
     assert torch.allclose(pixels, 128 / 255 + params.noise, atol=1e-5)
-    generator = gen(9)
-    assert BatchAugment(AugmentationConfig(), 32).sample(8, 32, 32, generator).noise is None
+
+
+@pytest.mark.parametrize(
+    "attribute, setting, shape",
+    [("colour", {"color_jitter": 0.4}, (8, 4)), ("nearest", {"nearest_prob": 0.3}, (8,)),
+     ("blur", {"blur_prob": 1.0}, (8,)), ("noise", {"noise_prob": 0.1}, (8, 3, 32, 32))],
+)
+def test_an_augmentation_draws_only_when_on(attribute, setting, shape):
+    # Off, it draws nothing from the generator, so runs from before it existed replay exactly.
+    generator = gen(5)
+    assert getattr(BatchAugment(AugmentationConfig(), 32).sample(8, 32, 32, generator), attribute) is None
     after_plain = torch.rand(1, generator=generator)
-    generator = gen(9)
-    BatchAugment(AugmentationConfig(noise_prob=0.1), 32).sample(8, 32, 32, generator)
+    generator = gen(5)
+    assert getattr(BatchAugment(AugmentationConfig(**setting), 32).sample(8, 32, 32, generator), attribute).shape == shape
     assert not torch.equal(torch.rand(1, generator=generator), after_plain)
-    with pytest.raises(ValueError, match="noise_std"):
-        AugmentationConfig(noise_std=(0.2, 0.1))
+
+
+@pytest.mark.parametrize(
+    "setting, key",
+    [({"nearest_prob": 1.5}, "nearest_prob"), ({"blur_prob": -0.1}, "blur_prob"),
+     ({"blur_sigma": (2.0, 1.0)}, "blur_sigma"), ({"noise_std": (0.2, 0.1)}, "noise_std")],
+)
+def test_augmentation_settings_out_of_range_name_their_key(setting, key):
+    with pytest.raises(ValueError, match=key):
+        AugmentationConfig(**setting)
 
 
 def test_augment_is_reproducible_with_the_same_generator():
