@@ -244,3 +244,29 @@ def test_synthetic_factors_are_the_ones_drawn_and_the_probe_scores_them() -> Non
     one_hot[:, :3] += 5 * (classes[:, None] == [0, 1, 2])
     assert ridge_cv(one_hot, classes, classify=True) == 1.0
     assert ridge_cv(noise, classes, classify=True) < 0.5
+
+
+def test_token_spread_separates_within_from_between_images_and_reads_a_run(checkpoint: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from token_spread import spread
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    generator = torch.Generator().manual_seed(0)
+    per_image = torch.randn(50, 1, 6, generator=generator)  # every token of an image the same
+    figures = spread(per_image.expand(50, 9, 6), std_target=0.5)
+    assert figures["within images"] == pytest.approx(0.0, abs=1e-9)
+    assert figures["between images"] == pytest.approx(per_image.squeeze(1).std(dim=0).mean().item(), rel=1e-6)
+    scaled = torch.randn(40, 30, 4, generator=generator) * torch.tensor([0.1, 0.2, 2.0, 3.0])
+    figures = spread(scaled, std_target=1.0)
+    assert figures["under target"] == 0.5  # the two narrow dimensions
+    assert figures["std min"] == pytest.approx(0.1, rel=0.1)
+    # End to end on a trained run: one table row per checkpoint, with the run's own target.
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "token_spread.py"), "--checkpoint", str(checkpoint), "--images", "16"],
+        cwd=REPO, check=True, timeout=120, capture_output=True, text=True, env={**__import__("os").environ, "HJEPA_THREADS": "1"},
+    ).stdout.splitlines()
+    assert out[0].startswith("| checkpoint | std over tokens") and len(out) == 3
+    cells = [c.strip() for c in out[2].strip("|").split("|")]
+    assert cells[0] == checkpoint.name and cells[2].endswith("of 1")
+    assert 0 < float(cells[1].split(" / ")[0]) <= 1.5 and 0 < float(cells[4]) < 2
