@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 import _machine  # noqa: F401  - the CPU defaults every benchmark applies before torch loads
-from hjepa_kit.data.loader import iter_eval_batches
+from hjepa_kit.data.loader import choose_in_memory, iter_eval_batches
 from hjepa_kit.evaluation.pretrained import load_pretrained
 
 
@@ -50,7 +50,9 @@ def checkpoint_spread(checkpoint: str, images: int, split: str | None, dataset: 
     pretrained = load_pretrained(checkpoint, dataset=dataset)
     data = pretrained.build_dataset()
     split = split or ("test" if "test" in data.splits else data.splits[0])
-    source = data.load(split)
+    config = pretrained.config.data
+    # a large folder is streamed, as `hjepa embed` does: only the first images are decoded
+    source = data.load(split) if choose_in_memory(data, split, config.in_memory, config.memory_limit_mb) else data.open_stream(split)
     encoder = pretrained.model.context_encoder
     chunks = []
     seen = 0
