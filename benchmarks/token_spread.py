@@ -65,8 +65,8 @@ def checkpoint_spread(checkpoint: str, images: int, split: str | None, dataset: 
             seen += batch.shape[0]
             if seen >= images:
                 break
-    params = pretrained.config.loss.params
-    target = float(params.get("std_target", 1.0)) if isinstance(params, dict) else float(getattr(params, "std_target", 1.0))
+    _, params = pretrained.resolved["loss"]  # the loss's own parameters, defaults filled in
+    target = float(getattr(params, "std_target", 1.0))  # a loss without the hinge: VICReg's 1
     norm = getattr(encoder, "norm", None)
     gain = norm.weight.abs().mean().item() if getattr(norm, "weight", None) is not None else None
     return spread(torch.cat(chunks), target), target, gain
