@@ -48,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hjepa_kit
 from hjepa_kit.training.compiling import AUTO_TRAIN_MIN_STEPS, should_compile
-from hjepa_kit.contracts import Masks
+from hjepa_kit.contracts import Masks, call_loss
 from hjepa_kit.runtime import resolve_device
 from hjepa_kit.training.trainer import Trainer
 
@@ -213,7 +213,7 @@ class HJEPABench:
                 watch.lap("context forward")
                 leaf = context.detach().requires_grad_(True)
                 predictions = model.predictor(leaf, masks)
-                out = t.loss_fn(predictions, targets, leaf)
+                out = call_loss(t.loss_fn, predictions, targets, leaf, masks)
             loss = out.total
             float(loss.detach())
             (loss / self.accumulation).backward()
@@ -248,7 +248,7 @@ def step_flops_per_image(t: Trainer, images: torch.Tensor, masks: Masks) -> floa
     with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
         with torch.autocast(t.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             step = model.forward_step(images, masks)
-            out = t.loss_fn(step.predictions, step.targets, step.context)
+            out = call_loss(t.loss_fn, step.predictions, step.targets, step.context, masks)
         out.total.backward()
     t.optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops() / count

@@ -48,6 +48,7 @@ __all__ = [
     "Masker",
     "Predictor",
     "Loss",
+    "call_loss",
     "Dataset",
     "SizedDataset",
     "StreamingDataset",
@@ -286,10 +287,13 @@ class Loss(Protocol):
 
         out = loss(predictions, targets, context)   # LossOutput(total=(), terms={"level0": (), ...})
 
-    Two optional members: ``collapse_remedies()`` returns parameter changes (``[{"weight": 2.0}]``)
+    Optional members: ``collapse_remedies()`` returns parameter changes (``[{"weight": 2.0}]``)
     that a run stopped by a collapse or a non-finite loss suggests as ``--set loss.params.<key>=...``
-    commands beside the core's own; and, for a module, its ``state_dict`` (buffers, extra state) is
-    saved in checkpoints and restored on resume.
+    commands beside the core's own; ``uses_context_indices``, when true, makes the core pass the
+    context tokens' grid positions as the keyword ``context_indices`` (``masks.context``,
+    ``(B, Nc)`` int64, patch indices in grid order), for a term that depends on where each
+    context token sits (every caller goes through :func:`call_loss`); and, for a module, its
+    ``state_dict`` (buffers, extra state) is saved in checkpoints and restored on resume.
     """
 
     def __call__(
@@ -313,6 +317,21 @@ class Loss(Protocol):
             (``loss/level0``, ``loss/variance`` ...).
         """
         ...
+
+
+def call_loss(loss_fn: Any, predictions: Sequence[Tensor], targets: Sequence[Tensor], context: Tensor | None,
+              masks: Masks | None = None) -> LossOutput:
+    """Call a :class:`Loss` as the core does: with ``context_indices=masks.context`` when it declares ``uses_context_indices``.
+
+    Raises:
+        ValueError: when the loss asks for the context's positions and ``masks`` is ``None``.
+    """
+    if getattr(loss_fn, "uses_context_indices", False):
+        if masks is None:
+            raise ValueError(f"the loss {type(loss_fn).__name__} needs the context's positions (uses_context_indices) "
+                             "but no masks were given")
+        return loss_fn(predictions, targets, context, context_indices=masks.context)
+    return loss_fn(predictions, targets, context)
 
 
 @runtime_checkable

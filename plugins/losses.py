@@ -46,6 +46,7 @@ __all__ = [
     "MSEPredictionLoss",
     "variance_loss",
     "covariance_loss",
+    "cell_means",
     "build_smooth_l1",
     "build_mse",
 ]
@@ -69,6 +70,17 @@ def _std_target() -> Any:
         "encoder through a LayerNorm of gain 1 spread at most about 1 on average, so 1 asks for isotropic tokens and "
         "never falls silent; lower values ask less (docs/quality.md measures 0.5-1.0).",
         gt=0.0,
+    )
+
+
+def _token_cell() -> Any:
+    return param(
+        1,
+        help="Side, in patches, of the grid cells over which each image's context tokens are averaged before the "
+        "regularisers on the tokens see them (1: every token a sample). Averaging neighbouring tokens shrinks what "
+        "differs from patch to patch (pixel noise) and keeps what spans them (strokes, shapes), so the spread the "
+        "variance hinge asks for must come from content; docs/quality.md measures 2 and 4.",
+        ge=1,
     )
 
 
@@ -114,6 +126,7 @@ class SmoothL1Params:
     variance_weight: float = _variance_weight()
     covariance_weight: float = _covariance_weight()
     std_target: float = _std_target()
+    token_cell: int = _token_cell()
     sigreg_weight: float = _sigreg_weight()
     sigreg_slices: int = _sigreg_slices()
     regularise: Literal["tokens", "pooled", "both"] = _regularise()
@@ -127,6 +140,7 @@ class MSEParams:
     variance_weight: float = _variance_weight()
     covariance_weight: float = _covariance_weight()
     std_target: float = _std_target()
+    token_cell: int = _token_cell()
     sigreg_weight: float = _sigreg_weight()
     sigreg_slices: int = _sigreg_slices()
     regularise: Literal["tokens", "pooled", "both"] = _regularise()
@@ -139,6 +153,37 @@ def _as_rows(features: Tensor) -> Tensor:
     if rows.shape[0] < 2:
         raise ValueError(f"features of shape {tuple(features.shape)} have fewer than 2 rows: a spread needs at least 2")
     return rows
+
+
+def cell_means(tokens: Tensor, indices: Tensor, grid_size: tuple[int, int], cell: int) -> Tensor:
+    """Each image's tokens averaged over the ``cell`` x ``cell`` patch cells of the grid that hold any of them.
+
+    Args:
+        tokens: ``(B, N, D)`` tokens of ``N`` patches per image.
+        indices: ``(B, N)`` int64 grid positions of those patches (row-major patch indices).
+        grid_size: ``(rows, cols)`` of the patch grid; edge cells of a grid the cell does not divide are smaller.
+        cell: side of a cell in patches.
+
+    Returns:
+        ``(K, D)`` float32: one row per (image, cell) that holds at least one token, the mean of its tokens.
+
+    Raises:
+        ValueError: when ``indices`` is not shaped like ``tokens``' first two dimensions or holds a position
+            outside the grid.
+    """
+    rows, cols = grid_size
+    if indices.shape != tokens.shape[:2]:
+        raise ValueError(f"context indices of shape {tuple(indices.shape)} do not match tokens of shape {tuple(tokens.shape)}")
+    batch, _, dim = tokens.shape
+    cells_across = -(-cols // cell)
+    per_image = -(-rows // cell) * cells_across
+    cell_id = (indices // cols) // cell * cells_across + (indices % cols) // cell
+    flat = (cell_id + torch.arange(batch, device=indices.device)[:, None] * per_image).reshape(-1)
+    values = tokens.float().reshape(-1, dim)
+    sums = values.new_zeros(batch * per_image, dim).index_add_(0, flat, values)
+    counts = values.new_zeros(batch * per_image).index_add_(0, flat, values.new_ones(flat.shape[0]))
+    held = counts > 0
+    return sums[held] / counts[held, None]
 
 
 def variance_loss(features: Tensor, std_target: float = 1.0, eps: float = 1e-4) -> Tensor:
@@ -206,6 +251,8 @@ class PredictionLoss(nn.Module):
         variance_weight: float = 0.0,
         covariance_weight: float = 0.0,
         std_target: float = 1.0,
+        token_cell: int = 1,
+        grid_size: tuple[int, int] | None = None,
         sigreg_weight: float = 0.0,
         sigreg_slices: int = 128,
         regularise: str = "tokens",
@@ -220,6 +267,12 @@ class PredictionLoss(nn.Module):
         self.variance_weight = float(variance_weight)
         self.covariance_weight = float(covariance_weight)
         self.std_target = float(std_target)
+        if token_cell < 1:
+            raise ValueError(f"token_cell must be at least 1, got {token_cell}")
+        if token_cell > 1 and grid_size is None:
+            raise ValueError(f"token_cell={token_cell} averages the context tokens over grid cells, but no grid_size was given")
+        self.token_cell = int(token_cell)
+        self.grid_size = (int(grid_size[0]), int(grid_size[1])) if grid_size is not None else None
         self.sigreg_weight = float(sigreg_weight)
         self.regularise = regularise
         self.sigreg_regularise = sigreg_regularise or regularise
@@ -229,6 +282,11 @@ class PredictionLoss(nn.Module):
     def regularised(self) -> bool:
         """Whether any regulariser is on (the loss then needs the context tokens)."""
         return self.variance_weight > 0 or self.covariance_weight > 0 or self.sigreg_weight > 0
+
+    @property
+    def uses_context_indices(self) -> bool:
+        """Whether the loss needs the context tokens' grid positions (``token_cell > 1`` on the tokens)."""
+        return self.token_cell > 1 and "tokens" in self._sides()
 
     def collapse_remedies(self) -> list[dict[str, object]]:
         """Parameter changes a collapsed run may resume with: VICReg on the context tokens (measured in docs/quality.md)."""
@@ -270,12 +328,23 @@ class PredictionLoss(nn.Module):
             parts.append(self.sigreg_weight * terms[prefix + "sigreg"])
         return parts
 
+    def _token_rows(self, context: Tensor, context_indices: Tensor | None) -> Tensor:
+        """What the regularisers on the tokens see: the tokens, or with ``token_cell > 1`` their cell means."""
+        if self.token_cell == 1:
+            return context
+        if context_indices is None:
+            raise ValueError(f"token_cell={self.token_cell} averages the context tokens over grid cells, but no "
+                             "context_indices were given (call the loss through hjepa_kit.contracts.call_loss)")
+        assert self.grid_size is not None  # checked in __init__
+        return cell_means(context, context_indices, self.grid_size, self.token_cell)
+
     def element_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Mean element-wise loss of one level (scalar)."""
         raise NotImplementedError
 
     def forward(
-        self, predictions: Sequence[Tensor], targets: Sequence[Tensor], context: Tensor | None = None
+        self, predictions: Sequence[Tensor], targets: Sequence[Tensor], context: Tensor | None = None, *,
+        context_indices: Tensor | None = None,
     ) -> LossOutput:
         """Combine the levels' losses.
 
@@ -283,6 +352,8 @@ class PredictionLoss(nn.Module):
             predictions: one ``(B, M, T, D)`` tensor per level.
             targets: one tensor per level, shaped like its prediction (treated as constants).
             context: ``(B, Nc, D)`` context-encoder tokens; needed only when the regulariser is on.
+            context_indices: ``(B, Nc)`` grid positions of the context tokens; needed only with
+                ``token_cell > 1`` (:func:`hjepa_kit.contracts.call_loss` passes them).
 
         Returns:
             ``total`` and ``terms``: ``level0``, ``level1`` ... (unweighted), plus ``variance`` and
@@ -313,7 +384,7 @@ class PredictionLoss(nn.Module):
                 )
             sides = self._sides()
             for side, (vicreg, sigreg) in sides.items():
-                embeddings = context.float().mean(dim=1) if side == "pooled" else context
+                embeddings = context.float().mean(dim=1) if side == "pooled" else self._token_rows(context, context_indices)
                 prefix = "pooled_" if len(sides) == 2 and side == "pooled" else ""
                 parts.extend(self._regulariser_terms(embeddings, prefix, terms, vicreg, sigreg))
         total = torch.stack(parts).sum()
@@ -390,9 +461,13 @@ def _level_weights(ctx: BuildContext) -> tuple[float, ...]:
     return weights
 
 
-def _regulariser(params: SmoothL1Params | MSEParams) -> dict[str, Any]:
+def _regulariser(params: SmoothL1Params | MSEParams, ctx: BuildContext) -> dict[str, Any]:
+    if params.token_cell > 1 and ctx.grid_size is None:
+        raise ConfigError(f"token_cell={params.token_cell} averages the context tokens over cells of the encoder's patch "
+                          "grid, which is not known yet: build the encoder first")
     return dict(
         variance_weight=params.variance_weight, covariance_weight=params.covariance_weight, std_target=params.std_target,
+        token_cell=params.token_cell, grid_size=ctx.grid_size,
         sigreg_weight=params.sigreg_weight, sigreg_slices=params.sigreg_slices, regularise=params.regularise,
         sigreg_regularise=params.sigreg_regularise,
     )
@@ -404,7 +479,7 @@ def build_smooth_l1(params: SmoothL1Params, ctx: BuildContext) -> SmoothL1Predic
     Raises:
         ConfigError: when ``ctx.level_weights`` is unknown or its length differs from ``ctx.num_levels``.
     """
-    return SmoothL1PredictionLoss(_level_weights(ctx), beta=params.beta, **_regulariser(params))
+    return SmoothL1PredictionLoss(_level_weights(ctx), beta=params.beta, **_regulariser(params, ctx))
 
 
 def build_mse(params: MSEParams, ctx: BuildContext) -> MSEPredictionLoss:
@@ -413,7 +488,7 @@ def build_mse(params: MSEParams, ctx: BuildContext) -> MSEPredictionLoss:
     Raises:
         ConfigError: when ``ctx.level_weights`` is unknown or its length differs from ``ctx.num_levels``.
     """
-    return MSEPredictionLoss(_level_weights(ctx), **_regulariser(params))
+    return MSEPredictionLoss(_level_weights(ctx), **_regulariser(params, ctx))
 
 
 @hookimpl

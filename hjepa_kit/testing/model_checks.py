@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..contracts import BuildContext, EncoderOutput, LossOutput, Masks
+from ..contracts import BuildContext, EncoderOutput, LossOutput, Masks, call_loss
 from .failure import _Check, _shape
 from .standins import _ProbeEncoder, probe_masks
 
@@ -160,7 +160,11 @@ def _check_loss(check: _Check, loss_fn: Any, ctx: BuildContext, options: Mapping
     predictions = [torch.randn(batch, num_targets, target_len, dim, generator=generator).requires_grad_(True) for _ in range(levels)]
     targets = [torch.randn(batch, num_targets, target_len, dim, generator=generator) for _ in range(levels)]
     context = torch.randn(batch, context_len, dim, generator=generator).requires_grad_(True)
-    out = check.call("computing the loss", loss_fn, predictions, targets, context)
+    # Grid positions of the context tokens, for a loss that reads them (uses_context_indices).
+    patches = ctx.num_patches if ctx.grid_size is not None else context_len + num_targets * target_len
+    masks = Masks(context=torch.randint(0, patches, (batch, context_len), generator=generator),
+                  targets=torch.zeros(batch, num_targets, target_len, dtype=torch.long))
+    out = check.call("computing the loss", call_loss, loss_fn, predictions, targets, context, masks)
     check.that(isinstance(out, LossOutput), f"it returned {type(out).__name__}, not a LossOutput")
     check.that(isinstance(out.total, Tensor) and out.total.ndim == 0, f"total must be a scalar tensor, got {_shape(out.total)}")
     check.that(bool(torch.isfinite(out.total.detach())), f"total is not finite: {float(out.total.detach())}")

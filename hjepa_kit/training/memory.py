@@ -16,7 +16,7 @@ import attrs
 import torch
 from torch import nn
 
-from ..contracts import Masks
+from ..contracts import Masks, call_loss
 from ..errors import TrainingStopped
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def saved_activation_bytes(
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 out = model.forward_step(images, masks)
-                loss_fn(out.predictions, out.targets, out.context)
+                call_loss(loss_fn, out.predictions, out.targets, out.context, masks)
     finally:
         model.train(was_training)
     return total

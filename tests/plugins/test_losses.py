@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hjepa_kit.contracts import BuildContext, Loss
+from hjepa_kit.contracts import BuildContext, Loss, Masks, call_loss
 from hjepa_kit.errors import ConfigError
 from hjepa_kit.params import describe
 from hjepa_kit.plugins import losses
@@ -14,6 +14,7 @@ from hjepa_kit.plugins.losses import (
     SmoothL1Params,
     build_mse,
     build_smooth_l1,
+    cell_means,
     covariance_loss,
     variance_loss,
 )
@@ -152,3 +153,48 @@ def test_registers_both_losses_with_documented_params():
         assert all(row.help for row in describe(params))
     with pytest.raises(ValueError, match="beta"):
         SmoothL1Params(beta=0.0)
+
+
+def test_cell_means_average_the_tokens_of_each_image_and_cell():
+    # A 4 x 4 grid in 2 x 2 cells: in image 0, patches 0, 1, 4 share cell 0 and patch 10 is in cell 3.
+    tokens = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [5.0, 3.0], [7.0, 7.0]],
+                           [[2.0, 2.0], [4.0, 4.0], [6.0, 6.0], [8.0, 8.0]]])
+    indices = torch.tensor([[0, 1, 4, 10], [15, 2, 3, 0]])
+    rows = cell_means(tokens, indices, (4, 4), 2)
+    # Image 0: cell 0 = mean of 3 tokens, cell 3 = token 4; image 1: cell 0 (patch 0), cell 1 (patches 2, 3), cell 3 (15).
+    expected = torch.tensor([[3.0, 1.0], [7.0, 7.0], [8.0, 8.0], [5.0, 5.0], [2.0, 2.0]])
+    assert torch.allclose(rows, expected)
+    # One-patch cells are the tokens themselves.
+    assert torch.equal(cell_means(tokens, indices, (4, 4), 1).sort(dim=0).values, tokens.reshape(-1, 2).sort(dim=0).values)
+    # A 4 x 5 grid: column 4 is a one-patch-wide edge cell; patches 4, 9 share one, 14, 19 the next.
+    edge = cell_means(tokens[:1], torch.tensor([[4, 9, 14, 19]]), (4, 5), 2)
+    assert torch.allclose(edge, torch.tensor([[2.0, 0.0], [6.0, 5.0]]))
+    with pytest.raises(ValueError, match="do not match"):
+        cell_means(tokens, indices[:, :3], (4, 4), 2)
+
+
+def test_token_cell_regularises_cell_means_and_asks_for_the_positions():
+    ctx = make_ctx()
+    gen = torch.Generator().manual_seed(0)
+    predictions, targets = levels(0.0, 0.0)
+    # Each image: 16 tokens on the 8 x 8 grid, the four of each 2 x 2 cell equal up to sign: the
+    # tokens spread, their cell means do not.
+    base = torch.randn(2, 4, 8, generator=gen) * 3
+    context = torch.cat([base, -base, base, -base], dim=1)  # (2, 16, 8)
+    cells = torch.tensor([0, 1, 8, 9])  # the 2 x 2 cell at the grid's corner
+    corners = torch.stack([cells + 2 * k for k in range(4)])  # four cells along the first rows
+    indices = corners.T.reshape(1, 16).repeat(2, 1)  # token j*4+k -> cell k, position j
+    plain = build_smooth_l1(SmoothL1Params(variance_weight=1.0), ctx)
+    cell = build_smooth_l1(SmoothL1Params(variance_weight=1.0, token_cell=2), ctx)
+    assert not plain.uses_context_indices and cell.uses_context_indices
+    masks = Masks(context=indices, targets=torch.zeros(2, 3, 4, dtype=torch.long))
+    assert call_loss(plain, predictions, targets, context, masks).terms["variance"].item() == 0.0
+    assert call_loss(cell, predictions, targets, context, masks).terms["variance"].item() == pytest.approx(0.99)
+    with pytest.raises(ValueError, match="no context_indices"):
+        cell(predictions, targets, context)
+    with pytest.raises(ValueError, match="needs the context's positions"):
+        call_loss(cell, predictions, targets, context)
+    # The pooled side never needs positions.
+    assert not build_mse(MSEParams(variance_weight=1.0, token_cell=2, regularise="pooled"), ctx).uses_context_indices
+    with pytest.raises(ConfigError, match="grid"):
+        build_mse(MSEParams(variance_weight=1.0, token_cell=2), BuildContext(image_size=32, num_levels=2, level_weights=(1.0, 0.5)))
