@@ -175,6 +175,43 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny):
     assert "status: failed" in text
 
 
+@attrs.frozen(kw_only=True)
+class NoParams:
+    pass
+
+
+class PositionsLoss:
+    """A loss that declares ``uses_context_indices`` and records the positions each call receives."""
+
+    uses_context_indices = True
+    seen: list = []
+
+    def __init__(self, params, ctx):
+        self.grid = ctx.grid_size
+
+    def __call__(self, predictions, targets, context=None, *, context_indices):
+        PositionsLoss.seen.append((tuple(context.shape), context_indices.clone(), self.grid))
+        total = sum(((p - t) ** 2).mean() for p, t in zip(predictions, targets))
+        return LossOutput(total=total, terms={"level0": total.detach()})
+
+
+class PositionsPlugin:
+    @hookimpl
+    def hjepa_register_losses(self, register):
+        register("positions", PositionsLoss, params=NoParams, summary="records the context positions")
+
+
+def test_a_loss_that_asks_for_the_context_positions_gets_the_steps_masks(tiny):
+    PositionsLoss.seen.clear()
+    hjepa_kit.train(tiny(loss={"name": "positions"}, training={"epochs": 1}), plugins=[PositionsPlugin()], console=False)
+    # The memory estimate's two calls (1 and 2 images), then the 6 steps of 16 images.
+    assert [shape[0] for shape, _, _ in PositionsLoss.seen] == [1, 2] + [16] * 6
+    for shape, indices, grid in PositionsLoss.seen:
+        assert indices.shape == shape[:2] and indices.dtype == torch.long
+        assert grid == (4, 4) and int(indices.min()) >= 0 and int(indices.max()) < 16
+        assert all(len(set(row.tolist())) == len(row) for row in indices)  # distinct patches per image
+
+
 def test_memory_guard_refuses_with_the_plans_fallback(tiny):
     config = tiny(training={"epochs": 1, "memory_budget_gb": 0.1})
     with pytest.raises(TrainingStopped) as info:
