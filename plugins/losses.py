@@ -7,7 +7,8 @@ configured twice). Targets are treated as constants (stop-gradient), as in I-JEP
 
 Optional regularisers keep the representation from collapsing: VICReg's variance and covariance
 terms, and LeJEPA's SIGReg (:mod:`hjepa_kit.plugins.sigreg`), on the context encoder's tokens
-(``regularise: tokens``, every token a sample) or on each image's pooled context (``pooled``).
+(``regularise: tokens``, every token a sample, or with ``token_cell`` each image's tokens averaged
+over grid cells) or on each image's pooled context (``pooled``).
 All are off by default (weights 0.0) and then cost nothing and add no terms. Measured on real
 digits (docs/quality.md): on tokens they prevent the collapse; on pooled embeddings both end below
 the untrained network, because nothing ties a pooled context embedding to its image except the
@@ -79,7 +80,8 @@ def _token_cell() -> Any:
         help="Side, in patches, of the grid cells over which each image's context tokens are averaged before the "
         "regularisers on the tokens see them (1: every token a sample). Averaging neighbouring tokens shrinks what "
         "differs from patch to patch (pixel noise) and keeps what spans them (strokes, shapes), so the spread the "
-        "variance hinge asks for must come from content; docs/quality.md measures 2 and 4.",
+        "variance hinge asks for must come from content. docs/quality.md measures 2 and 4: 4 helps blocky digits at "
+        "the quickstart's length and unlearns smooth ones over a longer schedule.",
         ge=1,
     )
 
@@ -168,8 +170,8 @@ def cell_means(tokens: Tensor, indices: Tensor, grid_size: tuple[int, int], cell
         ``(K, D)`` float32: one row per (image, cell) that holds at least one token, the mean of its tokens.
 
     Raises:
-        ValueError: when ``indices`` is not shaped like ``tokens``' first two dimensions or holds a position
-            outside the grid.
+        ValueError: when ``indices`` is not shaped like ``tokens``' first two dimensions (positions are
+            not checked against the grid: that would wait for the device every step).
     """
     rows, cols = grid_size
     if indices.shape != tokens.shape[:2]:
