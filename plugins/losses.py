@@ -48,6 +48,7 @@ __all__ = [
     "variance_loss",
     "covariance_loss",
     "cell_means",
+    "cell_table",
     "build_smooth_l1",
     "build_mse",
 ]
@@ -168,10 +169,33 @@ def cell_means(tokens: Tensor, indices: Tensor, grid_size: tuple[int, int], cell
 
     Returns:
         ``(K, D)`` float32: one row per (image, cell) that holds at least one token, the mean of its tokens.
+        ``K`` depends on the positions, so on a GPU this waits for the device; the loss uses
+        :func:`cell_table` instead, whose shape is fixed.
 
     Raises:
         ValueError: when ``indices`` is not shaped like ``tokens``' first two dimensions (positions are
             not checked against the grid: that would wait for the device every step).
+    """
+    means, held = cell_table(tokens, indices, grid_size, cell)
+    return means[held > 0]
+
+
+def cell_table(tokens: Tensor, indices: Tensor, grid_size: tuple[int, int], cell: int) -> tuple[Tensor, Tensor]:
+    """Every (image, cell) of the grid: the mean of its tokens and whether it holds any.
+
+    The same rows as :func:`cell_means` plus a zero row for each empty cell, so the shapes do not
+    depend on the positions and nothing waits for the device; :func:`variance_loss` and
+    :func:`covariance_loss` take the second tensor as their ``weights``.
+
+    Args:
+        tokens, indices, grid_size, cell: as for :func:`cell_means`.
+
+    Returns:
+        ``(B * cells, D)`` float32 means (zero for empty cells) and ``(B * cells,)`` float32: 1 for a
+        cell that holds a token, 0 for an empty one.
+
+    Raises:
+        ValueError: as :func:`cell_means`.
     """
     rows, cols = grid_size
     if indices.shape != tokens.shape[:2]:
@@ -184,11 +208,26 @@ def cell_means(tokens: Tensor, indices: Tensor, grid_size: tuple[int, int], cell
     values = tokens.float().reshape(-1, dim)
     sums = values.new_zeros(batch * per_image, dim).index_add_(0, flat, values)
     counts = values.new_zeros(batch * per_image).index_add_(0, flat, values.new_ones(flat.shape[0]))
-    held = counts > 0
-    return sums[held] / counts[held, None]
+    return sums / counts.clamp(min=1.0)[:, None], (counts > 0).float()
 
 
-def variance_loss(features: Tensor, std_target: float = 1.0, eps: float = 1e-4) -> Tensor:
+def _moments(features: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(rows, centred rows, n - 1)``: rows of ``features`` (those of weight 1 when ``weights`` are given) centred on their mean.
+
+    With ``weights`` (one 0/1 per row) the rows of weight 0 are kept, centred to zero, so shapes stay
+    fixed and nothing waits for the device; at least two rows of weight 1 are assumed, not checked.
+    """
+    if weights is None:
+        rows = _as_rows(features)
+        return rows, rows - rows.mean(dim=0), rows.new_tensor(rows.shape[0] - 1.0)
+    rows = features.reshape(-1, features.shape[-1]).float()
+    w = weights.reshape(-1, 1).to(rows.dtype)
+    n = w.sum()
+    centred = (rows - (w * rows).sum(dim=0) / n.clamp(min=1.0)) * w
+    return rows, centred, (n - 1.0).clamp(min=1.0)
+
+
+def variance_loss(features: Tensor, std_target: float = 1.0, eps: float = 1e-4, *, weights: Tensor | None = None) -> Tensor:
     """VICReg's variance term: a hinge that asks every dimension to spread at least ``std_target``.
 
     ``mean_d relu(std_target - sqrt(var_d + eps))`` over the rows of ``features``. Fully collapsed
@@ -200,30 +239,31 @@ def variance_loss(features: Tensor, std_target: float = 1.0, eps: float = 1e-4) 
             count as ``B * Nc`` samples).
         std_target: the standard deviation asked of each dimension.
         eps: keeps the square root differentiable at zero variance.
+        weights: optional 0/1 per row (:func:`cell_table`'s); rows of weight 0 are left out.
 
     Returns:
         A scalar float32 tensor.
     """
-    rows = _as_rows(features)
-    std = torch.sqrt(rows.var(dim=0) + eps)
+    _, centred, dof = _moments(features, weights)
+    std = torch.sqrt(centred.pow(2).sum(dim=0) / dof + eps)
     return F.relu(std_target - std).mean()
 
 
-def covariance_loss(features: Tensor) -> Tensor:
+def covariance_loss(features: Tensor, *, weights: Tensor | None = None) -> Tensor:
     """VICReg's covariance term: the squared off-diagonal covariances, summed and divided by ``D``.
 
     Pushes dimensions to be decorrelated, so information is not copied across them.
 
     Args:
         features: ``(..., D)``; every leading position is one sample.
+        weights: optional 0/1 per row (:func:`cell_table`'s); rows of weight 0 are left out.
 
     Returns:
         A scalar float32 tensor.
     """
-    rows = _as_rows(features)
-    n, d = rows.shape
-    centred = rows - rows.mean(dim=0)
-    cov = centred.T @ centred / (n - 1)  # (D, D)
+    rows, centred, dof = _moments(features, weights)
+    d = rows.shape[1]
+    cov = centred.T @ centred / dof  # (D, D)
     off_diagonal = cov - torch.diag_embed(torch.diagonal(cov))
     return off_diagonal.pow(2).sum() / d
 
@@ -308,37 +348,44 @@ class PredictionLoss(nn.Module):
                  for side in ("tokens", "pooled")}  # fmt: skip
         return {side: flags for side, flags in sides.items() if any(flags)}
 
-    def _regulariser_terms(self, embeddings: Tensor, prefix: str, terms: dict[str, Tensor], vicreg: bool, sigreg: bool) -> list[Tensor]:
-        """The weighted regulariser terms of ``embeddings`` (their unweighted values go into ``terms``): VICReg's if ``vicreg``, SIGReg's if ``sigreg``."""
-        weights = (("variance", self.variance_weight if vicreg else 0.0), ("covariance", self.covariance_weight if vicreg else 0.0),
-                   ("sigreg", self.sigreg_weight if sigreg else 0.0))  # fmt: skip
+    def _regulariser_terms(
+        self, embeddings: Tensor, prefix: str, terms: dict[str, Tensor], vicreg: bool, sigreg: bool, weights: Tensor | None = None
+    ) -> list[Tensor]:
+        """The weighted regulariser terms of ``embeddings`` (their unweighted values go into ``terms``): VICReg's if ``vicreg``, SIGReg's if ``sigreg``.
+
+        ``weights`` (0/1 per row, :func:`cell_table`'s) leave rows out of VICReg's terms without a
+        device wait; SIGReg takes the kept rows (a wait, only when it sees cell means).
+        """
+        term_weights = (("variance", self.variance_weight if vicreg else 0.0), ("covariance", self.covariance_weight if vicreg else 0.0),
+                        ("sigreg", self.sigreg_weight if sigreg else 0.0))  # fmt: skip
         if embeddings.reshape(-1, embeddings.shape[-1]).shape[0] < 2:
             # One image pooled (a memory estimate, a batch of 1): no spread to measure; the terms
             # are zero but stay in the graph so that backward() sees the same parameters.
             zero = embeddings.float().sum() * 0.0
-            terms.update({prefix + name: zero for name, weight in weights if weight > 0})
+            terms.update({prefix + name: zero for name, weight in term_weights if weight > 0})
             return [zero]
         parts = []
         if vicreg and self.variance_weight > 0:
-            terms[prefix + "variance"] = variance_loss(embeddings, self.std_target)
+            terms[prefix + "variance"] = variance_loss(embeddings, self.std_target, weights=weights)
             parts.append(self.variance_weight * terms[prefix + "variance"])
         if vicreg and self.covariance_weight > 0:
-            terms[prefix + "covariance"] = covariance_loss(embeddings)
+            terms[prefix + "covariance"] = covariance_loss(embeddings, weights=weights)
             parts.append(self.covariance_weight * terms[prefix + "covariance"])
         if sigreg:
-            terms[prefix + "sigreg"] = self.sigreg(embeddings)
+            kept = embeddings if weights is None else embeddings.reshape(-1, embeddings.shape[-1])[weights.reshape(-1) > 0]
+            terms[prefix + "sigreg"] = self.sigreg(kept)
             parts.append(self.sigreg_weight * terms[prefix + "sigreg"])
         return parts
 
-    def _token_rows(self, context: Tensor, context_indices: Tensor | None) -> Tensor:
-        """What the regularisers on the tokens see: the tokens, or with ``token_cell > 1`` their cell means."""
+    def _token_rows(self, context: Tensor, context_indices: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """What the regularisers on the tokens see: the tokens, or with ``token_cell > 1`` their cell table (means, weights)."""
         if self.token_cell == 1:
-            return context
+            return context, None
         if context_indices is None:
             raise ValueError(f"token_cell={self.token_cell} averages the context tokens over grid cells, but no "
                              "context_indices were given (call the loss through hjepa_kit.contracts.call_loss)")
         assert self.grid_size is not None  # checked in __init__
-        return cell_means(context, context_indices, self.grid_size, self.token_cell)
+        return cell_table(context, context_indices, self.grid_size, self.token_cell)
 
     def element_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Mean element-wise loss of one level (scalar)."""
@@ -386,9 +433,9 @@ class PredictionLoss(nn.Module):
                 )
             sides = self._sides()
             for side, (vicreg, sigreg) in sides.items():
-                embeddings = context.float().mean(dim=1) if side == "pooled" else self._token_rows(context, context_indices)
+                embeddings, weights = (context.float().mean(dim=1), None) if side == "pooled" else self._token_rows(context, context_indices)
                 prefix = "pooled_" if len(sides) == 2 and side == "pooled" else ""
-                parts.extend(self._regulariser_terms(embeddings, prefix, terms, vicreg, sigreg))
+                parts.extend(self._regulariser_terms(embeddings, prefix, terms, vicreg, sigreg, weights))
         total = torch.stack(parts).sum()
         return LossOutput(total=total, terms=terms)
 

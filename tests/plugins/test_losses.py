@@ -15,6 +15,7 @@ from hjepa_kit.plugins.losses import (
     build_mse,
     build_smooth_l1,
     cell_means,
+    cell_table,
     covariance_loss,
     variance_loss,
 )
@@ -171,6 +172,23 @@ def test_cell_means_average_the_tokens_of_each_image_and_cell():
     assert torch.allclose(edge, torch.tensor([[2.0, 0.0], [6.0, 5.0]]))
     with pytest.raises(ValueError, match="do not match"):
         cell_means(tokens, indices[:, :3], (4, 4), 2)
+
+
+def test_cell_table_keeps_shapes_fixed_and_weighted_terms_match_the_kept_rows():
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randn(3, 5, 6, generator=gen)
+    indices = torch.stack([torch.randperm(16, generator=gen)[:5] for _ in range(3)])
+    means, held = cell_table(tokens, indices, (4, 4), 2)
+    assert means.shape == (3 * 4, 6) and held.shape == (12,)  # 4 cells per image, whatever the positions
+    kept = cell_means(tokens, indices, (4, 4), 2)
+    assert torch.equal(means[held > 0], kept) and (means[held == 0] == 0).all()
+    assert int(held.sum()) == kept.shape[0] < 12  # 5 patches of 16 leave cells empty in some image
+    # The weighted terms are the plain terms of the kept rows: empty cells change nothing.
+    assert variance_loss(means, 1.0, weights=held).item() == pytest.approx(variance_loss(kept, 1.0).item(), rel=1e-5)
+    assert covariance_loss(means, weights=held).item() == pytest.approx(covariance_loss(kept).item(), rel=1e-5)
+    means.requires_grad_(True)
+    variance_loss(means, 1.0, weights=held).backward()
+    assert (means.grad[held == 0] == 0).all() and means.grad[held > 0].abs().sum() > 0
 
 
 def test_token_cell_regularises_cell_means_and_asks_for_the_positions():
