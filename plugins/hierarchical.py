@@ -157,7 +157,13 @@ class HierarchicalPredictor(nn.Module):
         self.level_sources: tuple[int | None, ...] = tuple(
             None if b is None else (b % encoder_depth if encoder_depth else b) for b in blocks
         )
-        self.target_blocks: tuple[int, ...] = tuple(sorted({b for b in self.level_sources if b is not None}))
+        # data2vec-style targets: the final output averaged with the blocks before it.
+        self.target_average = int(params.target_average)
+        if self.target_average > 1 and (not encoder_depth or self.target_average > encoder_depth):
+            raise ValueError(f"target_average={self.target_average} averages the encoder's last blocks, but its depth is {encoder_depth}")
+        averaged = range(encoder_depth - self.target_average, encoder_depth - 1) if self.target_average > 1 and encoder_depth else ()
+        self.averaged_blocks: tuple[int, ...] = tuple(averaged)
+        self.target_blocks: tuple[int, ...] = tuple(sorted({b for b in self.level_sources if b is not None} | set(averaged)))
 
         width = params.width
         self.embed = nn.Linear(embed_dim, width)
@@ -265,10 +271,10 @@ class HierarchicalPredictor(nn.Module):
         self._check_masks(masks)
         B, M, Nt = masks.targets.shape
         flat = masks.targets.flatten(1)  # (B, M*Nt)
-        normed: dict[int | None, Tensor] = {}
+        normed: dict[int | str | None, Tensor] = {}
         targets = []
         for level in range(self.num_levels):
-            cells = self._level_map(target, level, normed)  # (B, C_l, D)
+            cells = self._level_map(target, level, normed, averaged=True)  # (B, C_l, D)
             if cells.shape[0] != B:
                 raise ValueError(
                     f"target tokens have batch size {cells.shape[0]} but masks.targets has shape {tuple(masks.targets.shape)}"
@@ -314,7 +320,7 @@ class HierarchicalPredictor(nn.Module):
         Returns:
             ``{"level0": (B, D), "level1": (B, D), ...}`` float32.
         """
-        normed: dict[int | None, Tensor] = {}
+        normed: dict[int | str | None, Tensor] = {}
         features = {}
         for level in range(self.num_levels):
             cells = self._level_map(target, level, normed)
@@ -322,9 +328,19 @@ class HierarchicalPredictor(nn.Module):
             features[f"level{level}"] = pooled.float()
         return features
 
-    def _level_map(self, target: EncoderOutput, level: int, normed: dict[int | None, Tensor]) -> Tensor:
-        """``(B, C_l, D)`` target features of level ``level``'s cells (``normed`` caches per source)."""
-        source = self.level_sources[level]
+    def _level_map(self, target: EncoderOutput, level: int, normed: dict[int | str | None, Tensor], averaged: bool = False) -> Tensor:
+        """``(B, C_l, D)`` target features of level ``level``'s cells (``normed`` caches per source).
+
+        ``averaged``: a level that reads the final output reads the mean of the last ``target_average``
+        blocks instead (the training targets; evaluation reads the final output).
+        """
+        source: int | str | None = self.level_sources[level]
+        if averaged and source is None and self.averaged_blocks:
+            source = "averaged"
+            if source not in normed:
+                outputs = [self._source_tokens(target, block) for block in self.averaged_blocks] + [target.tokens]
+                mean = torch.stack([F.layer_norm(t, (t.shape[-1],)) for t in outputs]).mean(dim=0)
+                normed[source] = F.layer_norm(mean, (mean.shape[-1],))
         if source not in normed:
             tokens = self._source_tokens(target, source)
             # I-JEPA's target normalisation: per-token layer norm without learned parameters.
@@ -389,6 +405,9 @@ def build_hierarchical(params: HierarchicalParams, ctx: BuildContext) -> Hierarc
                 f"{_WHERE}.level_blocks[{level}]: block {block} does not exist in an encoder of depth {ctx.depth} "
                 f"(allowed {-ctx.depth}..{ctx.depth - 1}, or null for the final output)"
             )
+    if params.target_average > 1 and (ctx.depth is None or params.target_average > ctx.depth):
+        depth = "unknown" if ctx.depth is None else ctx.depth
+        problems.append(f"{_WHERE}.target_average: {params.target_average} blocks averaged, but the encoder's depth is {depth}")
     if problems:
         raise ConfigError(problems)
     fused = torch.device(ctx.device).type == "cuda" if params.fused_attn == "auto" else bool(params.fused_attn)

@@ -39,6 +39,13 @@ class HierarchicalParams:
         (),
         help="Target-encoder block each level's targets come from (null = final output); empty = final output for all.",
     )
+    target_average: int = param(
+        1,
+        help="Targets of the levels that read the final output are the mean of the target encoder's last k blocks, "
+        "each layer-normalised (data2vec's targets; 1: the final output alone, as I-JEPA). Evaluation still reads "
+        "the final output.",
+        ge=1,
+    )
     pool: tuple[int, ...] | None = param(
         None, help="Cell side in patches of each level; unset means 2**level (1, 2, 4, ...).", ge=1
     )

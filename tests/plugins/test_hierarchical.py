@@ -225,6 +225,30 @@ def test_level_blocks_select_the_target_encoders_block():
     assert make_predictor(grid).target_blocks == ()
 
 
+def test_target_average_targets_the_mean_of_the_last_blocks_and_evaluation_the_final_output():
+    grid = (8, 8)
+    predictor = make_predictor(grid, target_average=3)  # encoder depth 4: blocks 1, 2 and the final output
+    assert predictor.target_blocks == (1, 2)
+    masks = make_masks(grid)
+    gen = torch.Generator().manual_seed(3)
+    block1, block2, final = (torch.randn(2, 64, D, generator=gen) * 2 for _ in range(3))
+    target = EncoderOutput(tokens=final, blocks={1: block1, 2: block2})
+    norm = lambda t: F.layer_norm(t, (D,))  # noqa: E731
+    averaged = norm((norm(block1) + norm(block2) + norm(final)) / 3)
+    level0, level1 = predictor.make_targets(target, masks)
+    flat = masks.targets.flatten(1)
+    torch.testing.assert_close(level0, torch.stack([averaged[b, flat[b]] for b in range(2)]).reshape(level0.shape), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(level1, hand_cell_targets(averaged, grid, 2, masks.targets), atol=1e-4, rtol=1e-4)
+    # Evaluation reads the final output alone, as without target_average.
+    plain = make_predictor(grid)
+    for name, feature in predictor.level_features(target).items():
+        torch.testing.assert_close(feature, plain.level_features(EncoderOutput(tokens=final))[name])
+    with pytest.raises(KeyError, match="return_blocks"):
+        predictor.make_targets(EncoderOutput(tokens=final), masks)
+    with pytest.raises(ConfigError, match=r"target_average: 5 blocks averaged, but the encoder's depth is 4"):
+        build_hierarchical(HierarchicalParams(target_average=5, width=32, num_heads=2), make_ctx())
+
+
 def test_level_blocks_outside_the_encoder_are_config_errors():
     with pytest.raises(ConfigError, match=r"level_blocks\[1\]: block 4 does not exist .* depth 4"):
         build_hierarchical(HierarchicalParams(level_blocks=(None, 4), width=32, num_heads=2), make_ctx())
