@@ -142,7 +142,10 @@ class HierarchicalPredictor(nn.Module):
         self.views = int(views)
         self.cross_view = params.cross_view_weight > 0
         self.cross_view_target = params.cross_view_target
-        extra = (params.cross_view_weight,) if self.cross_view else ()
+        # One cross-view level per form, above the spatial levels ("both": the ema level, then the views level).
+        forms = ("ema", "views") if params.cross_view_target == "both" else (params.cross_view_target,)
+        self.cross_view_forms: tuple[str, ...] = forms if self.cross_view else ()
+        extra = tuple(params.cross_view_weight for _ in self.cross_view_forms)
         self.num_levels = params.num_levels + len(extra)
         self.level_weights = params.resolved_level_weights + extra
         # the cross-view level's cell is the whole grid
@@ -180,7 +183,7 @@ class HierarchicalPredictor(nn.Module):
         hidden = params.cross_view_hidden * embed_dim
         self.cross_view_head = (
             nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
-            if self.cross_view and self.cross_view_target == "ema"
+            if "ema" in self.cross_view_forms
             else None
         )
 
@@ -245,7 +248,7 @@ class HierarchicalPredictor(nn.Module):
         if self.cross_view_head is not None:
             # one prediction per image, repeated per target block to keep the (B, M, T, D) contract
             predictions.append(self.cross_view_head(context.mean(dim=1)).view(B, 1, 1, -1).expand(B, M, 1, -1))
-        elif self.cross_view:
+        if "views" in self.cross_view_forms:
             # "views": the gap between this view's pooled context and the other views', against a zero
             # target, so the gradient reaches both views (a batch without whole views has no gap).
             pooled = context.mean(dim=1)
@@ -279,8 +282,9 @@ class HierarchicalPredictor(nn.Module):
                 raise ValueError(
                     f"target tokens have batch size {cells.shape[0]} but masks.targets has shape {tuple(masks.targets.shape)}"
                 )
-            if self.cross_view and level == self.num_levels - 1:
-                if self.cross_view_target == "views":  # the views' gap is driven to zero
+            form = self._cross_view_form(level)
+            if form is not None:
+                if form == "views":  # the views' gap is driven to zero
                     targets.append(cells.new_zeros(B, M, 1, cells.shape[-1]))
                     continue
                 pooled = _standardise(self._other_views(cells[:, 0]))
@@ -289,6 +293,11 @@ class HierarchicalPredictor(nn.Module):
             index = flat if self.pool_sides[level] == 1 else self.cell_of_patch[level][flat]
             targets.append(_gather(cells, index).reshape(B, M, Nt, -1))
         return targets
+
+    def _cross_view_form(self, level: int) -> str | None:
+        """The cross-view form (``ema`` or ``views``) of ``level``, or ``None`` for a spatial level."""
+        first = self.num_levels - len(self.cross_view_forms)
+        return self.cross_view_forms[level - first] if level >= first else None
 
     def _other_views(self, pooled: Tensor) -> Tensor:
         """``(V * B, D)`` per-view features -> for each row, the mean of the same image's other views.
@@ -346,7 +355,7 @@ class HierarchicalPredictor(nn.Module):
             # I-JEPA's target normalisation: per-token layer norm without learned parameters.
             normed[source] = F.layer_norm(tokens, (tokens.shape[-1],))
         cells = pool_cells(normed[source], self.grid_size, self.pool_sides[level])
-        if self.cross_view and level == self.num_levels - 1:
+        if self._cross_view_form(level) is not None:
             return cells  # its targets are normalised after the views are exchanged
         if self.renorm_coarse and self.pool_sides[level] > 1:
             cells = F.layer_norm(cells, (cells.shape[-1],))

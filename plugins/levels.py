@@ -76,14 +76,15 @@ class HierarchicalParams:
         ge=0.0,
     )
     cross_view_hidden: int = param(4, help="Hidden width of the cross-view level's MLP as a multiple of the encoder width.", ge=1)
-    cross_view_target: Literal["ema", "views"] = param(
+    cross_view_target: Literal["ema", "views", "both"] = param(
         "ema",
         help="What the cross-view level compares: ema = an MLP on each view's pooled context predicts the other views' "
         "pooled target-encoder tokens (standardised over the batch); views = each view's pooled context is pulled to "
         "the other views' pooled context, gradients through both (VICReg's and LeJEPA's invariance term). The tokens' regulariser keeps the "
         "features spread; regularising the pooled context too (loss.params.regularise: both) unlearned on the "
-        "small digit sets (docs/quality.md).",
-        choices=("ema", "views"),
+        "small digit sets (docs/quality.md). both = two cross-view levels, the ema level then the views level, each "
+        "of weight cross_view_weight.",
+        choices=("ema", "views", "both"),
     )
     feature_pool: Literal["max", "mean"] = param(
         "max",

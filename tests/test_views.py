@@ -88,6 +88,23 @@ def test_the_views_target_pulls_each_views_pooled_context_to_the_others_through_
                     ctx=attrs.evolve(tiny_context(), views=2))
 
 
+def test_both_forms_are_two_levels_the_ema_level_then_the_views_level():
+    both = _predictor(2, cross_view_weight=0.5, cross_view_target="both")
+    ema, views = _predictor(2, cross_view_weight=0.5), _predictor(2, cross_view_weight=0.5, cross_view_target="views")
+    assert both.num_levels == 4 and both.level_weights == (1.0, 0.5, 0.5, 0.5) and both.cross_view_head is not None
+    masks = make_masks((8, 8), batch=6)
+    tokens = torch.randn(6, 64, D)
+    targets = both.make_targets(EncoderOutput(tokens=tokens), masks)
+    assert torch.equal(targets[2], ema.make_targets(EncoderOutput(tokens=tokens), masks)[2])
+    assert targets[3].shape == (6, 3, 1, D) and not targets[3].any()
+    context = torch.randn(6, 10, D)
+    predictions = both(context, masks)
+    assert [p.shape for p in predictions] == [t.shape for t in targets]
+    torch.testing.assert_close(predictions[3], views(context, masks)[2])
+    check_component("predictor", "hierarchical", params={"cross_view_weight": 1.0, "cross_view_target": "both", "depth": 1},
+                    ctx=attrs.evolve(tiny_context(), views=2))
+
+
 def test_with_one_view_the_cross_view_level_predicts_its_own_full_image():
     predictor = _predictor(1, cross_view_weight=1.0)
     tokens = torch.randn(4, 64, D)
