@@ -43,7 +43,7 @@ class HierarchicalParams:
         1,
         help="Targets of the levels that read the final output are the mean of the target encoder's last k blocks, "
         "each layer-normalised (data2vec's targets; 1: the final output alone, as I-JEPA). Evaluation still reads "
-        "the final output.",
+        "the final output. docs/quality.md measures 6 of ViT-Tiny's 12.",
         ge=1,
     )
     pool: tuple[int, ...] | None = param(
@@ -83,7 +83,8 @@ class HierarchicalParams:
         "the other views' pooled context, gradients through both (VICReg's and LeJEPA's invariance term). The tokens' regulariser keeps the "
         "features spread; regularising the pooled context too (loss.params.regularise: both) unlearned on the "
         "small digit sets (docs/quality.md). both = two cross-view levels, the ema level then the views level, each "
-        "of weight cross_view_weight.",
+        "of weight cross_view_weight (measured: the synthetic shapes fall later than with views alone, "
+        "and the nearest digits lose 3 points).",
         choices=("ema", "views", "both"),
     )
     feature_pool: Literal["max", "mean"] = param(
