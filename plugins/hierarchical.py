@@ -31,8 +31,14 @@ zero, so the gradient reaches every view: VICReg's invariance term (Bardes et al
 LeJEPA (Balestriero & LeCun 2025) also writes it; the loss's regulariser on the tokens keeps the
 features from collapsing.
 
+``cross_view_target="both"`` gives two cross-view levels, the ``ema`` level then the ``views`` level.
+
 Each level may read a different block of the target encoder (``level_blocks``); by default every
 level reads the encoder's final output, and :attr:`HierarchicalPredictor.target_blocks` is ``()``.
+With ``target_average=k`` the levels that read the final output are trained on the mean of the
+last ``k`` blocks' outputs, each layer-normalised, then normalised again (data2vec's targets:
+Baevski et al., "data2vec", ICML 2022, https://arxiv.org/abs/2202.03555); evaluation still reads
+the final output.
 
 All ``M`` target blocks are predicted in one pass. ``layout="joint"`` (the default) appends all
 ``M * Nt`` mask tokens after the ``Nc`` context tokens of a sample, so the context is processed
