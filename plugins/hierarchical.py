@@ -112,6 +112,8 @@ class HierarchicalPredictor(nn.Module):
         level_weights: loss weight per level.
         target_blocks: target-encoder blocks :meth:`make_targets` and :meth:`level_features` read
             (non-negative indices); ``()`` when every level uses the final output.
+        averaged_blocks: the blocks averaged with the final output into the targets (``target_average``).
+        cross_view_forms: the forms (``ema``, ``views``) of the cross-view levels, in level order.
         pool_sides: cell side in patches per level.
         level_sources: per level, the block its targets come from, ``None`` for the final output.
         fused_attn: whether the transformer blocks use fused attention.
@@ -146,11 +148,9 @@ class HierarchicalPredictor(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.encoder_depth = encoder_depth
         self.views = int(views)
-        self.cross_view = params.cross_view_weight > 0
-        self.cross_view_target = params.cross_view_target
         # One cross-view level per form, above the spatial levels ("both": the ema level, then the views level).
         forms = ("ema", "views") if params.cross_view_target == "both" else (params.cross_view_target,)
-        self.cross_view_forms: tuple[str, ...] = forms if self.cross_view else ()
+        self.cross_view_forms: tuple[str, ...] = forms if params.cross_view_weight > 0 else ()
         extra = tuple(params.cross_view_weight for _ in self.cross_view_forms)
         self.num_levels = params.num_levels + len(extra)
         self.level_weights = params.resolved_level_weights + extra
@@ -170,9 +170,9 @@ class HierarchicalPredictor(nn.Module):
         self.target_average = int(params.target_average)
         if self.target_average > 1 and (not encoder_depth or self.target_average > encoder_depth):
             raise ValueError(f"target_average={self.target_average} averages the encoder's last blocks, but its depth is {encoder_depth}")
-        averaged = range(encoder_depth - self.target_average, encoder_depth - 1) if self.target_average > 1 and encoder_depth else ()
-        self.averaged_blocks: tuple[int, ...] = tuple(averaged)
-        self.target_blocks: tuple[int, ...] = tuple(sorted({b for b in self.level_sources if b is not None} | set(averaged)))
+        # the blocks averaged with the final output (which is block depth - 1, normalised)
+        self.averaged_blocks: tuple[int, ...] = tuple(range(encoder_depth - self.target_average, encoder_depth - 1)) if encoder_depth else ()
+        self.target_blocks: tuple[int, ...] = tuple(sorted({b for b in self.level_sources if b is not None} | set(self.averaged_blocks)))
 
         width = params.width
         self.embed = nn.Linear(embed_dim, width)
