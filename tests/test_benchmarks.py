@@ -270,3 +270,41 @@ def test_token_spread_separates_within_from_between_images_and_reads_a_run(check
     cells = [c.strip() for c in out[2].strip("|").split("|")]
     assert cells[0] == checkpoint.name and cells[2].endswith("of 1")
     assert 0 < float(cells[1].split(" / ")[0]) <= 1.5 and 0 < float(cells[4]) < 2
+
+
+def test_poolings_pool_as_defined_and_follow_a_run(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from poolings import pool
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    tokens = torch.randn(3, 4 * 6, 5, generator=torch.Generator().manual_seed(0))
+    pooled = pool(tokens, (4, 6))
+    normed = torch.nn.functional.layer_norm(tokens, (5,))
+    assert torch.allclose(pooled["mean"], normed.mean(1), atol=1e-6) and torch.equal(pooled["max"], normed.amax(1))
+    gem = (normed.clamp(min=0) ** 3).mean(1) ** (1 / 3)
+    assert torch.allclose(pooled["gem"], gem, atol=1e-6)
+    assert ((pooled["gem"] <= pooled["max"].clamp(min=0) + 1e-6) & (pooled["gem"] >= normed.clamp(min=0).mean(1) - 1e-6)).all()
+    # grid2: dimension d's four quarter means (rows 0-1 / 2-3, columns 0-2 / 3-5), side by side.
+    as_map = normed.view(3, 4, 6, 5)
+    top_left = as_map[:, :2, :3].mean(dim=(1, 2))
+    bottom_right = as_map[:, 2:, 3:].mean(dim=(1, 2))
+    assert pooled["grid2"].shape == (3, 20)
+    assert torch.allclose(pooled["grid2"].view(3, 5, 4)[:, :, 0], top_left, atol=1e-6)
+    assert torch.allclose(pooled["grid2"].view(3, 5, 4)[:, :, 3], bottom_right, atol=1e-6)
+    with pytest.raises(ValueError, match="do not fill a 4 x 5 patch grid"):
+        pool(tokens, (4, 5))
+    # End to end: step 0 (the untrained network), every 2 steps, the end; each pooling beside the run's own.
+    result = run_benchmark(
+        "poolings.py", "--config", str(CONFIG), "--dataset", "synthetic", "--dataset-param", "synthetic.num_train=64",
+        "--dataset-param", "synthetic.num_test=32", "--dataset-param", "synthetic.image_size=16",
+        "--set", "data.image_size=16", "--set", "data.batch_size=16", "--set", "training.max_steps=3", "--every", "2",
+        "--json", str(tmp_path / "p.json"),
+    )
+    assert [p["step"] for p in result["points"]] == [0, 2, 3]
+    for point in result["points"]:
+        assert set(point["knn"]) >= {"encoder", "level0", "mean", "max", "gem", "grid2"}
+        assert all(0.0 <= v <= 1.0 for v in point["knn"].values())
+    # level0 is the max of the layer-normalised tokens: the same features, the same k-NN.
+    assert result["points"][0]["knn"]["level0"] == result["points"][0]["knn"]["max"]
+    assert 0.0 < result["pixels_knn"] <= 1.0
