@@ -159,6 +159,7 @@ class HierarchicalPredictor(nn.Module):
         self.layout = params.layout
         self.renorm_coarse = params.renorm_coarse
         self.feature_pool = params.feature_pool
+        self.gem_power = float(params.gem_power)
         self.fused_attn = fused_attn
 
         blocks = (params.level_blocks or (None,) * params.num_levels) + (None,) * len(extra)
@@ -327,7 +328,9 @@ class HierarchicalPredictor(nn.Module):
         the strongest response of any region of that size. Level 0 is then max-pooled patch tokens
         and the coarsest level tends to the global mean, so the levels differ even when they read
         the same block; a plain mean would make them coincide (pooling is linear), which would
-        make "hierarchy differentiation" trivially zero.
+        make "hierarchy differentiation" trivially zero. ``feature_pool="gem"`` (generalised mean,
+        Radenovic, Tolias, Chum, TPAMI 2018, https://arxiv.org/abs/1711.02512) lies between: the
+        ``gem_power``-th root of the mean of the positive parts raised to ``gem_power``.
 
         Args:
             target: the target encoder's output over all patches, as for :meth:`make_targets`.
@@ -339,9 +342,17 @@ class HierarchicalPredictor(nn.Module):
         features = {}
         for level in range(self.num_levels):
             cells = self._level_map(target, level, normed)
-            pooled = cells.amax(dim=1) if self.feature_pool == "max" else cells.mean(dim=1)
-            features[f"level{level}"] = pooled.float()
+            features[f"level{level}"] = self._pool_cells(cells).float()
         return features
+
+    def _pool_cells(self, cells: Tensor) -> Tensor:
+        """``(B, C, D)`` cell features -> ``(B, D)`` by ``feature_pool``: max, mean or the generalised mean."""
+        if self.feature_pool == "max":
+            return cells.amax(dim=1)
+        if self.feature_pool == "mean":
+            return cells.mean(dim=1)
+        p = self.gem_power
+        return cells.float().clamp(min=0.0).pow(p).mean(dim=1).pow(1.0 / p)
 
     def _level_map(self, target: EncoderOutput, level: int, normed: dict[int | str | None, Tensor], averaged: bool = False) -> Tensor:
         """``(B, C_l, D)`` target features of level ``level``'s cells (``normed`` caches per source).

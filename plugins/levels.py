@@ -87,11 +87,15 @@ class HierarchicalParams:
         "and the nearest digits lose 3 points).",
         choices=("ema", "views", "both"),
     )
-    feature_pool: Literal["max", "mean"] = param(
+    feature_pool: Literal["max", "mean", "gem"] = param(
         "max",
-        help="How level_features pools each level's cell map for evaluation: max over cells (differs per level) or mean.",
-        choices=("max", "mean"),
+        help="How level_features pools each level's cell map for evaluation: max over cells (differs per level), mean, "
+        "or gem, the generalised mean (mean over cells of max(x, 0)^p)^(1/p) with p = gem_power (Radenovic et al. "
+        "2018). benchmarks/poolings.py measures them (docs/quality.md): gem holds the bilinear digits over long "
+        "schedules and leads on the nearest ones; only max holds the synthetic shapes.",
+        choices=("max", "mean", "gem"),
     )
+    gem_power: float = param(3.0, help="The exponent p of feature_pool: gem (1: the mean of the positive parts; large: the max).", ge=1.0)
 
     def __attrs_post_init__(self) -> None:
         n = self.num_levels

@@ -177,7 +177,7 @@ def _timm_cannot_hold(representation: str, *, defaulted: bool) -> str:
     return (
         f"{asked} the timm format holds the encoder alone, whose timm pooling gives only the 'encoder' representation "
         f"(the mean of its final normed tokens); {representation} is the predictor's own pooling of those tokens (hierarchical: "
-        "a second layer norm per token, then a maximum), which no timm VisionTransformer configuration computes. Export "
+        "a second layer norm per token, then its feature_pool, a maximum by default), which no timm VisionTransformer configuration computes. Export "
         f"{representation} exactly with --format onnx, or compute it with `hjepa embed{'' if defaulted else ' --representation ' + representation}`"
         + ("; or pass --representation encoder explicitly for timm weights of the mean-pooled encoder (not what was graded)"
            if defaulted else "")

@@ -273,6 +273,24 @@ def test_level_features_differ_per_level_with_max_pooling():
     torch.testing.assert_close(means["level0"], means["level1"])
 
 
+def test_gem_feature_pool_is_the_generalised_mean_between_the_mean_and_the_max():
+    grid = (8, 8)
+    target = encoder_output(grid)
+    normed = F.layer_norm(target.tokens, (D,))
+    gem = make_predictor(grid, feature_pool="gem").level_features(target)["level0"]
+    torch.testing.assert_close(gem, normed.clamp(min=0).pow(3).mean(1).pow(1 / 3))
+    assert (gem >= normed.clamp(min=0).mean(1) - 1e-6).all() and (gem <= normed.amax(1).clamp(min=0) + 1e-6).all()
+    # p = 1 is the mean of the positive parts; as p grows it tends to the max: between max * 64**(-1/p) and the max.
+    first = make_predictor(grid, feature_pool="gem", gem_power=1.0).level_features(target)["level0"]
+    torch.testing.assert_close(first, normed.clamp(min=0).mean(1))
+    top = normed.amax(1).clamp(min=0)
+    for p in (3.0, 60.0):
+        pooled = make_predictor(grid, feature_pool="gem", gem_power=p).level_features(target)["level0"]
+        assert (pooled >= top * 64 ** (-1 / p) - 1e-5).all() and (pooled <= top + 1e-5).all()
+    with pytest.raises(ValueError, match="gem_power"):
+        HierarchicalParams(gem_power=0.5)
+
+
 def test_fused_attention_auto_is_off_on_cpu():
     assert not make_predictor().fused_attn
     assert not any(b.attn.fused_attn for b in make_predictor().blocks)
