@@ -346,8 +346,12 @@ class HierarchicalPredictor(nn.Module):
         return features
 
     def _pool_cells(self, cells: Tensor) -> Tensor:
-        """``(B, C, D)`` cell features -> ``(B, D)`` by ``feature_pool``: max, mean or the generalised mean."""
-        if self.feature_pool == "max":
+        """``(B, C, D)`` cell features -> ``(B, D)`` by ``feature_pool``: max, mean or the generalised mean.
+
+        One cell (a level whose cell is the whole grid, as the cross-view levels') is its own feature
+        under every pooling: GeM does not clip it to its positive part.
+        """
+        if self.feature_pool == "max" or cells.shape[1] == 1:
             return cells.amax(dim=1)
         if self.feature_pool == "mean":
             return cells.mean(dim=1)

@@ -289,6 +289,10 @@ def test_gem_feature_pool_is_the_generalised_mean_between_the_mean_and_the_max()
         assert (pooled >= top * 64 ** (-1 / p) - 1e-5).all() and (pooled <= top + 1e-5).all()
     with pytest.raises(ValueError, match="gem_power"):
         HierarchicalParams(gem_power=0.5)
+    # A level of one cell (the whole grid) is its own feature, negative parts kept, as under max and mean.
+    whole = make_predictor(grid, num_levels=4, feature_pool="gem").level_features(target)["level3"]
+    torch.testing.assert_close(whole, make_predictor(grid, num_levels=4).level_features(target)["level3"])
+    assert (whole < 0).any()
 
 
 def test_fused_attention_auto_is_off_on_cpu():
