@@ -33,7 +33,6 @@ from typing import Any
 
 import _machine  # noqa: F401  (first: hjepa_kit before torch)
 import attrs
-import torch
 import torch.nn.functional as F
 from quality import DATASETS, Evaluator, dataset_specs
 from torch import Tensor
