@@ -356,7 +356,10 @@ class HierarchicalPredictor(nn.Module):
         if self.feature_pool == "mean":
             return cells.mean(dim=1)
         p = self.gem_power
-        return cells.float().clamp(min=0.0).pow(p).mean(dim=1).pow(1.0 / p)
+        positive = cells.float().clamp(min=0.0)
+        # Scaled by the largest cell: the same mean, and no overflow at a large power.
+        top = positive.amax(dim=1, keepdim=True).clamp(min=1e-12)
+        return top[:, 0] * (positive / top).pow(p).mean(dim=1).pow(1.0 / p)
 
     def _level_map(self, target: EncoderOutput, level: int, normed: dict[int | str | None, Tensor], averaged: bool = False) -> Tensor:
         """``(B, C_l, D)`` target features of level ``level``'s cells (``normed`` caches per source).

@@ -117,6 +117,11 @@ class HierarchicalParams:
                 f"pool has {len(self.pool)} entries {self.pool} but num_levels is {n}: "
                 "give one cell side per level, or leave pool unset for 2**level"
             )
+        if self.gem_power != 3.0 and self.feature_pool != "gem":
+            raise ValueError(
+                f"gem_power {self.gem_power} is set but feature_pool is {self.feature_pool!r}: gem_power is the "
+                "exponent of feature_pool: gem only; set feature_pool: gem, or leave gem_power out"
+            )
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.width % 4:

@@ -279,12 +279,17 @@ def test_poolings_pool_as_defined_and_follow_a_run(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     tokens = torch.randn(3, 4 * 6, 5, generator=torch.Generator().manual_seed(0))
-    pooled = pool(tokens, (4, 6))
+    pooled = pool(tokens, (4, 6), gem_powers=(3.0, 200.0))
     normed = torch.nn.functional.layer_norm(tokens, (5,))
     assert torch.allclose(pooled["mean"], normed.mean(1), atol=1e-6) and torch.equal(pooled["max"], normed.amax(1))
     gem = (normed.clamp(min=0) ** 3).mean(1) ** (1 / 3)
-    assert torch.allclose(pooled["gem"], gem, atol=1e-6)
-    assert ((pooled["gem"] <= pooled["max"].clamp(min=0) + 1e-6) & (pooled["gem"] >= normed.clamp(min=0).mean(1) - 1e-6)).all()
+    assert torch.allclose(pooled["gem3"], gem, atol=1e-6)
+    assert ((pooled["gem3"] <= pooled["max"].clamp(min=0) + 1e-6) & (pooled["gem3"] >= normed.clamp(min=0).mean(1) - 1e-6)).all()
+    # A large power nears the max of the positive parts (and does not overflow to inf).
+    top = pooled["max"].clamp(min=0)
+    assert torch.isfinite(pooled["gem200"]).all() and torch.allclose(pooled["gem200"], top, rtol=0.03, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 1"):
+        pool(tokens, (4, 6), gem_powers=(0.5,))
     # grid2: dimension d's four quarter means (rows 0-1 / 2-3, columns 0-2 / 3-5), side by side.
     as_map = normed.view(3, 4, 6, 5)
     top_left = as_map[:, :2, :3].mean(dim=(1, 2))
@@ -299,11 +304,11 @@ def test_poolings_pool_as_defined_and_follow_a_run(tmp_path: Path) -> None:
         "poolings.py", "--config", str(CONFIG), "--dataset", "synthetic", "--dataset-param", "synthetic.num_train=64",
         "--dataset-param", "synthetic.num_test=32", "--dataset-param", "synthetic.image_size=16",
         "--set", "data.image_size=16", "--set", "data.batch_size=16", "--set", "training.max_steps=3", "--every", "2",
-        "--json", str(tmp_path / "p.json"),
+        "--gem-power", "3", "8", "--json", str(tmp_path / "p.json"),
     )
     assert [p["step"] for p in result["points"]] == [0, 2, 3]
     for point in result["points"]:
-        assert set(point["knn"]) >= {"encoder", "level0", "mean", "max", "gem", "grid2"}
+        assert set(point["knn"]) >= {"encoder", "level0", "mean", "max", "gem3", "gem8", "grid2"}
         assert all(0.0 <= v <= 1.0 for v in point["knn"].values())
     # level0 is the max of the layer-normalised tokens: the same features, the same k-NN.
     assert result["points"][0]["knn"]["level0"] == result["points"][0]["knn"]["max"]

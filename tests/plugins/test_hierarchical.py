@@ -284,11 +284,15 @@ def test_gem_feature_pool_is_the_generalised_mean_between_the_mean_and_the_max()
     first = make_predictor(grid, feature_pool="gem", gem_power=1.0).level_features(target)["level0"]
     torch.testing.assert_close(first, normed.clamp(min=0).mean(1))
     top = normed.amax(1).clamp(min=0)
-    for p in (3.0, 60.0):
+    for p in (3.0, 60.0, 400.0):  # 400: x**400 overflows float32; the pooled feature must not
         pooled = make_predictor(grid, feature_pool="gem", gem_power=p).level_features(target)["level0"]
+        assert torch.isfinite(pooled).all()
         assert (pooled >= top * 64 ** (-1 / p) - 1e-5).all() and (pooled <= top + 1e-5).all()
     with pytest.raises(ValueError, match="gem_power"):
         HierarchicalParams(gem_power=0.5)
+    # gem_power is gem's alone: set beside another pooling it would be ignored, so it is refused.
+    with pytest.raises(ValueError, match="gem_power 4.0 is set but feature_pool is 'max'"):
+        HierarchicalParams(gem_power=4.0)
     # A level of one cell (the whole grid) is its own feature, negative parts kept, as under max and mean.
     whole = make_predictor(grid, num_levels=4, feature_pool="gem").level_features(target)["level3"]
     torch.testing.assert_close(whole, make_predictor(grid, num_levels=4).level_features(target)["level3"])
