@@ -99,6 +99,21 @@ def _standardise(pooled: Tensor, eps: float = 1e-5) -> Tensor:
     return (pooled - pooled.mean(dim=0)) / torch.sqrt(pooled.var(dim=0) + eps)
 
 
+def _per_image_norm(cells: Tensor, scale: bool, eps: float = 1e-5) -> Tensor:
+    """Each channel of ``(B, C, D)`` cell targets centred over an image's ``C`` cells (and scaled to unit std).
+
+    What every cell of an image shares, such as its pixel-noise level or its background, is a
+    constant over the cells: centred away, it is no longer a target the context predicts for free.
+    ``scale``: divide by the channel's std over the cells too (data2vec's instance norm; Baevski
+    et al., "data2vec", ICML 2022, https://arxiv.org/abs/2202.03555).
+    """
+    cells = cells.float()
+    centred = cells - cells.mean(dim=1, keepdim=True)
+    if not scale:
+        return centred
+    return centred / torch.sqrt(cells.var(dim=1, unbiased=False, keepdim=True) + eps)
+
+
 class HierarchicalPredictor(nn.Module):
     """Predicts every hierarchy level's targets for every target patch from the context tokens.
 
@@ -159,6 +174,7 @@ class HierarchicalPredictor(nn.Module):
         self.layout = params.layout
         self.renorm_coarse = params.renorm_coarse
         self.feature_pool = params.feature_pool
+        self.target_norm = params.target_norm
         self.gem_power = float(params.gem_power)
         self.fused_attn = fused_attn
 
@@ -297,6 +313,8 @@ class HierarchicalPredictor(nn.Module):
                 pooled = _standardise(self._other_views(cells[:, 0]))
                 targets.append(pooled.view(B, 1, 1, -1).expand(B, M, 1, -1))
                 continue
+            if self.target_norm != "token" and cells.shape[1] > 1:
+                cells = _per_image_norm(cells, scale=self.target_norm == "instance").to(cells.dtype)
             index = flat if self.pool_sides[level] == 1 else self.cell_of_patch[level][flat]
             targets.append(_gather(cells, index).reshape(B, M, Nt, -1))
         return targets

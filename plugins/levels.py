@@ -46,6 +46,14 @@ class HierarchicalParams:
         "the final output. docs/quality.md measures 6 of ViT-Tiny's 12.",
         ge=1,
     )
+    target_norm: Literal["token", "centre", "instance"] = param(
+        "token",
+        help="Normalisation of the spatial levels' training targets: token = each token layer-normalised (I-JEPA); "
+        "centre = then each channel minus its mean over the image's cells, so what every cell of an image shares "
+        "(its noise level, its background) is no longer predicted; instance = centred and divided by the channel's "
+        "std over the cells (data2vec's instance norm, Baevski et al. 2022). Evaluation features are unchanged.",
+        choices=("token", "centre", "instance"),
+    )
     pool: tuple[int, ...] | None = param(
         None, help="Cell side in patches of each level; unset means 2**level (1, 2, 4, ...).", ge=1
     )

@@ -249,6 +249,41 @@ def test_target_average_targets_the_mean_of_the_last_blocks_and_evaluation_the_f
         build_hierarchical(HierarchicalParams(target_average=5, width=32, num_heads=2), make_ctx())
 
 
+def test_target_norm_centres_or_instance_normalises_each_levels_targets_over_the_image():
+    grid = (8, 8)
+    masks = make_masks(grid)
+    target = encoder_output(grid)
+    normed = F.layer_norm(target.tokens, (D,))  # (B, 64, D)
+    flat = masks.targets.flatten(1)
+    cells1 = pool_cells(normed, grid, 2)  # (B, 16, D): level 1's cells
+    plain0 = torch.stack([normed[b, flat[b]] for b in range(2)]).reshape(2, *masks.targets.shape[1:], D)
+    plain1 = hand_cell_targets(target.tokens, grid, 2, masks.targets)
+    plain = make_predictor(grid, cross_view_weight=1.0).make_targets(target, masks)
+    for norm in ("centre", "instance"):
+        level0, level1, cross = make_predictor(grid, target_norm=norm, cross_view_weight=1.0).make_targets(target, masks)
+        # Each channel minus its mean over the image's cells (64 patches, 16 cells), then over their std.
+        mean0, mean1 = normed.mean(1)[:, None, None], cells1.mean(1)[:, None, None]
+        expected0, expected1 = plain0 - mean0, plain1 - mean1
+        if norm == "instance":
+            expected0 = expected0 / torch.sqrt(normed.var(1, unbiased=False)[:, None, None] + 1e-5)
+            expected1 = expected1 / torch.sqrt(cells1.var(1, unbiased=False)[:, None, None] + 1e-5)
+        torch.testing.assert_close(level0, expected0, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(level1, expected1, atol=1e-5, rtol=1e-5)
+        # The cross-view level (one cell, the whole grid) is left as it was.
+        torch.testing.assert_close(cross, plain[2])
+    # A shared part of every token (here: a tenth of image 0's first token added to all its tokens)
+    # is what centring removes: level 0's centred targets move far less than the plain ones.
+    shared = target.tokens.clone()
+    shared[0] += 0.1 * target.tokens[0, :1]
+    moved_plain = (make_predictor(grid).make_targets(EncoderOutput(tokens=shared), masks)[0] - plain[0])[0].abs().mean()
+    moved_centred = (make_predictor(grid, target_norm="centre").make_targets(EncoderOutput(tokens=shared), masks)[0]
+                     - make_predictor(grid, target_norm="centre").make_targets(target, masks)[0])[0].abs().mean()
+    assert moved_centred < 0.5 * moved_plain
+    # Evaluation features do not depend on target_norm.
+    for name, feature in make_predictor(grid, target_norm="instance").level_features(target).items():
+        torch.testing.assert_close(feature, make_predictor(grid).level_features(target)[name])
+
+
 def test_level_blocks_outside_the_encoder_are_config_errors():
     with pytest.raises(ConfigError, match=r"level_blocks\[1\]: block 4 does not exist .* depth 4"):
         build_hierarchical(HierarchicalParams(level_blocks=(None, 4), width=32, num_heads=2), make_ctx())
