@@ -11,8 +11,9 @@ representations (``encoder``, ``level0`` ...) and the raw pixels:
 * ``mean``: the tokens averaged (as the ``encoder`` representation; the layer norm aside);
 * ``max``: the per-dimension maximum over tokens (the hierarchical predictor's ``level0``);
 * ``gem<p>``: the generalised mean ``(mean_t max(x, 0)^p)^(1/p)`` for each ``--gem-power`` p
-  (default 3: ``gem3``), between the mean of the positive parts (p = 1) and the max (p -> inf); Radenovic, Tolias, Chum, "Fine-tuning CNN Image Retrieval with
-  No Human Annotation", TPAMI 2018, https://arxiv.org/abs/1711.02512;
+  (default 3: ``gem3``), between the mean of the positive parts (p = 1) and the max (p -> inf);
+  Radenovic, Tolias, Chum, "Fine-tuning CNN Image Retrieval with No Human Annotation", TPAMI 2018,
+  https://arxiv.org/abs/1711.02512;
 * ``grid2``: the tokens averaged over each quarter of the patch grid (2 x 2 cells), the four
   means side by side (4 x D dimensions): where in the image a feature is, kept coarsely.
 
