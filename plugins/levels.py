@@ -52,7 +52,7 @@ class HierarchicalParams:
         "centre = then each channel minus its mean over the image's cells, so what every cell of an image shares "
         "(its noise level, its background) is no longer predicted; instance = centred and divided by the channel's "
         "std over the cells (data2vec's instance norm, Baevski et al. 2022). Evaluation features are unchanged. "
-        "Measured (docs/quality.md): neither moves the three sets beyond their spread, nor stops the shapes' fall.",
+        "Measured (docs/quality.md): neither gains on the three sets nor stops the shapes' fall.",
         choices=("token", "centre", "instance"),
     )
     pool: tuple[int, ...] | None = param(
