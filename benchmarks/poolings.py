@@ -43,6 +43,7 @@ import hjepa_kit
 from hjepa_kit.api import _source
 from hjepa_kit.config import ComponentSpec, load_config
 from hjepa_kit.evaluation.features import extract_features_and_tokens, feature_sets
+from hjepa_kit.plugins.levels import generalised_mean
 from hjepa_kit.training.trainer import Trainer
 
 GEM_POWERS = (3.0,)
@@ -68,9 +69,7 @@ def pool(tokens: Tensor, grid: tuple[int, int], gem_powers: tuple[float, ...] = 
     if any(power < 1.0 for power in gem_powers):
         raise ValueError(f"GeM powers must be at least 1 (1 is the mean of the positive parts), got {list(gem_powers)}")
     normed = F.layer_norm(tokens.float(), (tokens.shape[-1],))
-    positive = normed.clamp(min=0.0)
-    top = positive.amax(dim=1, keepdim=True).clamp(min=1e-12)  # GeM scaled by the max: no overflow at a large power
-    gems = {gem_name(p): top[:, 0] * (positive / top).pow(p).mean(dim=1).pow(1.0 / p) for p in gem_powers}
+    gems = {gem_name(p): generalised_mean(normed, p, dim=1) for p in gem_powers}
     as_map = normed.transpose(1, 2).reshape(normed.shape[0], normed.shape[2], rows, cols)
     grid2 = F.adaptive_avg_pool2d(as_map, 2).flatten(1)  # (N, D * 4): each dimension's four quarter means
     return {"mean": normed.mean(dim=1), "max": normed.amax(dim=1), **gems, "grid2": grid2}

@@ -68,7 +68,7 @@ from torch import Tensor, nn
 from hjepa_kit import hookimpl
 from hjepa_kit.contracts import BuildContext, EncoderOutput, Masks
 from hjepa_kit.errors import ConfigError
-from hjepa_kit.plugins.levels import HierarchicalParams, cell_of_patch, pool_cells
+from hjepa_kit.plugins.levels import HierarchicalParams, cell_of_patch, generalised_mean, pool_cells
 from hjepa_kit.plugins.vit import sincos_pos_embed_2d
 
 __all__ = [
@@ -373,11 +373,7 @@ class HierarchicalPredictor(nn.Module):
             return cells.amax(dim=1)
         if self.feature_pool == "mean":
             return cells.mean(dim=1)
-        p = self.gem_power
-        positive = cells.float().clamp(min=0.0)
-        # Scaled by the largest cell: the same mean, and no overflow at a large power.
-        top = positive.amax(dim=1, keepdim=True).clamp(min=1e-12)
-        return top[:, 0] * (positive / top).pow(p).mean(dim=1).pow(1.0 / p)
+        return generalised_mean(cells, self.gem_power, dim=1)
 
     def _level_map(self, target: EncoderOutput, level: int, normed: dict[int | str | None, Tensor], averaged: bool = False) -> Tensor:
         """``(B, C_l, D)`` target features of level ``level``'s cells (``normed`` caches per source).

@@ -4,7 +4,8 @@ Level ``l`` of the hierarchy is the mean of the layer-normalised target tokens o
 of ``pool[l]`` x ``pool[l]`` patches (``2**l`` by default; level 0 is the patch itself).
 :class:`HierarchicalParams` defines the levels (how many, their loss weights, cell sides and
 target-encoder blocks) and the predictor around them; :func:`pool_cells` averages tokens over the
-cells of a level and :func:`cell_of_patch` says which cell holds each patch. Grids that a cell side
+cells of a level, :func:`cell_of_patch` says which cell holds each patch and
+:func:`generalised_mean` is the ``gem`` feature pooling. Grids that a cell side
 does not divide end in partial cells that average only the patches they hold; a cell side larger
 than the grid is clipped to it. Used by :mod:`hjepa_kit.plugins.hierarchical`, which re-exports
 these names.
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from hjepa_kit.params import param
 
-__all__ = ["HierarchicalParams", "pool_cells", "cell_of_patch"]
+__all__ = ["HierarchicalParams", "pool_cells", "cell_of_patch", "generalised_mean"]
 
 
 @attrs.frozen(kw_only=True)
@@ -188,3 +189,16 @@ def cell_of_patch(grid_size: tuple[int, int], side: int) -> Tensor:
     cell_cols = math.ceil(cols / kw)
     r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     return ((r // kh) * cell_cols + (c // kw)).reshape(-1)
+
+
+def generalised_mean(x: Tensor, power: float, dim: int) -> Tensor:
+    """GeM: ``(mean over dim of max(x, 0)^power)^(1/power)``, in float32.
+
+    Between the mean of the positive parts (``power`` 1) and their maximum (``power`` -> inf);
+    Radenovic, Tolias, Chum, TPAMI 2018, https://arxiv.org/abs/1711.02512. Computed relative to
+    the maximum along ``dim`` (the same value), so a large power never overflows; all-negative
+    inputs give 0.
+    """
+    positive = x.float().clamp(min=0.0)
+    top = positive.amax(dim=dim, keepdim=True).clamp(min=1e-12)
+    return top.squeeze(dim) * (positive / top).pow(power).mean(dim=dim).pow(1.0 / power)
