@@ -292,8 +292,11 @@ class Loss(Protocol):
     commands beside the core's own; ``uses_context_indices``, when true, makes the core pass the
     context tokens' grid positions as the keyword ``context_indices`` (``masks.context``,
     ``(B, Nc)`` int64, patch indices in grid order), for a term that depends on where each
-    context token sits (every caller goes through :func:`call_loss`); and, for a module, its
-    ``state_dict`` (buffers, extra state) is saved in checkpoints and restored on resume.
+    context token sits (every caller goes through :func:`call_loss`); ``set_step(step)``, which
+    the training step calls before each micro-batch's loss with the optimizer steps done so far
+    (the same on every rank, and the stored step on resume), for terms that follow a schedule:
+    keep what it sets a pure function of ``step`` and a resumed run continues exactly; and, for a
+    module, its ``state_dict`` (buffers, extra state) is saved in checkpoints and restored on resume.
     """
 
     def __call__(
@@ -320,12 +323,18 @@ class Loss(Protocol):
 
 
 def call_loss(loss_fn: Any, predictions: Sequence[Tensor], targets: Sequence[Tensor], context: Tensor | None,
-              masks: Masks | None = None) -> LossOutput:
+              masks: Masks | None = None, *, step: int | None = None) -> LossOutput:
     """Call a :class:`Loss` as the core does: with ``context_indices=masks.context`` when it declares ``uses_context_indices``.
+
+    ``step`` (the optimizer steps done; the training step passes it) goes first to the loss's
+    ``set_step``, where it has one; ``None`` leaves the loss's schedule where it is.
 
     Raises:
         ValueError: when the loss asks for the context's positions and ``masks`` is ``None``.
     """
+    set_step = getattr(loss_fn, "set_step", None)
+    if step is not None and callable(set_step):
+        set_step(int(step))
     if getattr(loss_fn, "uses_context_indices", False):
         if masks is None:
             raise ValueError(f"the loss {type(loss_fn).__name__} needs the context's positions (uses_context_indices) "

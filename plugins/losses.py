@@ -12,7 +12,10 @@ over grid cells) or on each image's pooled context (``pooled``).
 All are off by default (weights 0.0) and then cost nothing and add no terms. Measured on real
 digits (docs/quality.md): on tokens they prevent the collapse; on pooled embeddings both end below
 the untrained network, because nothing ties a pooled context embedding to its image except the
-regulariser, which a content-free spread then satisfies.
+regulariser, which a content-free spread then satisfies. The variance hinge's ``std_target``
+may fall over the first steps (``std_target_end``, ``std_target_steps``): the loss follows the
+optimizer step through ``set_step``, which the training step calls (the core's
+:func:`~hjepa_kit.contracts.call_loss`).
 
 References:
     Assran et al., "Self-Supervised Learning from Images with a Joint-Embedding Predictive
@@ -75,6 +78,25 @@ def _std_target() -> Any:
     )
 
 
+def _std_target_end() -> Any:
+    return param(
+        None,
+        help="Where the variance hinge's std_target ends: it falls linearly from std_target to this value over the "
+        "first std_target_steps optimizer steps, then stays (null: std_target throughout). A hinge that never falls "
+        "silent rewards any spread, pixel noise included: docs/quality.md measures 1.0 -> 0.5 over 312 steps.",
+        gt=0.0,
+    )
+
+
+def _std_target_steps() -> Any:
+    return param(
+        None,
+        help="Optimizer steps over which std_target falls to std_target_end (counted from the run's first step, "
+        "so a longer run keeps the end value for longer); set with std_target_end.",
+        ge=1,
+    )
+
+
 def _token_cell() -> Any:
     return param(
         1,
@@ -129,6 +151,8 @@ class SmoothL1Params:
     variance_weight: float = _variance_weight()
     covariance_weight: float = _covariance_weight()
     std_target: float = _std_target()
+    std_target_end: float | None = _std_target_end()
+    std_target_steps: int | None = _std_target_steps()
     token_cell: int = _token_cell()
     sigreg_weight: float = _sigreg_weight()
     sigreg_slices: int = _sigreg_slices()
@@ -143,6 +167,8 @@ class MSEParams:
     variance_weight: float = _variance_weight()
     covariance_weight: float = _covariance_weight()
     std_target: float = _std_target()
+    std_target_end: float | None = _std_target_end()
+    std_target_steps: int | None = _std_target_steps()
     token_cell: int = _token_cell()
     sigreg_weight: float = _sigreg_weight()
     sigreg_slices: int = _sigreg_slices()
@@ -279,7 +305,11 @@ class PredictionLoss(nn.Module):
         level_weights: loss weight per hierarchy level.
         variance_weight: weight of :func:`variance_loss` on the context tokens (0 = off).
         covariance_weight: weight of :func:`covariance_loss` on the context tokens (0 = off).
-        std_target: standard deviation the variance hinge asks for.
+        std_target: standard deviation the variance hinge asks for now (it follows the schedule
+            when ``std_target_end`` is given; :meth:`set_step` moves it).
+        std_target_start, std_target_end, std_target_steps: the schedule: ``std_target`` falls
+            linearly from ``std_target_start`` to ``std_target_end`` over the first
+            ``std_target_steps`` optimizer steps, then stays (``std_target_end`` ``None``: no schedule).
 
     Raises:
         ValueError: when the numbers of predictions, targets and weights differ, a level's
@@ -293,6 +323,8 @@ class PredictionLoss(nn.Module):
         variance_weight: float = 0.0,
         covariance_weight: float = 0.0,
         std_target: float = 1.0,
+        std_target_end: float | None = None,
+        std_target_steps: int | None = None,
         token_cell: int = 1,
         grid_size: tuple[int, int] | None = None,
         sigreg_weight: float = 0.0,
@@ -308,7 +340,14 @@ class PredictionLoss(nn.Module):
         self.level_weights = tuple(float(w) for w in level_weights)
         self.variance_weight = float(variance_weight)
         self.covariance_weight = float(covariance_weight)
-        self.std_target = float(std_target)
+        self.std_target = self.std_target_start = float(std_target)
+        if (std_target_end is None) != (std_target_steps is None):
+            raise ValueError(f"std_target_end={std_target_end} and std_target_steps={std_target_steps}: give both "
+                             "(a schedule of the hinge's std_target) or neither")
+        if std_target_steps is not None and std_target_steps < 1:
+            raise ValueError(f"std_target_steps must be at least 1, got {std_target_steps}")
+        self.std_target_end = None if std_target_end is None else float(std_target_end)
+        self.std_target_steps = None if std_target_steps is None else int(std_target_steps)
         if token_cell < 1:
             raise ValueError(f"token_cell must be at least 1, got {token_cell}")
         if token_cell > 1 and grid_size is None:
@@ -319,6 +358,20 @@ class PredictionLoss(nn.Module):
         self.regularise = regularise
         self.sigreg_regularise = sigreg_regularise or regularise
         self.sigreg = SIGReg(num_slices=sigreg_slices, seed=seed) if self.sigreg_weight > 0 else None
+
+    def std_target_at(self, step: int) -> float:
+        """The std the variance hinge asks for after ``step`` optimizer steps (the schedule's value; constant without one)."""
+        if self.std_target_end is None or self.std_target_steps is None:
+            return self.std_target_start
+        progress = min(max(step, 0) / self.std_target_steps, 1.0)
+        return self.std_target_start + (self.std_target_end - self.std_target_start) * progress
+
+    def set_step(self, step: int) -> None:
+        """Follow the schedule: the core calls this before each micro-batch with the optimizer steps done.
+
+        A pure function of ``step``, so a resumed run asks for exactly what it asked before.
+        """
+        self.std_target = self.std_target_at(step)
 
     @property
     def regularised(self) -> bool:
@@ -511,11 +564,16 @@ def _level_weights(ctx: BuildContext) -> tuple[float, ...]:
 
 
 def _regulariser(params: SmoothL1Params | MSEParams, ctx: BuildContext) -> dict[str, Any]:
+    if (params.std_target_end is None) != (params.std_target_steps is None):
+        given, missing = ("std_target_end", "std_target_steps") if params.std_target_steps is None else ("std_target_steps", "std_target_end")
+        raise ConfigError(f"{given} is set but {missing} is not: the variance hinge's std_target falls from std_target "
+                          "to std_target_end over std_target_steps optimizer steps; set both, or neither")
     if params.token_cell > 1 and ctx.grid_size is None:
         raise ConfigError(f"token_cell={params.token_cell} averages the context tokens over cells of the encoder's patch "
                           "grid, which is not known yet: build the encoder first")
     return dict(
         variance_weight=params.variance_weight, covariance_weight=params.covariance_weight, std_target=params.std_target,
+        std_target_end=params.std_target_end, std_target_steps=params.std_target_steps,
         token_cell=params.token_cell, grid_size=ctx.grid_size,
         sigreg_weight=params.sigreg_weight, sigreg_slices=params.sigreg_slices, regularise=params.regularise,
         sigreg_regularise=params.sigreg_regularise,

@@ -212,6 +212,41 @@ def test_a_loss_that_asks_for_the_context_positions_gets_the_steps_masks(tiny):
         assert all(len(set(row.tolist())) == len(row) for row in indices)  # distinct patches per image
 
 
+class SteppedLoss:
+    """A loss with ``set_step``: records the step the core hands it before each of its calls."""
+
+    steps: list = []
+
+    def __init__(self, params, ctx):
+        self.step = None
+
+    def set_step(self, step):
+        self.step = step
+
+    def __call__(self, predictions, targets, context=None):
+        SteppedLoss.steps.append(self.step)
+        total = sum(((p - t) ** 2).mean() for p, t in zip(predictions, targets))
+        return LossOutput(total=total, terms={"level0": total.detach()})
+
+
+class SteppedPlugin:
+    @hookimpl
+    def hjepa_register_losses(self, register):
+        register("stepped", SteppedLoss, params=NoParams, summary="records the steps set_step receives")
+
+
+def test_a_loss_with_set_step_follows_the_optimizer_step_and_continues_it_on_resume(tiny):
+    SteppedLoss.steps.clear()
+    config = tiny(loss={"name": "stepped"}, training={"epochs": 2})
+    hjepa_kit.train(config, plugins=[SteppedPlugin()], console=False)
+    # The memory estimate's two calls pass no step; then steps 0-11 (two epochs of 6), each before its update.
+    assert SteppedLoss.steps == [None, None, *range(12)]
+    SteppedLoss.steps.clear()
+    first_epoch = Path(config["output_dir"]) / "checkpoints" / "tiny" / "checkpoint_epoch_1.pth"
+    hjepa_kit.train(config, plugins=[SteppedPlugin()], console=False, resume=first_epoch)
+    assert [s for s in SteppedLoss.steps if s is not None] == list(range(6, 12))
+
+
 def test_memory_guard_refuses_with_the_plans_fallback(tiny):
     config = tiny(training={"epochs": 1, "memory_budget_gb": 0.1})
     with pytest.raises(TrainingStopped) as info:

@@ -215,7 +215,7 @@ class TrainStep:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
             with no_sync(self.ddp, not sync):
                 out = self.model.forward_step(images, masks, *self.ddp)
-                loss_out = call_loss(self.loss_fn, out.predictions, out.targets, out.context, masks)
+                loss_out = call_loss(self.loss_fn, out.predictions, out.targets, out.context, masks, step=self.step)
                 (loss_out.total / accumulation).backward()
             left = self._whole_step_batches - micro_index  # micro-batches left in the epoch, this one included
             if self.health.enabled and left * images.shape[0] <= self.health.samples + images.shape[0]:

@@ -216,3 +216,32 @@ def test_token_cell_regularises_cell_means_and_asks_for_the_positions():
     assert not build_mse(MSEParams(variance_weight=1.0, token_cell=2, regularise="pooled"), ctx).uses_context_indices
     with pytest.raises(ConfigError, match="grid"):
         build_mse(MSEParams(variance_weight=1.0, token_cell=2), BuildContext(image_size=32, num_levels=2, level_weights=(1.0, 0.5)))
+
+
+def test_std_target_schedule_falls_linearly_then_holds_and_follows_the_step_call_loss_passes():
+    params = SmoothL1Params(variance_weight=1.0, std_target=1.0, std_target_end=0.5, std_target_steps=4)
+    loss = build_smooth_l1(params, make_ctx())
+    assert [loss.std_target_at(s) for s in (0, 1, 2, 4, 10)] == pytest.approx([1.0, 0.875, 0.75, 0.5, 0.5])
+    predictions, targets = levels(0.0, 0.0)
+    collapsed = torch.full((2, 10, 8), 3.0)  # every dimension's std is sqrt(1e-4) = 0.01
+    # Before any step the hinge asks for the start; call_loss moves it to the step it is given.
+    assert loss(predictions, targets, collapsed).terms["variance"].item() == pytest.approx(0.99)
+    assert call_loss(loss, predictions, targets, collapsed, step=2).terms["variance"].item() == pytest.approx(0.74)
+    assert call_loss(loss, predictions, targets, collapsed, step=9).terms["variance"].item() == pytest.approx(0.49)
+    # No step (the memory estimate, an evaluation): the schedule stays where it is.
+    assert call_loss(loss, predictions, targets, collapsed).terms["variance"].item() == pytest.approx(0.49)
+    # Without a schedule set_step changes nothing.
+    constant = build_smooth_l1(SmoothL1Params(variance_weight=1.0, std_target=0.7), make_ctx())
+    constant.set_step(1000)
+    assert constant.std_target == pytest.approx(0.7)
+
+
+def test_std_target_schedule_needs_both_ends():
+    for params in (SmoothL1Params(std_target_end=0.5), MSEParams(std_target_steps=300)):
+        build = build_smooth_l1 if isinstance(params, SmoothL1Params) else build_mse
+        with pytest.raises(ConfigError, match="set both, or neither"):
+            build(params, make_ctx())
+    with pytest.raises(ValueError, match="std_target_steps"):
+        SmoothL1Params(std_target_end=0.5, std_target_steps=0)
+    with pytest.raises(ValueError, match="give both"):
+        losses.SmoothL1PredictionLoss((1.0,), std_target_end=0.5)
