@@ -180,6 +180,12 @@ class NoParams:
     pass
 
 
+def squared_error(predictions, targets) -> LossOutput:
+    """The test losses' value: the levels' mean squared errors, summed."""
+    total = sum(((p - t) ** 2).mean() for p, t in zip(predictions, targets))
+    return LossOutput(total=total, terms={"level0": total.detach()})
+
+
 class PositionsLoss:
     """A loss that declares ``uses_context_indices`` and records the positions each call receives."""
 
@@ -191,8 +197,7 @@ class PositionsLoss:
 
     def __call__(self, predictions, targets, context=None, *, context_indices):
         PositionsLoss.seen.append((tuple(context.shape), context_indices.clone(), self.grid))
-        total = sum(((p - t) ** 2).mean() for p, t in zip(predictions, targets))
-        return LossOutput(total=total, terms={"level0": total.detach()})
+        return squared_error(predictions, targets)
 
 
 class PositionsPlugin:
@@ -225,8 +230,7 @@ class SteppedLoss:
 
     def __call__(self, predictions, targets, context=None):
         SteppedLoss.steps.append(self.step)
-        total = sum(((p - t) ** 2).mean() for p, t in zip(predictions, targets))
-        return LossOutput(total=total, terms={"level0": total.detach()})
+        return squared_error(predictions, targets)
 
 
 class SteppedPlugin:
