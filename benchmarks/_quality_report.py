@@ -1,6 +1,12 @@
-"""Tables and the time-to-accuracy figure of ``quality.py`` (from its results, so also from its JSON).
+"""Summaries, tables and the time-to-accuracy figure of ``quality.py`` (from its results, so also from its JSON).
 
-    python benchmarks/_quality_report.py q.json q.png     # redraw the figure of a quality.py --json file
+    python benchmarks/_quality_report.py q.json q.png               # redraw the figure of a quality.py --json file
+    python benchmarks/_quality_report.py s0.json s12.json q.png     # merge runs made apart (seeds, sets), then draw
+
+Merging reads several ``--json`` files of one configuration (runs of other seeds or sets, made as
+separate processes), refuses files of different configurations, overrides, representations or
+long-schedule factors and a (set, seed) measured twice, recomputes the summary over every run, and
+prints the tables before it draws.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["stats", "fmt", "fmt_points", "table", "overview", "long_table", "protocol_table", "report", "seed_curve", "band", "draw"]
+__all__ = ["METRICS", "summarise", "summarise_long", "merge", "stats", "fmt", "fmt_points", "table", "overview", "long_table", "protocol_table", "report", "seed_curve", "band", "draw"]
 
 
 def fmt(s: dict[str, float], digits: int = 3) -> str:
@@ -88,6 +94,9 @@ def long_table(summary: dict[str, Any], long: dict[str, Any], representation: st
             lines.append(f"| {dataset} | {rep}{mark} | {epochs} | {fmt(s['knn'])} | {fmt(f['knn'])} | {fmt_points(d['knn'])} | "
                          f"{fmt(s['linear'])} | {fmt(f['linear'])} | {fmt_points(d['linear'])} |")
     return "\n".join(lines)
+
+
+METRICS = ("knn", "linear", "rankme")
 
 
 def stats(values: list[float | None]) -> dict[str, float]:
@@ -206,8 +215,102 @@ def draw(payload: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for dataset in dict.fromkeys(r["dataset"] for r in runs):
+        rs = [r for r in runs if r["dataset"] == dataset]
+        reps = list(rs[0]["final"])
+        entry: dict[str, Any] = {"final": {}, "random_init_knn": {}, "curve": {}, "pixels": {}}
+        for rep in reps:
+            entry["final"][rep] = {m: stats([r["final"][rep][m] for r in rs]) for m in METRICS}
+            entry["final"][rep]["width"] = rs[0]["final"][rep]["width"]
+            entry["random_init_knn"][rep] = stats([r["curve"][0]["knn"][rep] for r in rs])
+            minutes = sorted({p["minute"] for r in rs for p in r["curve"]})
+            entry["curve"][rep] = {
+                str(m): stats([p["knn"][rep] for r in rs for p in r["curve"] if p["minute"] == m]) for m in minutes
+            }
+        entry["pixels"] = {m: stats([r["pixels"][m] for r in rs]) for m in ("knn", "linear")}
+        entry["train_core_minutes"] = stats([r["train_core_minutes"] for r in rs])
+        entry["steps"] = stats([float(r["steps"]) for r in rs])
+        entry["final_loss"] = stats([r["final_loss"] for r in rs])
+        entry["epochs_configured"] = rs[0]["epochs_configured"]
+        entry["completed"] = sum(bool(r["completed"]) for r in rs)
+        summary[dataset] = entry
+    return summary
+
+
+def summarise_long(runs: list[dict[str, Any]], long_runs: list[dict[str, Any]], factor: int) -> dict[str, Any]:
+    """Per dataset: the long runs' summary, and long - shipped in points, paired by seed."""
+    out: dict[str, Any] = {}
+    shipped = {(r["dataset"], r["seed"]): r for r in runs}
+    for dataset, entry in summarise(long_runs).items():
+        pairs = [(shipped[(r["dataset"], r["seed"])], r) for r in long_runs if r["dataset"] == dataset]
+        entry["factor"] = factor
+        entry["delta_points"] = {
+            rep: {m: stats([100.0 * (lr["final"][rep][m] - sr["final"][rep][m]) for sr, lr in pairs])
+                  for m in ("knn", "linear")}
+            for rep in entry["final"]
+        }
+        entry["shipped_completed"] = sum(bool(sr["completed"]) for sr, _ in pairs)
+        entry["long_completed"] = sum(bool(lr["completed"]) for _, lr in pairs)
+        out[dataset] = entry
+    return out
+
+
+#: What every merged file must share: runs of one configuration measured the same way.
+SAME = ("config", "overrides", "representation", "long_factor", "budget_min")
+
+
+def merge(payloads: list[dict[str, Any]], names: list[str] | None = None) -> dict[str, Any]:
+    """One payload from several ``quality.py --json`` payloads of one configuration, summary recomputed.
+
+    Raises:
+        ValueError: naming the file that differs in one of :data:`SAME`, or the (set, seed) measured twice.
+    """
+    names = names or [f"payload {i}" for i in range(len(payloads))]
+    first = payloads[0]
+    for name, payload in zip(names[1:], payloads[1:]):
+        for key in SAME:
+            if payload.get(key) != first.get(key):
+                raise ValueError(f"{name}: {key} is {payload.get(key)!r}, but {names[0]} has {first.get(key)!r}; "
+                                 "only runs of one configuration measured the same way can be merged")
+    seen: dict[tuple[str, int, str], str] = {}
+    for name, payload in zip(names, payloads):
+        for run in [*payload["runs"], *payload.get("long_runs", [])]:
+            key = (run["dataset"], run["seed"], run.get("schedule", "shipped"))
+            if key in seen:
+                raise ValueError(f"{name}: {key[0]} seed {key[1]} ({key[2]}) is also in {seen[key]}; merge each run once")
+            seen[key] = name
+    merged = {**first, "figure": None}
+    merged["runs"] = [r for p in payloads for r in p["runs"]]
+    merged["long_runs"] = [r for p in payloads for r in p.get("long_runs", [])]
+    merged["datasets"] = {k: v for p in payloads for k, v in p["datasets"].items()}
+    merged["seeds"] = sorted({r["seed"] for r in merged["runs"]})
+    merged["summary"] = summarise(merged["runs"])
+    if merged["long_runs"]:
+        for dataset, entry in summarise_long(merged["runs"], merged["long_runs"], first["long_factor"]).items():
+            merged["summary"][dataset]["long"] = entry
+    return merged
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or not argv[-1].endswith(".png"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    *sources, out = argv
+    try:
+        payloads = [json.loads(Path(s).read_text()) for s in sources]
+        payload = payloads[0] if len(payloads) == 1 else merge(payloads, sources)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"_quality_report.py: {error}", file=sys.stderr)
+        return 2
+    if len(payloads) > 1:
+        print(table(payload["summary"]))
+        print(overview(payload["summary"], payload["representation"]))
+    draw(payload, Path(out))
+    print(f"# wrote {out}")
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
-    draw(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
-    print(f"# wrote {sys.argv[2]}")
+    sys.exit(main(sys.argv[1:]))

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import _machine  # noqa: F401  (first: hjepa_kit before torch)
-from _quality_report import draw, long_table, overview, protocol_table, report, stats, table
+from _quality_report import draw, long_table, overview, protocol_table, report, summarise, summarise_long, table
 import attrs
 import torch
 import yaml
@@ -66,7 +66,6 @@ DATASETS = {
     "synthetic": {"name": "synthetic", "params": {"num_train": 4096, "num_test": 1024, "image_size": 32}},
 }
 DEFAULT_DATASETS = ["digits", "digits_nearest", "synthetic"]
-METRICS = ("knn", "linear", "rankme")
 #: ``--protocols``: the field's other frozen-feature protocols, run at the end of each run and on its
 #: untrained network (``few_shot`` per representation and on the raw pixels; ``attentive_probe`` on
 #: the patch tokens, which every representation is pooled from).
@@ -263,48 +262,6 @@ def run_one(config_source: Any, dataset: str, seed: int, args: argparse.Namespac
         "train_core_minutes": train_minutes, "wall_s": wall, "final_loss": loss,
         "curve": callback.points, "final": final, "pixels": pixels, "protocols": protocols,
     }
-
-
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for dataset in dict.fromkeys(r["dataset"] for r in runs):
-        rs = [r for r in runs if r["dataset"] == dataset]
-        reps = list(rs[0]["final"])
-        entry: dict[str, Any] = {"final": {}, "random_init_knn": {}, "curve": {}, "pixels": {}}
-        for rep in reps:
-            entry["final"][rep] = {m: stats([r["final"][rep][m] for r in rs]) for m in METRICS}
-            entry["final"][rep]["width"] = rs[0]["final"][rep]["width"]
-            entry["random_init_knn"][rep] = stats([r["curve"][0]["knn"][rep] for r in rs])
-            minutes = sorted({p["minute"] for r in rs for p in r["curve"]})
-            entry["curve"][rep] = {
-                str(m): stats([p["knn"][rep] for r in rs for p in r["curve"] if p["minute"] == m]) for m in minutes
-            }
-        entry["pixels"] = {m: stats([r["pixels"][m] for r in rs]) for m in ("knn", "linear")}
-        entry["train_core_minutes"] = stats([r["train_core_minutes"] for r in rs])
-        entry["steps"] = stats([float(r["steps"]) for r in rs])
-        entry["final_loss"] = stats([r["final_loss"] for r in rs])
-        entry["epochs_configured"] = rs[0]["epochs_configured"]
-        entry["completed"] = sum(bool(r["completed"]) for r in rs)
-        summary[dataset] = entry
-    return summary
-
-
-def summarise_long(runs: list[dict[str, Any]], long_runs: list[dict[str, Any]], factor: int) -> dict[str, Any]:
-    """Per dataset: the long runs' summary, and long - shipped in points, paired by seed."""
-    out: dict[str, Any] = {}
-    shipped = {(r["dataset"], r["seed"]): r for r in runs}
-    for dataset, entry in summarise(long_runs).items():
-        pairs = [(shipped[(r["dataset"], r["seed"])], r) for r in long_runs if r["dataset"] == dataset]
-        entry["factor"] = factor
-        entry["delta_points"] = {
-            rep: {m: stats([100.0 * (lr["final"][rep][m] - sr["final"][rep][m]) for sr, lr in pairs])
-                  for m in ("knn", "linear")}
-            for rep in entry["final"]
-        }
-        entry["shipped_completed"] = sum(bool(sr["completed"]) for sr, _ in pairs)
-        entry["long_completed"] = sum(bool(lr["completed"]) for _, lr in pairs)
-        out[dataset] = entry
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -313,3 +313,51 @@ def test_poolings_pool_as_defined_and_follow_a_run(tmp_path: Path) -> None:
     # level0 is the max of the layer-normalised tokens: the same features, the same k-NN.
     assert result["points"][0]["knn"]["level0"] == result["points"][0]["knn"]["max"]
     assert 0.0 < result["pixels_knn"] <= 1.0
+
+
+def _quality_run(dataset: str, seed: int, knn: float) -> dict:
+    """A ``quality.py`` run record with the fields its summary reads (figures made up for the test)."""
+    figures = {"knn": knn, "linear": knn + 0.01, "rankme": 100.0 + seed, "width": 192}
+    return {"dataset": dataset, "seed": seed, "schedule": "shipped", "steps": 10 + seed, "epochs_configured": 8,
+            "completed": True, "train_core_minutes": 1.0, "final_loss": 0.5, "final": {"level0": figures},
+            "curve": [{"minute": 0.0, "step": 0, "knn": {"level0": 0.5}}, {"minute": 1.0, "step": 10, "knn": {"level0": knn}}],
+            "pixels": {"knn": 0.9, "linear": 0.8}}
+
+
+def _quality_payload(*runs: dict, overrides: list[str] | None = None) -> dict:
+    return {"config": "quickstart", "overrides": overrides or [], "representation": "level0", "budget_min": 1.0,
+            "long_factor": 0, "seeds": sorted({r["seed"] for r in runs}), "figure": None,
+            "datasets": {r["dataset"]: {"name": r["dataset"], "params": {}} for r in runs},
+            "summary": {}, "runs": list(runs), "long_runs": []}
+
+
+def test_quality_report_merges_runs_made_apart_and_refuses_mixed_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import _quality_report
+
+    seed0 = _quality_payload(_quality_run("digits", 0, 0.90), _quality_run("synthetic", 0, 0.40))
+    seeds12 = _quality_payload(_quality_run("digits", 1, 0.94), _quality_run("digits", 2, 0.98))
+    merged = _quality_report.merge([seed0, seeds12], ["s0.json", "s12.json"])
+    assert merged["seeds"] == [0, 1, 2] and set(merged["datasets"]) == {"digits", "synthetic"}
+    digits = merged["summary"]["digits"]["final"]["level0"]["knn"]
+    assert digits["n"] == 3 and digits["mean"] == pytest.approx(0.94) and digits["std"] == pytest.approx(0.04)
+    assert merged["summary"]["synthetic"]["final"]["level0"]["knn"]["n"] == 1
+    with pytest.raises(ValueError, match=r"s0b.json: digits seed 0 \(shipped\) is also in s0.json"):
+        _quality_report.merge([seed0, seed0], ["s0.json", "s0b.json"])
+    noisy = _quality_payload(_quality_run("digits", 3, 0.9), overrides=["data.augmentation.noise_prob=0.8"])
+    with pytest.raises(ValueError, match=r"noisy.json: overrides is \['data.augmentation.noise_prob=0.8'\], but s0.json has \[\]"):
+        _quality_report.merge([seed0, noisy], ["s0.json", "noisy.json"])
+    # From the command line: the merged tables, then the figure; a bad merge is one line, exit 2.
+    paths = []
+    for name, payload in (("s0.json", seed0), ("s12.json", seeds12), ("noisy.json", noisy)):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(payload))
+    script = str(REPO / "benchmarks" / "_quality_report.py")
+    done = subprocess.run([sys.executable, script, str(paths[0]), str(paths[1]), str(tmp_path / "q.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| digits | 0.940 ± 0.040 |" in done.stdout and (tmp_path / "q.png").stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, script, str(paths[0]), str(paths[2]), str(tmp_path / "bad.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "noisy.json: overrides is" in bad.stderr
+    assert not (tmp_path / "bad.png").exists()
