@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRICS", "summarise", "summarise_long", "merge", "stats", "fmt", "fmt_points", "table", "overview", "long_table", "protocol_table", "report", "seed_curve", "band", "draw"]
+__all__ = ["METRICS", "summarise", "summarise_long", "merge", "load", "stats", "fmt", "fmt_points", "table", "overview",
+           "long_table", "protocol_table", "report", "seed_curve", "band", "draw"]
 
 
 def fmt(s: dict[str, float], digits: int = 3) -> str:
@@ -216,6 +217,8 @@ def draw(payload: dict[str, Any], path: Path) -> None:
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per dataset, over its runs (seeds): every representation's final figures, untrained k-NN and curve,
+    the raw pixels, core-minutes, steps, final loss and how many runs reached their configured epochs."""
     summary: dict[str, Any] = {}
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         rs = [r for r in runs if r["dataset"] == dataset]
@@ -293,15 +296,31 @@ def merge(payloads: list[dict[str, Any]], names: list[str] | None = None) -> dic
     return merged
 
 
+#: The keys of a ``quality.py --json`` payload this module reads.
+PAYLOAD_KEYS = ("config", "representation", "datasets", "summary", "runs")
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """A ``quality.py --json`` payload. Raises ValueError naming the file when it is not one."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
+    missing = [k for k in PAYLOAD_KEYS if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        raise ValueError(f"{path}: not a quality.py --json file (no {', '.join(missing)})")
+    return payload
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or not argv[-1].endswith(".png"):
         print(__doc__, file=sys.stderr)
         return 2
     *sources, out = argv
     try:
-        payloads = [json.loads(Path(s).read_text()) for s in sources]
+        payloads = [load(source) for source in sources]
         payload = payloads[0] if len(payloads) == 1 else merge(payloads, sources)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError) as error:
         print(f"_quality_report.py: {error}", file=sys.stderr)
         return 2
     if len(payloads) > 1:

@@ -361,3 +361,7 @@ def test_quality_report_merges_runs_made_apart_and_refuses_mixed_ones(tmp_path: 
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "noisy.json: overrides is" in bad.stderr
     assert not (tmp_path / "bad.png").exists()
+    (tmp_path / "other.json").write_text(json.dumps({"steps": 3}))
+    other = subprocess.run([sys.executable, script, str(tmp_path / "other.json"), str(tmp_path / "other.png")],
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and "other.json: not a quality.py --json file (no config" in other.stderr
