@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRICS", "summarise", "summarise_long", "merge", "load", "stats", "fmt", "fmt_points", "table", "overview",
+__all__ = ["METRICS", "summarise", "summarise_long", "merge", "load", "stats", "fmt", "graded", "fmt_points", "table", "overview",
            "long_table", "protocol_table", "report", "seed_curve", "band", "draw"]
 
 
@@ -28,6 +28,20 @@ def fmt(s: dict[str, float], digits: int = 3) -> str:
     if s["n"] == 1:
         return f"{s['mean']:.{digits}f}"
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def graded(s: dict[str, float], figure: str) -> str:
+    """A plan figure's mean ± std with the grade of its mean (``feature_quality``'s thresholds); ``-`` when not measured.
+
+    ``figure``: ``variance`` (mean per-dimension variance) or ``rank95`` (95%-energy rank / width).
+    """
+    if not s:
+        return "-"
+    from hjepa_kit.evaluation.metrics import grade
+    from hjepa_kit.plugins.feature_quality import RANK_FRACTION_THRESHOLDS, VARIANCE_THRESHOLDS
+
+    thresholds = VARIANCE_THRESHOLDS if figure == "variance" else RANK_FRACTION_THRESHOLDS
+    return f"{fmt(s)} ({grade(s['mean'], thresholds)})"
 
 
 def fmt_points(s: dict[str, float]) -> str:
@@ -48,11 +62,12 @@ def table(summary: dict[str, Any]) -> str:
                      f"({entry['completed']}/{entry['steps']['n']} runs reached their {entry['epochs_configured']} epochs), "
                      f"final loss {fmt(entry['final_loss'], 4)}")
         lines.append("| representation | k-NN(20) | untrained k-NN | raw-pixel k-NN | linear | raw-pixel linear "
-                     "| RankMe (of width) |")
-        lines.append("|---|---|---|---|---|---|---|")
+                     "| RankMe (of width) | feature variance | 95%-energy rank / width |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for rep, f in entry["final"].items():
             lines.append(f"| {rep} | {fmt(f['knn'])} | {fmt(entry['random_init_knn'][rep])} | {fmt(pixels['knn'])} | "
-                         f"{fmt(f['linear'])} | {fmt(pixels['linear'])} | {fmt(f['rankme'], 1)} ({f['width']}) |")
+                         f"{fmt(f['linear'])} | {fmt(pixels['linear'])} | {fmt(f['rankme'], 1)} ({f['width']}) | "
+                         f"{graded(f.get('variance', {}), 'variance')} | {graded(f.get('rank95', {}), 'rank95')} |")
         minutes = list(next(iter(entry["curve"].values())))
         lines.append("\ntime to accuracy (k-NN(20), core-minutes of pretraining; 0 = random init):")
         lines.append("| representation | " + " | ".join(f"{m} min" for m in minutes) + " |")
@@ -97,7 +112,9 @@ def long_table(summary: dict[str, Any], long: dict[str, Any], representation: st
     return "\n".join(lines)
 
 
-METRICS = ("knn", "linear", "rankme")
+#: Final figures per representation; ``variance`` and ``rank95`` (the plan's graded feature figures)
+#: are absent from JSON files written before they were measured, and summarise to ``{}`` there.
+METRICS = ("knn", "linear", "rankme", "variance", "rank95")
 
 
 def stats(values: list[float | None]) -> dict[str, float]:
@@ -225,7 +242,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         reps = list(rs[0]["final"])
         entry: dict[str, Any] = {"final": {}, "random_init_knn": {}, "curve": {}, "pixels": {}}
         for rep in reps:
-            entry["final"][rep] = {m: stats([r["final"][rep][m] for r in rs]) for m in METRICS}
+            entry["final"][rep] = {m: stats([r["final"][rep].get(m) for r in rs]) for m in METRICS}
             entry["final"][rep]["width"] = rs[0]["final"][rep]["width"]
             entry["random_init_knn"][rep] = stats([r["curve"][0]["knn"][rep] for r in rs])
             minutes = sorted({p["minute"] for r in rs for p in r["curve"]})

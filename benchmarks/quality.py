@@ -7,9 +7,11 @@ and ``synthetic``) and is evaluated on the dataset's full train/test splits:
 * **time to accuracy**: k-NN(20) of every representation after 1, 2, 5, 10 ... minutes of
   pretraining (``--curve``); minute 0 is the **random-init baseline of the same run** (the
   model as built, before its first step);
-* at the end of the budget (or of the configured epochs, if sooner): k-NN(20), linear probe and
-  RankMe (effective rank of the pooled train features) per representation, each beside the
-  untrained network's k-NN and the raw pixels';
+* at the end of the budget (or of the configured epochs, if sooner): k-NN(20), linear probe,
+  RankMe (effective rank of the pooled train features) and the plan's two graded feature figures
+  (mean per-dimension variance and 95%-energy rank / width, as the ``feature_quality`` evaluator
+  computes them on the train split) per representation, each beside the untrained network's k-NN
+  and the raw pixels';
 * the **raw-pixel baseline**: the same k-NN and linear probe on the normalised pixels;
 * with ``--long-factor F``, a **long-schedule check**: every (dataset, seed) also runs with
   ``training.epochs`` times F (and a budget F times larger; the rest of the config, warmup
@@ -56,7 +58,7 @@ from hjepa_kit.api import _source
 from hjepa_kit.config import ComponentSpec, load_config
 from hjepa_kit.data.loader import iter_eval_batches
 from hjepa_kit.evaluation.features import extract_features, extract_features_and_tokens, feature_sets
-from hjepa_kit.evaluation.metrics import effective_rank
+from hjepa_kit.evaluation.metrics import effective_rank, energy_rank, feature_variance
 from hjepa_kit.training.trainer import Trainer
 
 DATASETS = {
@@ -160,6 +162,10 @@ class Evaluator:
                 "knn": _figures(self.knn(sets, name))["knn/top1@20"],
                 "linear": _figures(self.linear(sets, name))["linear_probe/top1"],
                 "rankme": float(effective_rank(fs.train)),
+                # The plan's two graded feature figures, as the feature_quality evaluator computes
+                # them (train split): mean per-dimension variance, 95%-energy rank / width.
+                "variance": float(feature_variance(fs.train).mean()),
+                "rank95": energy_rank(fs.train, 0.95) / int(fs.train.shape[1]),
                 "width": int(fs.train.shape[1]),
             }
         return out

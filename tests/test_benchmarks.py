@@ -92,6 +92,9 @@ def test_quality_reports_learning_against_its_own_baselines(tmp_path: Path) -> N
         for metric in ("knn", "linear"):
             assert figures[metric]["n"] == 2 and 0.0 <= figures[metric]["min"] <= figures[metric]["max"] <= 1.0
         assert 1.0 <= figures["rankme"]["mean"] <= figures["width"] == 192
+        # The plan's graded feature figures, measured as the feature_quality evaluator does.
+        assert figures["variance"]["n"] == 2 and figures["variance"]["min"] > 0.0
+        assert 0.0 < figures["rank95"]["min"] <= figures["rank95"]["max"] <= 1.0
         # Minute 0 is the same run's random initialisation, measured before its first step.
         assert set(digits["curve"][rep]) >= {"0.0", "0.02"} and digits["random_init_knn"][rep]["n"] == 2
     # Raw pixels separate the digits well: the baseline is real, not a placeholder.
@@ -315,9 +318,14 @@ def test_poolings_pool_as_defined_and_follow_a_run(tmp_path: Path) -> None:
     assert 0.0 < result["pixels_knn"] <= 1.0
 
 
-def _quality_run(dataset: str, seed: int, knn: float) -> dict:
-    """A ``quality.py`` run record with the fields its summary reads (figures made up for the test)."""
+def _quality_run(dataset: str, seed: int, knn: float, variance: float | None = None) -> dict:
+    """A ``quality.py`` run record with the fields its summary reads (figures made up for the test).
+
+    Without ``variance`` the record is one of a file written before the plan's feature figures were measured.
+    """
     figures = {"knn": knn, "linear": knn + 0.01, "rankme": 100.0 + seed, "width": 192}
+    if variance is not None:
+        figures.update(variance=variance, rank95=0.5 + variance)
     return {"dataset": dataset, "seed": seed, "schedule": "shipped", "steps": 10 + seed, "epochs_configured": 8,
             "completed": True, "train_core_minutes": 1.0, "final_loss": 0.5, "final": {"level0": figures},
             "curve": [{"minute": 0.0, "step": 0, "knn": {"level0": 0.5}}, {"minute": 1.0, "step": 10, "knn": {"level0": knn}}],
@@ -336,11 +344,19 @@ def test_quality_report_merges_runs_made_apart_and_refuses_mixed_ones(tmp_path: 
     import _quality_report
 
     seed0 = _quality_payload(_quality_run("digits", 0, 0.90), _quality_run("synthetic", 0, 0.40))
-    seeds12 = _quality_payload(_quality_run("digits", 1, 0.94), _quality_run("digits", 2, 0.98))
+    seeds12 = _quality_payload(_quality_run("digits", 1, 0.94, variance=0.10), _quality_run("digits", 2, 0.98, variance=0.14))
     merged = _quality_report.merge([seed0, seeds12], ["s0.json", "s12.json"])
     assert merged["seeds"] == [0, 1, 2] and set(merged["datasets"]) == {"digits", "synthetic"}
     digits = merged["summary"]["digits"]["final"]["level0"]["knn"]
     assert digits["n"] == 3 and digits["mean"] == pytest.approx(0.94) and digits["std"] == pytest.approx(0.04)
+    # The plan's feature figures: over the runs that measured them (seed 0's file predates them), graded
+    # with feature_quality's thresholds; a set none of whose runs measured them shows "-".
+    variance = merged["summary"]["digits"]["final"]["level0"]["variance"]
+    assert variance["n"] == 2 and variance["mean"] == pytest.approx(0.12)
+    assert _quality_report.graded(variance, "variance") == "0.120 ± 0.028 (good)"
+    assert _quality_report.graded(merged["summary"]["digits"]["final"]["level0"]["rank95"], "rank95") == "0.620 ± 0.028 (good)"
+    assert merged["summary"]["synthetic"]["final"]["level0"]["variance"] == {}
+    assert "| 100.0 (192) | - | - |" in _quality_report.table({"synthetic": merged["summary"]["synthetic"]})
     assert merged["summary"]["synthetic"]["final"]["level0"]["knn"]["n"] == 1
     with pytest.raises(ValueError, match=r"s0b.json: digits seed 0 \(shipped\) is also in s0.json"):
         _quality_report.merge([seed0, seed0], ["s0.json", "s0b.json"])
