@@ -58,7 +58,7 @@ from hjepa_kit.api import _source
 from hjepa_kit.config import ComponentSpec, load_config
 from hjepa_kit.data.loader import iter_eval_batches
 from hjepa_kit.evaluation.features import extract_features, extract_features_and_tokens, feature_sets
-from hjepa_kit.evaluation.metrics import effective_rank, energy_rank, feature_variance
+from hjepa_kit.evaluation.metrics import energy_rank_from_spectrum, feature_variance, rankme_from_spectrum, singular_values
 from hjepa_kit.training.trainer import Trainer
 
 DATASETS = {
@@ -158,14 +158,15 @@ class Evaluator:
     def full(self, sets: dict[str, Any]) -> dict[str, dict[str, float]]:
         out = {}
         for name, fs in sets.items():
+            spectrum = singular_values(fs.train)  # one SVD for RankMe and the energy rank
             out[name] = {
                 "knn": _figures(self.knn(sets, name))["knn/top1@20"],
                 "linear": _figures(self.linear(sets, name))["linear_probe/top1"],
-                "rankme": float(effective_rank(fs.train)),
+                "rankme": float(rankme_from_spectrum(spectrum)),
                 # The plan's two graded feature figures, as the feature_quality evaluator computes
                 # them (train split): mean per-dimension variance, 95%-energy rank / width.
                 "variance": float(feature_variance(fs.train).mean()),
-                "rank95": energy_rank(fs.train, 0.95) / int(fs.train.shape[1]),
+                "rank95": energy_rank_from_spectrum(spectrum, 0.95) / int(fs.train.shape[1]),
                 "width": int(fs.train.shape[1]),
             }
         return out
