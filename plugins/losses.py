@@ -78,6 +78,17 @@ def _std_target() -> Any:
     )
 
 
+def _pooled_std_target() -> Any:
+    return param(
+        None,
+        help="Standard deviation the variance hinge asks of the pooled context (each image's context tokens averaged; "
+        "`regularise: pooled` or `both`), when it should differ from std_target (null: std_target, and its schedule). "
+        "A pooled embedding averages its tokens' spread away, so 1 asks each image to differ from the others by as "
+        "much as one token may spread: docs/quality.md measures 0.1-1.0 beside the `ema` cross-view level.",
+        gt=0.0,
+    )
+
+
 def _std_target_end() -> Any:
     return param(
         None,
@@ -106,6 +117,16 @@ def _token_cell() -> Any:
         "variance hinge asks for must come from content. docs/quality.md measures 2 and 4: 4 helps blocky digits at "
         "the quickstart's length and unlearns smooth ones over a longer schedule.",
         ge=1,
+    )
+
+
+def _centre_tokens() -> Any:
+    return param(
+        False,
+        help="Subtract each image's mean context token before the regularisers on the tokens see them: the token "
+        "terms then ask for spread between the patches of one image, and with `regularise: both` the pooled terms ask "
+        "for spread between images, each at its own target (pooled_std_target). Uncentred tokens may meet the hinge "
+        "with anything that differs from image to image, such as each image's noise level (docs/quality.md).",
     )
 
 
@@ -151,9 +172,11 @@ class SmoothL1Params:
     variance_weight: float = _variance_weight()
     covariance_weight: float = _covariance_weight()
     std_target: float = _std_target()
+    pooled_std_target: float | None = _pooled_std_target()
     std_target_end: float | None = _std_target_end()
     std_target_steps: int | None = _std_target_steps()
     token_cell: int = _token_cell()
+    centre_tokens: bool = _centre_tokens()
     sigreg_weight: float = _sigreg_weight()
     sigreg_slices: int = _sigreg_slices()
     regularise: Literal["tokens", "pooled", "both"] = _regularise()
@@ -167,9 +190,11 @@ class MSEParams:
     variance_weight: float = _variance_weight()
     covariance_weight: float = _covariance_weight()
     std_target: float = _std_target()
+    pooled_std_target: float | None = _pooled_std_target()
     std_target_end: float | None = _std_target_end()
     std_target_steps: int | None = _std_target_steps()
     token_cell: int = _token_cell()
+    centre_tokens: bool = _centre_tokens()
     sigreg_weight: float = _sigreg_weight()
     sigreg_slices: int = _sigreg_slices()
     regularise: Literal["tokens", "pooled", "both"] = _regularise()
@@ -310,6 +335,9 @@ class PredictionLoss(nn.Module):
         std_target_start, std_target_end, std_target_steps: the schedule: ``std_target`` falls
             linearly from ``std_target_start`` to ``std_target_end`` over the first
             ``std_target_steps`` optimizer steps, then stays (``std_target_end`` ``None``: no schedule).
+        pooled_std_target: the std asked of the pooled context instead (``None``: ``std_target``).
+        centre_tokens: whether each image's context tokens are centred on their mean before the
+            regularisers on the tokens see them (spread within images only).
 
     Raises:
         ValueError: when the numbers of predictions, targets and weights differ, a level's
@@ -323,9 +351,11 @@ class PredictionLoss(nn.Module):
         variance_weight: float = 0.0,
         covariance_weight: float = 0.0,
         std_target: float = 1.0,
+        pooled_std_target: float | None = None,
         std_target_end: float | None = None,
         std_target_steps: int | None = None,
         token_cell: int = 1,
+        centre_tokens: bool = False,
         grid_size: tuple[int, int] | None = None,
         sigreg_weight: float = 0.0,
         sigreg_slices: int = 128,
@@ -347,12 +377,16 @@ class PredictionLoss(nn.Module):
         if std_target_steps is not None and std_target_steps < 1:
             raise ValueError(f"std_target_steps must be at least 1, got {std_target_steps}")
         self.std_target_end = None if std_target_end is None else float(std_target_end)
+        if pooled_std_target is not None and pooled_std_target <= 0:
+            raise ValueError(f"pooled_std_target must be positive, got {pooled_std_target}")
+        self.pooled_std_target = None if pooled_std_target is None else float(pooled_std_target)
         self.std_target_steps = None if std_target_steps is None else int(std_target_steps)
         if token_cell < 1:
             raise ValueError(f"token_cell must be at least 1, got {token_cell}")
         if token_cell > 1 and grid_size is None:
             raise ValueError(f"token_cell={token_cell} averages the context tokens over grid cells, but no grid_size was given")
         self.token_cell = int(token_cell)
+        self.centre_tokens = bool(centre_tokens)
         self.grid_size = (int(grid_size[0]), int(grid_size[1])) if grid_size is not None else None
         self.sigreg_weight = float(sigreg_weight)
         self.regularise = regularise
@@ -365,6 +399,10 @@ class PredictionLoss(nn.Module):
             return self.std_target_start
         progress = min(max(step, 0) / self.std_target_steps, 1.0)
         return self.std_target_start + (self.std_target_end - self.std_target_start) * progress
+
+    def _side_std_target(self, pooled: bool) -> float:
+        """The std the variance hinge asks of the pooled context (``pooled``) or of the tokens now."""
+        return self.pooled_std_target if pooled and self.pooled_std_target is not None else self.std_target
 
     def set_step(self, step: int) -> None:
         """Follow the schedule: the core calls this before each micro-batch with the optimizer steps done.
@@ -402,7 +440,8 @@ class PredictionLoss(nn.Module):
         return {side: flags for side, flags in sides.items() if any(flags)}
 
     def _regulariser_terms(
-        self, embeddings: Tensor, prefix: str, terms: dict[str, Tensor], vicreg: bool, sigreg: bool, weights: Tensor | None = None
+        self, embeddings: Tensor, prefix: str, terms: dict[str, Tensor], vicreg: bool, sigreg: bool, weights: Tensor | None = None,
+        *, pooled: bool = False,
     ) -> list[Tensor]:
         """The weighted regulariser terms of ``embeddings`` (their unweighted values go into ``terms``): VICReg's if ``vicreg``, SIGReg's if ``sigreg``.
 
@@ -419,7 +458,7 @@ class PredictionLoss(nn.Module):
             return [zero]
         parts = []
         if vicreg and self.variance_weight > 0:
-            terms[prefix + "variance"] = variance_loss(embeddings, self.std_target, weights=weights)
+            terms[prefix + "variance"] = variance_loss(embeddings, self._side_std_target(pooled), weights=weights)
             parts.append(self.variance_weight * terms[prefix + "variance"])
         if vicreg and self.covariance_weight > 0:
             terms[prefix + "covariance"] = covariance_loss(embeddings, weights=weights)
@@ -431,7 +470,12 @@ class PredictionLoss(nn.Module):
         return parts
 
     def _token_rows(self, context: Tensor, context_indices: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """What the regularisers on the tokens see: the tokens, or with ``token_cell > 1`` their cell table (means, weights)."""
+        """What the regularisers on the tokens see: the tokens, or with ``token_cell > 1`` their cell table (means, weights).
+
+        With ``centre_tokens`` each image's tokens are first centred on their mean.
+        """
+        if self.centre_tokens:
+            context = context.float() - context.float().mean(dim=1, keepdim=True)
         if self.token_cell == 1:
             return context, None
         if context_indices is None:
@@ -488,7 +532,7 @@ class PredictionLoss(nn.Module):
             for side, (vicreg, sigreg) in sides.items():
                 embeddings, weights = (context.float().mean(dim=1), None) if side == "pooled" else self._token_rows(context, context_indices)
                 prefix = "pooled_" if len(sides) == 2 and side == "pooled" else ""
-                parts.extend(self._regulariser_terms(embeddings, prefix, terms, vicreg, sigreg, weights))
+                parts.extend(self._regulariser_terms(embeddings, prefix, terms, vicreg, sigreg, weights, pooled=side == "pooled"))
         total = torch.stack(parts).sum()
         return LossOutput(total=total, terms=terms)
 
@@ -573,8 +617,8 @@ def _regulariser(params: SmoothL1Params | MSEParams, ctx: BuildContext) -> dict[
                           "grid, which is not known yet: build the encoder first")
     return dict(
         variance_weight=params.variance_weight, covariance_weight=params.covariance_weight, std_target=params.std_target,
-        std_target_end=params.std_target_end, std_target_steps=params.std_target_steps,
-        token_cell=params.token_cell, grid_size=ctx.grid_size,
+        pooled_std_target=params.pooled_std_target, std_target_end=params.std_target_end, std_target_steps=params.std_target_steps,
+        token_cell=params.token_cell, centre_tokens=params.centre_tokens, grid_size=ctx.grid_size,
         sigreg_weight=params.sigreg_weight, sigreg_slices=params.sigreg_slices, regularise=params.regularise,
         sigreg_regularise=params.sigreg_regularise,
     )

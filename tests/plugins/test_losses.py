@@ -245,3 +245,56 @@ def test_std_target_schedule_needs_both_ends():
         SmoothL1Params(std_target_end=0.5, std_target_steps=0)
     with pytest.raises(ValueError, match="give both"):
         losses.SmoothL1PredictionLoss((1.0,), std_target_end=0.5)
+
+
+def test_pooled_std_target_asks_the_pooled_context_for_its_own_spread():
+    torch.manual_seed(0)
+    # Two images whose tokens spread by about 1 around their own means, which sit 0.2 apart in every
+    # dimension: the tokens meet a target of 1 nearly, the pooled context (two rows 0.2 apart, std
+    # about 0.14) does not.
+    context = torch.randn(2, 64, 8) + torch.tensor([[[0.0]], [[0.2]]])
+    predictions, targets = levels(0.0, 0.0)
+    same = build_smooth_l1(SmoothL1Params(variance_weight=1.0, regularise="both"), make_ctx())
+    own = build_smooth_l1(SmoothL1Params(variance_weight=1.0, regularise="both", pooled_std_target=0.1), make_ctx())
+    a, b = same(predictions, targets, context).terms, own(predictions, targets, context).terms
+    assert a["variance"].item() == pytest.approx(b["variance"].item())  # the tokens' hinge is unchanged
+    pooled_std = torch.sqrt(context.mean(dim=1).var(dim=0) + 1e-4)  # as variance_loss, with its eps
+    assert a["pooled_variance"].item() == pytest.approx((1.0 - pooled_std).clamp(min=0).mean().item(), abs=1e-5)
+    assert b["pooled_variance"].item() == pytest.approx((0.1 - pooled_std).clamp(min=0).mean().item(), abs=1e-5)
+    assert b["pooled_variance"].item() < 0.05 < a["pooled_variance"].item()
+    # `regularise: pooled` alone uses it too, and the tokens' schedule does not move it.
+    scheduled = build_smooth_l1(SmoothL1Params(variance_weight=1.0, regularise="pooled", pooled_std_target=0.1,
+                                               std_target_end=0.5, std_target_steps=4), make_ctx())
+    value = call_loss(scheduled, predictions, targets, context, step=10).terms["variance"].item()
+    assert value == pytest.approx(b["pooled_variance"].item(), abs=1e-6)
+    with pytest.raises(ValueError, match="pooled_std_target"):
+        SmoothL1Params(pooled_std_target=0.0)
+
+
+def test_centre_tokens_asks_for_spread_within_images_and_leaves_the_pooled_side_between_them():
+    torch.manual_seed(0)
+    # Four images, each a large offset of its own (std about 2 between images) plus tokens that barely
+    # differ within it: uncentred, the offsets meet the hinge; centred, only the small spread counts.
+    offsets = 2.0 * torch.randn(4, 1, 8)
+    context = offsets + 0.05 * torch.randn(4, 32, 8)
+    predictions, targets = levels(0.0, 0.0)
+    plain = build_smooth_l1(SmoothL1Params(variance_weight=1.0, covariance_weight=0.04, regularise="both"), make_ctx())
+    centred = build_smooth_l1(SmoothL1Params(variance_weight=1.0, covariance_weight=0.04, regularise="both",
+                                             centre_tokens=True), make_ctx())
+    a, b = plain(predictions, targets, context).terms, centred(predictions, targets, context).terms
+    assert a["variance"].item() < 0.3
+    within = context - context.mean(dim=1, keepdim=True)
+    assert b["variance"].item() == pytest.approx(variance_loss(within).item(), abs=1e-6)
+    assert b["variance"].item() > 0.9
+    assert b["covariance"].item() == pytest.approx(covariance_loss(within).item(), rel=1e-5)
+    # The pooled terms see the images' means either way.
+    assert b["pooled_variance"].item() == pytest.approx(a["pooled_variance"].item(), abs=1e-6)
+    # Centring moves no token: the same images shifted by one vector score the same.
+    shifted = centred(predictions, targets, context + 5.0).terms
+    assert shifted["variance"].item() == pytest.approx(b["variance"].item(), abs=1e-5)
+    # With grid cells the cells' means are centred on the image's mean.
+    cells = build_smooth_l1(SmoothL1Params(variance_weight=1.0, token_cell=2, centre_tokens=True), make_ctx())
+    indices = torch.arange(32).repeat(4, 1)
+    value = call_loss(cells, predictions, targets, context, Masks(context=indices, targets=indices[:, None, :4])).terms["variance"]
+    means, held = cell_table(within, indices, (8, 8), 2)
+    assert value.item() == pytest.approx(variance_loss(means, weights=held).item(), abs=1e-5)
