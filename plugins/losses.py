@@ -84,7 +84,7 @@ def _pooled_std_target() -> Any:
         help="Standard deviation the variance hinge asks of the pooled context (each image's context tokens averaged; "
         "`regularise: pooled` or `both`), when it should differ from std_target (null: std_target, and its schedule). "
         "A pooled embedding averages its tokens' spread away, so 1 asks each image to differ from the others by as "
-        "much as one token may spread: docs/quality.md measures 0.1-1.0 beside the `ema` cross-view level.",
+        "much as one token may spread: docs/quality.md measures 0.25-1.0 beside the `ema` cross-view level.",
         gt=0.0,
     )
 
