@@ -423,12 +423,16 @@ class PredictionLoss(nn.Module):
 
     def collapse_remedies(self) -> list[dict[str, object]]:
         """Parameter changes a collapsed run may resume with: VICReg on the context tokens (measured in docs/quality.md)."""
+        # Centred tokens hold nothing against every image's mean falling to one point: the remedy drops them.
+        uncentre: dict[str, object] = {"centre_tokens": False} if self.centre_tokens else {}
         if self.variance_weight >= 1.0 and self.regularise == "tokens":
-            return [{"variance_weight": 2 * self.variance_weight}]
+            return [{"variance_weight": 2 * self.variance_weight, **uncentre}]
         remedy: dict[str, object] = {"variance_weight": max(1.0, self.variance_weight), "covariance_weight": max(0.04, self.covariance_weight)}
         if self.regularise != "tokens":
             remedy["regularise"] = "tokens"
-        return [remedy]
+            if self.pooled_std_target is not None:  # nothing pooled is left to ask it of
+                remedy["pooled_std_target"] = None
+        return [{**remedy, **uncentre}]
 
     def _sides(self) -> dict[str, tuple[bool, bool]]:
         """``side -> (vicreg, sigreg)``: which terms see the ``tokens`` and the ``pooled`` context (sides nothing sees left out).
@@ -612,6 +616,14 @@ def _regulariser(params: SmoothL1Params | MSEParams, ctx: BuildContext) -> dict[
         given, missing = ("std_target_end", "std_target_steps") if params.std_target_steps is None else ("std_target_steps", "std_target_end")
         raise ConfigError(f"{given} is set but {missing} is not: the variance hinge's std_target falls from std_target "
                           "to std_target_end over std_target_steps optimizer steps; set both, or neither")
+    sigreg_sides = (params.sigreg_regularise or params.regularise) if params.sigreg_weight > 0 else None
+    if params.centre_tokens and params.regularise == "pooled" and sigreg_sides in (None, "pooled"):
+        raise ConfigError("centre_tokens centres the context tokens for the regularisers on the tokens, but none sees them "
+                          f"(regularise: {params.regularise}): set regularise to tokens or both, or drop centre_tokens")
+    if params.pooled_std_target is not None and params.regularise == "tokens":
+        raise ConfigError(f"pooled_std_target={params.pooled_std_target} is what the variance hinge asks of the pooled context, "
+                          "but regularise: tokens never shows it the pooled context: set regularise to pooled or both, or "
+                          "drop pooled_std_target")
     if params.token_cell > 1 and ctx.grid_size is None:
         raise ConfigError(f"token_cell={params.token_cell} averages the context tokens over cells of the encoder's patch "
                           "grid, which is not known yet: build the encoder first")

@@ -298,3 +298,26 @@ def test_centre_tokens_asks_for_spread_within_images_and_leaves_the_pooled_side_
     value = call_loss(cells, predictions, targets, context, Masks(context=indices, targets=indices[:, None, :4])).terms["variance"]
     means, held = cell_table(within, indices, (8, 8), 2)
     assert value.item() == pytest.approx(variance_loss(means, weights=held).item(), abs=1e-5)
+
+
+def test_centre_tokens_and_pooled_std_target_refuse_a_regulariser_that_never_uses_them():
+    with pytest.raises(ConfigError, match="centre_tokens.*regularise: pooled"):
+        build_smooth_l1(SmoothL1Params(variance_weight=1.0, regularise="pooled", centre_tokens=True), make_ctx())
+    with pytest.raises(ConfigError, match="pooled_std_target=0.5.*regularise: tokens"):
+        build_mse(MSEParams(variance_weight=1.0, pooled_std_target=0.5), make_ctx())
+    # SIGReg on the tokens gives the centring something to act on.
+    build_smooth_l1(SmoothL1Params(variance_weight=1.0, regularise="pooled", centre_tokens=True, sigreg_weight=0.05,
+                                   sigreg_regularise="tokens"), make_ctx())
+
+
+def test_collapse_remedies_drop_the_centring_and_the_pooled_target_they_leave_nothing_for():
+    both = build_smooth_l1(SmoothL1Params(variance_weight=1.0, covariance_weight=0.04, regularise="both",
+                                          centre_tokens=True, pooled_std_target=0.75), make_ctx())
+    assert both.collapse_remedies() == [{"variance_weight": 1.0, "covariance_weight": 0.04, "regularise": "tokens",
+                                         "pooled_std_target": None, "centre_tokens": False}]
+    tokens = build_smooth_l1(SmoothL1Params(variance_weight=1.0, centre_tokens=True), make_ctx())
+    assert tokens.collapse_remedies() == [{"variance_weight": 2.0, "centre_tokens": False}]
+    # Every remedy builds: the resumed run's loss is valid.
+    for loss, params in ((both, dict(variance_weight=1.0, covariance_weight=0.04, regularise="both", centre_tokens=True,
+                                     pooled_std_target=0.75)), (tokens, dict(variance_weight=1.0, centre_tokens=True))):
+        build_smooth_l1(SmoothL1Params(**{**params, **loss.collapse_remedies()[0]}), make_ctx())
