@@ -377,10 +377,10 @@ class PredictionLoss(nn.Module):
         if std_target_steps is not None and std_target_steps < 1:
             raise ValueError(f"std_target_steps must be at least 1, got {std_target_steps}")
         self.std_target_end = None if std_target_end is None else float(std_target_end)
+        self.std_target_steps = None if std_target_steps is None else int(std_target_steps)
         if pooled_std_target is not None and pooled_std_target <= 0:
             raise ValueError(f"pooled_std_target must be positive, got {pooled_std_target}")
         self.pooled_std_target = None if pooled_std_target is None else float(pooled_std_target)
-        self.std_target_steps = None if std_target_steps is None else int(std_target_steps)
         if token_cell < 1:
             raise ValueError(f"token_cell must be at least 1, got {token_cell}")
         if token_cell > 1 and grid_size is None:
