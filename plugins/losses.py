@@ -89,6 +89,18 @@ def _pooled_std_target() -> Any:
     )
 
 
+def _pooled_by() -> Any:
+    return param(
+        "mean",
+        help="How each image's context tokens are pooled for the regularisers on the pooled context (`regularise: "
+        "pooled` or `both`): mean (the mean token) or max (each dimension's largest value over the tokens, the pooling "
+        "the predictor's levels are evaluated with, feature_pool: max). A mean meets the hinge only when an image's "
+        "tokens agree, a max when one token of each image stands out: docs/quality.md measures both beside the `ema` "
+        "cross-view level.",
+        choices=("mean", "max"),
+    )
+
+
 def _std_target_end() -> Any:
     return param(
         None,
@@ -173,6 +185,7 @@ class SmoothL1Params:
     covariance_weight: float = _covariance_weight()
     std_target: float = _std_target()
     pooled_std_target: float | None = _pooled_std_target()
+    pooled_by: Literal["mean", "max"] = _pooled_by()
     std_target_end: float | None = _std_target_end()
     std_target_steps: int | None = _std_target_steps()
     token_cell: int = _token_cell()
@@ -191,6 +204,7 @@ class MSEParams:
     covariance_weight: float = _covariance_weight()
     std_target: float = _std_target()
     pooled_std_target: float | None = _pooled_std_target()
+    pooled_by: Literal["mean", "max"] = _pooled_by()
     std_target_end: float | None = _std_target_end()
     std_target_steps: int | None = _std_target_steps()
     token_cell: int = _token_cell()
@@ -336,6 +350,7 @@ class PredictionLoss(nn.Module):
             linearly from ``std_target_start`` to ``std_target_end`` over the first
             ``std_target_steps`` optimizer steps, then stays (``std_target_end`` ``None``: no schedule).
         pooled_std_target: the std asked of the pooled context instead (``None``: ``std_target``).
+        pooled_by: how the pooled context pools each image's tokens: ``"mean"`` or ``"max"`` (per dimension).
         centre_tokens: whether each image's context tokens are centred on their mean before the
             regularisers on the tokens see them (spread within images only).
 
@@ -352,6 +367,7 @@ class PredictionLoss(nn.Module):
         covariance_weight: float = 0.0,
         std_target: float = 1.0,
         pooled_std_target: float | None = None,
+        pooled_by: str = "mean",
         std_target_end: float | None = None,
         std_target_steps: int | None = None,
         token_cell: int = 1,
@@ -381,6 +397,9 @@ class PredictionLoss(nn.Module):
         if pooled_std_target is not None and pooled_std_target <= 0:
             raise ValueError(f"pooled_std_target must be positive, got {pooled_std_target}")
         self.pooled_std_target = None if pooled_std_target is None else float(pooled_std_target)
+        if pooled_by not in ("mean", "max"):
+            raise ValueError(f"pooled_by must be 'mean' or 'max', got {pooled_by!r}")
+        self.pooled_by = pooled_by
         if token_cell < 1:
             raise ValueError(f"token_cell must be at least 1, got {token_cell}")
         if token_cell > 1 and grid_size is None:
@@ -432,6 +451,8 @@ class PredictionLoss(nn.Module):
             remedy["regularise"] = "tokens"
             if self.pooled_std_target is not None:  # nothing pooled is left to ask it of
                 remedy["pooled_std_target"] = None
+            if self.pooled_by != "mean":
+                remedy["pooled_by"] = "mean"
         return [{**remedy, **uncentre}]
 
     def _sides(self) -> dict[str, tuple[bool, bool]]:
@@ -488,6 +509,10 @@ class PredictionLoss(nn.Module):
         assert self.grid_size is not None  # checked in __init__
         return cell_table(context, context_indices, self.grid_size, self.token_cell)
 
+    def _pooled_rows(self, context: Tensor) -> Tensor:
+        """What the regularisers on the pooled context see: each image's ``(B, Nc, D)`` tokens pooled to ``(B, D)``."""
+        return context.float().amax(dim=1) if self.pooled_by == "max" else context.float().mean(dim=1)
+
     def element_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Mean element-wise loss of one level (scalar)."""
         raise NotImplementedError
@@ -534,7 +559,7 @@ class PredictionLoss(nn.Module):
                 )
             sides = self._sides()
             for side, (vicreg, sigreg) in sides.items():
-                embeddings, weights = (context.float().mean(dim=1), None) if side == "pooled" else self._token_rows(context, context_indices)
+                embeddings, weights = (self._pooled_rows(context), None) if side == "pooled" else self._token_rows(context, context_indices)
                 prefix = "pooled_" if len(sides) == 2 and side == "pooled" else ""
                 parts.extend(self._regulariser_terms(embeddings, prefix, terms, vicreg, sigreg, weights, pooled=side == "pooled"))
         total = torch.stack(parts).sum()
@@ -624,12 +649,15 @@ def _regulariser(params: SmoothL1Params | MSEParams, ctx: BuildContext) -> dict[
         raise ConfigError(f"pooled_std_target={params.pooled_std_target} is what the variance hinge asks of the pooled context, "
                           "but regularise: tokens never shows it the pooled context: set regularise to pooled or both, or "
                           "drop pooled_std_target")
+    if params.pooled_by != "mean" and sigreg_sides in (None, "tokens") and params.regularise == "tokens":
+        raise ConfigError(f"pooled_by: {params.pooled_by} is how the pooled context is pooled for the regularisers, but "
+                          "none sees it (regularise: tokens): set regularise to pooled or both, or drop pooled_by")
     if params.token_cell > 1 and ctx.grid_size is None:
         raise ConfigError(f"token_cell={params.token_cell} averages the context tokens over cells of the encoder's patch "
                           "grid, which is not known yet: build the encoder first")
     return dict(
         variance_weight=params.variance_weight, covariance_weight=params.covariance_weight, std_target=params.std_target,
-        pooled_std_target=params.pooled_std_target, std_target_end=params.std_target_end, std_target_steps=params.std_target_steps,
+        pooled_std_target=params.pooled_std_target, pooled_by=params.pooled_by, std_target_end=params.std_target_end, std_target_steps=params.std_target_steps,
         token_cell=params.token_cell, centre_tokens=params.centre_tokens, grid_size=ctx.grid_size,
         sigreg_weight=params.sigreg_weight, sigreg_slices=params.sigreg_slices, regularise=params.regularise,
         sigreg_regularise=params.sigreg_regularise,

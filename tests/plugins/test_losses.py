@@ -271,6 +271,36 @@ def test_pooled_std_target_asks_the_pooled_context_for_its_own_spread():
         SmoothL1Params(pooled_std_target=0.0)
 
 
+def test_pooled_by_max_asks_one_token_of_each_image_to_stand_out():
+    torch.manual_seed(0)
+    # Eight images whose tokens share one mean; in each image one token carries an image-specific
+    # peak in every dimension. The means of the images barely differ, their maxima do.
+    context = 0.1 * torch.randn(8, 16, 4)
+    context[:, 3] += 1.0 + 2.0 * torch.rand(8, 4)
+    predictions, targets = levels(0.0, 0.0)
+    mean = build_smooth_l1(SmoothL1Params(variance_weight=1.0, covariance_weight=0.04, regularise="pooled"), make_ctx())
+    peak = build_smooth_l1(SmoothL1Params(variance_weight=1.0, covariance_weight=0.04, regularise="pooled", pooled_by="max"),
+                           make_ctx())
+    a, b = mean(predictions, targets, context).terms, peak(predictions, targets, context).terms
+    rows = context.amax(dim=1)
+    assert b["variance"].item() == pytest.approx(variance_loss(rows).item(), abs=1e-6)
+    assert b["covariance"].item() == pytest.approx(covariance_loss(rows).item(), rel=1e-5)
+    assert a["variance"].item() == pytest.approx(variance_loss(context.mean(dim=1)).item(), abs=1e-6)
+    assert b["variance"].item() < a["variance"].item() - 0.1
+    # The gradient reaches the tokens that hold each image's maximum, and no other.
+    leaf = context.clone().requires_grad_(True)
+    peak(predictions, targets, leaf).total.backward()
+    touched = leaf.grad.abs().sum(dim=(0, 2)) > 0
+    assert touched.tolist() == [i == 3 for i in range(16)]
+    # The tokens' side is untouched by it.
+    both = build_smooth_l1(SmoothL1Params(variance_weight=1.0, regularise="both", pooled_by="max"), make_ctx())
+    terms = both(predictions, targets, context).terms
+    assert terms["variance"].item() == pytest.approx(variance_loss(context).item(), abs=1e-6)
+    assert terms["pooled_variance"].item() == pytest.approx(b["variance"].item(), abs=1e-6)
+    with pytest.raises(ValueError, match="pooled_by"):
+        losses.SmoothL1PredictionLoss((1.0,), variance_weight=1.0, pooled_by="median")
+
+
 def test_centre_tokens_asks_for_spread_within_images_and_leaves_the_pooled_side_between_them():
     torch.manual_seed(0)
     # Four images, each a large offset of its own (std about 2 between images) plus tokens that barely
@@ -305,6 +335,11 @@ def test_centre_tokens_and_pooled_std_target_refuse_a_regulariser_that_never_use
         build_smooth_l1(SmoothL1Params(variance_weight=1.0, regularise="pooled", centre_tokens=True), make_ctx())
     with pytest.raises(ConfigError, match="pooled_std_target=0.5.*regularise: tokens"):
         build_mse(MSEParams(variance_weight=1.0, pooled_std_target=0.5), make_ctx())
+    with pytest.raises(ConfigError, match="pooled_by: max.*regularise: tokens"):
+        build_smooth_l1(SmoothL1Params(variance_weight=1.0, pooled_by="max"), make_ctx())
+    # SIGReg on the pooled context gives the max something to act on.
+    build_smooth_l1(SmoothL1Params(variance_weight=1.0, pooled_by="max", sigreg_weight=0.05, sigreg_regularise="pooled"),
+                    make_ctx())
     # SIGReg on the tokens gives the centring something to act on.
     build_smooth_l1(SmoothL1Params(variance_weight=1.0, regularise="pooled", centre_tokens=True, sigreg_weight=0.05,
                                    sigreg_regularise="tokens"), make_ctx())
@@ -312,12 +347,12 @@ def test_centre_tokens_and_pooled_std_target_refuse_a_regulariser_that_never_use
 
 def test_collapse_remedies_drop_the_centring_and_the_pooled_target_they_leave_nothing_for():
     both = build_smooth_l1(SmoothL1Params(variance_weight=1.0, covariance_weight=0.04, regularise="both",
-                                          centre_tokens=True, pooled_std_target=0.75), make_ctx())
+                                          centre_tokens=True, pooled_std_target=0.75, pooled_by="max"), make_ctx())
     assert both.collapse_remedies() == [{"variance_weight": 1.0, "covariance_weight": 0.04, "regularise": "tokens",
-                                         "pooled_std_target": None, "centre_tokens": False}]
+                                         "pooled_std_target": None, "pooled_by": "mean", "centre_tokens": False}]
     tokens = build_smooth_l1(SmoothL1Params(variance_weight=1.0, centre_tokens=True), make_ctx())
     assert tokens.collapse_remedies() == [{"variance_weight": 2.0, "centre_tokens": False}]
     # Every remedy builds: the resumed run's loss is valid.
     for loss, params in ((both, dict(variance_weight=1.0, covariance_weight=0.04, regularise="both", centre_tokens=True,
-                                     pooled_std_target=0.75)), (tokens, dict(variance_weight=1.0, centre_tokens=True))):
+                                     pooled_std_target=0.75, pooled_by="max")), (tokens, dict(variance_weight=1.0, centre_tokens=True))):
         build_smooth_l1(SmoothL1Params(**{**params, **loss.collapse_remedies()[0]}), make_ctx())
