@@ -10,9 +10,11 @@ terms, and LeJEPA's SIGReg (:mod:`hjepa_kit.plugins.sigreg`), on the context enc
 (``regularise: tokens``, every token a sample, or with ``token_cell`` each image's tokens averaged
 over grid cells) or on each image's pooled context (``pooled``).
 All are off by default (weights 0.0) and then cost nothing and add no terms. Measured on real
-digits (docs/quality.md): on tokens they prevent the collapse; on pooled embeddings both end below
-the untrained network, because nothing ties a pooled context embedding to its image except the
-regulariser, which a content-free spread then satisfies. The variance hinge's ``std_target``
+digits (docs/quality.md): on tokens they prevent the collapse; on mean-pooled embeddings alone both
+end below the untrained network, because nothing ties a pooled context embedding to its image
+except the regulariser, which a content-free spread then satisfies. On the tokens and each image's
+max-pooled tokens together (``regularise: both``, ``pooled_by: max``, the shipped recipe) the
+synthetic shapes stop falling below their untrained network and both digit renderings gain. The variance hinge's ``std_target``
 may fall over the first steps (``std_target_end``, ``std_target_steps``): the loss follows the
 optimizer step through ``set_step``, which the training step calls (the core's
 :func:`~hjepa_kit.contracts.call_loss`).
@@ -95,8 +97,8 @@ def _pooled_by() -> Any:
         help="How each image's context tokens are pooled for the regularisers on the pooled context (`regularise: "
         "pooled` or `both`): mean (the mean token) or max (each dimension's largest value over the tokens, the pooling "
         "the predictor's levels are evaluated with, feature_pool: max). A mean meets the hinge only when an image's "
-        "tokens agree, a max when one token of each image stands out: docs/quality.md measures both beside the `ema` "
-        "cross-view level.",
+        "tokens agree, a max when one token of each image stands out: docs/quality.md measures both; the shipped "
+        "recipe uses max.",
         choices=("mean", "max"),
     )
 
@@ -651,7 +653,7 @@ def _regulariser(params: SmoothL1Params | MSEParams, ctx: BuildContext) -> dict[
                           "drop pooled_std_target")
     if params.pooled_by != "mean" and sigreg_sides in (None, "tokens") and params.regularise == "tokens":
         raise ConfigError(f"pooled_by: {params.pooled_by} is how the pooled context is pooled for the regularisers, but "
-                          "none sees it (regularise: tokens): set regularise to pooled or both, or drop pooled_by")
+                          "none sees it (regularise: tokens): set regularise to pooled or both, or pooled_by to mean")
     if params.token_cell > 1 and ctx.grid_size is None:
         raise ConfigError(f"token_cell={params.token_cell} averages the context tokens over cells of the encoder's patch "
                           "grid, which is not known yet: build the encoder first")
