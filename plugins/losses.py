@@ -14,7 +14,8 @@ digits (docs/quality.md): on tokens they prevent the collapse; on mean-pooled em
 end below the untrained network, because nothing ties a pooled context embedding to its image
 except the regulariser, which a content-free spread then satisfies. On the tokens and each image's
 max-pooled tokens together (``regularise: both``, ``pooled_by: max``, the shipped recipe) the
-synthetic shapes stop falling below their untrained network and both digit renderings gain. The variance hinge's ``std_target``
+synthetic shapes stay above their untrained network at the quickstart's length (and still drift
+down over longer runs) and both digit renderings gain. The variance hinge's ``std_target``
 may fall over the first steps (``std_target_end``, ``std_target_steps``): the loss follows the
 optimizer step through ``set_step``, which the training step calls (the core's
 :func:`~hjepa_kit.contracts.call_loss`).
