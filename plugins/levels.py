@@ -92,7 +92,8 @@ class HierarchicalParams:
         "pooled target-encoder tokens (standardised over the batch); views = each view's pooled context is pulled to "
         "the other views' pooled context, gradients through both (VICReg's and LeJEPA's invariance term). The tokens' regulariser keeps the "
         "features spread; regularising the mean-pooled context too (loss.params.regularise: both) unlearned on the "
-        "small digit sets, the max-pooled context (pooled_by: max, the shipped recipe) held the shapes longer (docs/quality.md). both = two cross-view levels, the ema level then the views level, each "
+        "small digit sets, the max-pooled context (pooled_by: max, the shipped recipe) held the shapes longer "
+        "(docs/quality.md). both = two cross-view levels, the ema level then the views level, each "
         "of weight cross_view_weight (measured: the synthetic shapes fall later than with views alone, "
         "and the nearest digits lose 3 points).",
         choices=("ema", "views", "both"),

@@ -84,9 +84,9 @@ def _std_target() -> Any:
 def _pooled_std_target() -> Any:
     return param(
         None,
-        help="Standard deviation the variance hinge asks of the pooled context (each image's context tokens averaged; "
-        "`regularise: pooled` or `both`), when it should differ from std_target (null: std_target, and its schedule). "
-        "A pooled embedding averages its tokens' spread away, so 1 asks each image to differ from the others by as "
+        help="Standard deviation the variance hinge asks of the pooled context (each image's context tokens pooled as "
+        "pooled_by says; `regularise: pooled` or `both`), when it should differ from std_target (null: std_target, "
+        "and its schedule). A mean-pooled embedding averages its tokens' spread away, so 1 asks each image to differ from the others by as "
         "much as one token may spread: docs/quality.md measures 0.25-1.0 beside the `ema` cross-view level.",
         gt=0.0,
     )
@@ -164,7 +164,8 @@ def _regularise() -> Any:
     return param(
         "tokens",
         help="What the regularisers see: `tokens` (every context token is a sample) or `pooled` (each image's "
-        "context tokens averaged: one sample per image, as LeJEPA and VICReg use image embeddings), or `both` "
+        "context tokens pooled, by their mean or their per-dimension max as pooled_by says: one sample per image, as "
+        "LeJEPA and VICReg use image embeddings), or `both` "
         "(the same weights on each; the pooled terms are logged as pooled_variance ...).",
         choices=("tokens", "pooled", "both"),
     )
