@@ -16,5 +16,6 @@ def test_a_short_quickstart_on_the_bilinear_digits_beats_its_own_random_init_and
     assert before > 0.8
     assert after > before + 0.02, (before, after)
     assert result.metrics["health/rankme/level0"] > 60
+    assert result.log_dir == tmp_path / "logs" / "quickstart"
     assert len(losses) == 2 * (1258 // 32)  # the embedded digits' train split, batch 32 (x 2 views), every step logged
     assert sum(losses[-3:]) < sum(losses[:3])
